@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Create or reuse ./.venv with tftrain and its pinned dependencies, and install the Fashion-MNIST dataset from
+# Debian when it is missing. Sourced by scripts/run.sh and scripts/test.sh; safe to run again (it skips what is done).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+PYTHON="${PYTHON:-python3}"
+VENV=.venv
+STAMP="$VENV/.tftrain-installed"
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "setup: creating $VENV with $($PYTHON --version 2>&1)"
+  if ! "$PYTHON" -m venv "$VENV" 2>/dev/null; then
+    echo "setup: '$PYTHON -m venv' failed; on Debian/Ubuntu: apt-get install python3-venv" >&2
+    exit 1
+  fi
+fi
+
+# Reinstall only when the dependency list changed since the last install.
+want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
+  echo "setup: installing tftrain and its dependencies into $VENV (about a minute the first time)"
+  "$VENV/bin/python" -m pip install --quiet --upgrade pip
+  "$VENV/bin/python" -m pip install --quiet -e ".[test]"
+  echo "$want" > "$STAMP"
+fi
+
+# The real Fashion-MNIST, offline: Debian's dataset-fashion-mnist package.
+if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing Debian's dataset-fashion-mnist"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  elif command -v sudo >/dev/null && command -v apt-get >/dev/null; then
+    echo "setup: installing Debian's dataset-fashion-mnist (sudo)"
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  else
+    echo "setup: dataset-fashion-mnist not installed; tftrain will try the Keras download instead"
+  fi
+fi

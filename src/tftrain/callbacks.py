@@ -1,0 +1,72 @@
+"""The write-up's callbacks, built from the config: early stopping, best checkpoints, LR on plateau, TensorBoard,
+and an epoch summary like the write-up's custom callback."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import keras
+
+from tftrain.config import TrainConfig
+
+
+def current_lr(model: keras.Model) -> float:
+    return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+
+
+class EpochSummary(keras.callbacks.Callback):
+    """One line per epoch: every metric, the learning rate and the wall time."""
+
+    def __init__(self, epochs: int, stream=sys.stdout):
+        super().__init__()
+        self.epochs, self.stream = epochs, stream
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        metrics = "  ".join(f"{k} {v:.4f}" for k, v in sorted((logs or {}).items()) if k != "learning_rate")
+        seconds = time.perf_counter() - self._start
+        line = f"epoch {epoch + 1}/{self.epochs}  {metrics}  lr {current_lr(self.model):.2e}  {seconds:.1f}s"
+        print(line, file=self.stream, flush=True)
+
+
+def checkpoint_dir(out_dir: Path) -> Path:
+    return out_dir / "checkpoints"
+
+
+def build_callbacks(cfg: TrainConfig, out_dir: Path) -> list[keras.callbacks.Callback]:
+    callbacks: list[keras.callbacks.Callback] = []
+    if cfg.early_stopping:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor=cfg.early_stopping_monitor,
+                patience=cfg.early_stopping_patience,
+                restore_best_weights=cfg.restore_best_weights,
+                verbose=1,
+            )
+        )
+    if cfg.checkpoint:
+        template = checkpoint_dir(out_dir) / "model_{epoch:02d}_{val_accuracy:.4f}.keras"
+        callbacks.append(
+            keras.callbacks.ModelCheckpoint(str(template), monitor=cfg.checkpoint_monitor, save_best_only=True)
+        )
+    if cfg.reduce_lr_on_plateau:
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor=cfg.plateau_monitor,
+                factor=cfg.plateau_factor,
+                patience=cfg.plateau_patience,
+                min_lr=cfg.plateau_min_lr,
+                verbose=1,
+            )
+        )
+    if cfg.tensorboard:
+        callbacks.append(
+            keras.callbacks.TensorBoard(log_dir=str(out_dir / "tensorboard"), histogram_freq=cfg.histogram_freq)
+        )
+    if cfg.epoch_summary:
+        callbacks.append(EpochSummary(cfg.epochs))
+    return callbacks

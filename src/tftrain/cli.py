@@ -1,0 +1,123 @@
+"""The `tftrain` command: a thin click layer over the steps. Heavy imports (TensorFlow, MLflow) happen inside the
+commands, after the parameters have been validated, so a bad parameter fails in well under a second."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+import click
+
+from tftrain.config import DATASETS, TrainConfig, check_choice, check_data_dir, check_model_uri
+from tftrain.errors import UserError
+
+_TYPES = {"int": int, "float": float, "str": str, "bool": click.BOOL}
+
+
+def config_options(cls):
+    """One click option per config field: same name, type, default and help."""
+
+    def decorate(fn):
+        for f in reversed(dataclasses.fields(cls)):
+            choices = f.metadata["choices"]
+            kind = click.Choice(choices) if choices else _TYPES[f.type]
+            flag = "--" + f.name.replace("_", "-")
+            fn = click.option(flag, f.name, type=kind, default=f.default, show_default=True, help=f.metadata["help"])(fn)
+        return fn
+
+    return decorate
+
+
+model_uri_option = click.option(
+    "--model-uri", required=True, help="runs:/<run_id>/model, models:/<name>/<version>, models:/<name>@<alias> or models:/m-<id>."
+)
+dataset_option = click.option(
+    "--dataset", default="", help="Test data to use; empty: the dataset the model was trained on."
+)
+data_dir_option = click.option("--data-dir", default="", help="Folder with the four IDX .gz files; empty: look it up.")
+
+
+def _data_args(dataset: str, data_dir: str) -> tuple[str, str]:
+    if dataset:
+        check_choice("dataset", dataset, DATASETS)
+    return dataset, check_data_dir(data_dir)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tftrain")
+def cli() -> None:
+    """Train, track and ship TensorFlow models with MLflow."""
+
+
+@cli.command("train")
+@config_options(TrainConfig)
+def train_command(**params) -> None:
+    """Train with model.fit and the write-up's callbacks; log and register the model in MLflow."""
+    cfg = TrainConfig(**params)
+    from tftrain.train import train
+
+    result = train(cfg)
+    m = result.model
+    print(f"run {result.run_id}: model {m.uri}" + (f", registered as {m.registered_name} version {m.version}" if m.version else ""))
+
+
+@cli.command("evaluate")
+@model_uri_option
+@dataset_option
+@data_dir_option
+def evaluate_command(model_uri: str, dataset: str, data_dir: str) -> None:
+    """Score a model on the test split: loss, accuracy, per-class precision/recall/F1, confusion matrix."""
+    check_model_uri(model_uri)
+    dataset, data_dir = _data_args(dataset, data_dir)
+    from tftrain.evaluate import evaluate
+
+    evaluate(model_uri, dataset, data_dir)
+
+
+@cli.command("export")
+@model_uri_option
+@dataset_option
+@data_dir_option
+@click.option("--output-dir", default="outputs", show_default=True, help="Local folder for the exported files.")
+def export_command(model_uri: str, dataset: str, data_dir: str, output_dir: str) -> None:
+    """Write a SavedModel and TFLite files (float32, dynamic-range), scored with LiteRT on the test split."""
+    check_model_uri(model_uri)
+    dataset, data_dir = _data_args(dataset, data_dir)
+    from tftrain.export import export
+    from tftrain.train import check_output_dir
+
+    check_output_dir(output_dir)
+    export(model_uri, dataset, data_dir, output_dir)
+
+
+@cli.command("pipeline")
+@config_options(TrainConfig)
+def pipeline_command(**params) -> None:
+    """The main job: train, evaluate and export in one MLflow run, then say where to look."""
+    cfg = TrainConfig(**params)
+    from tftrain.pipeline import pipeline
+
+    pipeline(cfg)
+
+
+def main() -> None:
+    """Run the CLI; a user mistake is one line on stderr and exit code 2, never a traceback."""
+    try:
+        cli.main(standalone_mode=False, prog_name="tftrain")
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.exceptions.NoArgsIsHelpError as e:
+        click.echo(e.format_message(), err=True)
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        click.echo(f"tftrain: error: {e.format_message()}", err=True)
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("tftrain: aborted", err=True)
+        sys.exit(130)
+    except UserError as e:
+        click.echo(f"tftrain: error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("tftrain: interrupted", err=True)
+        sys.exit(130)

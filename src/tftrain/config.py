@@ -1,0 +1,145 @@
+"""The training configuration: one frozen dataclass, its defaults, and the validation that runs before any work.
+
+Every field is a CLI option of `tftrain train` (and `tftrain pipeline`) and a parameter of the MLproject's
+`main` and `train` entry points, under the same name; `tests/test_project_files.py` keeps the three in step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tftrain.errors import invalid
+
+DATASETS = ("fashion_mnist", "mnist")
+MODELS = ("mlp", "cnn")
+MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
+
+
+def _opt(default, help: str, choices: tuple[str, ...] | None = None):
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # data
+    dataset: str = _opt("fashion_mnist", "Dataset to train on.", DATASETS)
+    data_dir: str = _opt(
+        "", "Folder with the four IDX .gz files; empty: look in known places, then download."
+    )
+    validation_split: float = _opt(
+        0.2, "Fraction of the training split held out for validation (its last part, as Keras does)."
+    )
+    # model and optimizer
+    model: str = _opt("mlp", "Architecture: the write-up's MLP or CNN.", MODELS)
+    epochs: int = _opt(15, "Maximum number of epochs (early stopping may end sooner).")
+    batch_size: int = _opt(128, "Examples per training step.")
+    learning_rate: float = _opt(0.002, "Adam's initial learning rate.")
+    steps_per_execution: int = _opt(1, "Training steps run per graph call (fewer Python round trips).")
+    seed: int = _opt(42, "Seed for weights, dropout and shuffling.")
+    # callbacks (the write-up's list)
+    early_stopping: bool = _opt(True, "Stop when the monitored metric stops improving.")
+    early_stopping_monitor: str = _opt("val_loss", "Metric early stopping watches.", MONITORS)
+    early_stopping_patience: int = _opt(3, "Epochs without improvement before stopping.")
+    restore_best_weights: bool = _opt(True, "On early stop, go back to the best epoch's weights.")
+    checkpoint: bool = _opt(True, "Save the best model as model_{epoch}_{val_accuracy}.keras.")
+    checkpoint_monitor: str = _opt("val_accuracy", "Metric that decides the best checkpoint.", MONITORS)
+    reduce_lr_on_plateau: bool = _opt(True, "Cut the learning rate when the monitored metric stalls.")
+    plateau_monitor: str = _opt("val_loss", "Metric the plateau rule watches.", MONITORS)
+    plateau_factor: float = _opt(0.2, "Multiply the learning rate by this on a plateau.")
+    plateau_patience: int = _opt(2, "Epochs without improvement before cutting the learning rate.")
+    plateau_min_lr: float = _opt(1e-6, "Lower bound for the learning rate.")
+    tensorboard: bool = _opt(True, "Write TensorBoard logs (logged to MLflow as artifacts).")
+    histogram_freq: int = _opt(1, "TensorBoard weight histograms every N epochs; 0: none.")
+    epoch_summary: bool = _opt(True, "Print one summary line per epoch.")
+    # outputs and tracking
+    output_dir: str = _opt("outputs", "Local folder for checkpoints, TensorBoard logs and exports.")
+    model_name: str = _opt("auto", "Registered model name; auto: tftrain-<dataset>.")
+    run_name: str = _opt("auto", "MLflow run name; auto: built from model, dataset and batch size.")
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            choices = f.metadata["choices"]
+            if choices and getattr(self, f.name) not in choices:
+                raise invalid(f.name, getattr(self, f.name), "one of " + ", ".join(choices))
+        _at_least(self, "epochs", 1)
+        _at_least(self, "batch_size", 1)
+        _at_least(self, "steps_per_execution", 1)
+        _at_least(self, "seed", 0)
+        _at_least(self, "early_stopping_patience", 0)
+        _at_least(self, "plateau_patience", 0)
+        _at_least(self, "histogram_freq", 0)
+        _open_interval(self, "validation_split", 0.0, 1.0)
+        _open_interval(self, "plateau_factor", 0.0, 1.0)
+        _open_interval(self, "learning_rate", 0.0, math.inf)
+        if not (math.isfinite(self.plateau_min_lr) and self.plateau_min_lr >= 0):
+            raise invalid("plateau_min_lr", self.plateau_min_lr, "a number >= 0")
+        if self.data_dir and not Path(self.data_dir).is_dir():
+            raise invalid("data_dir", self.data_dir, "an existing folder, or empty")
+        if not self.output_dir:
+            raise invalid("output_dir", self.output_dir, "a folder path")
+        check_model_name(self.model_name)
+
+    @property
+    def registered_model_name(self) -> str:
+        if self.model_name == "auto":
+            return "tftrain-" + self.dataset.replace("_", "-")
+        return self.model_name
+
+    def as_params(self) -> dict[str, str]:
+        """Flat string parameters, as logged to MLflow."""
+        return {k: str(v) for k, v in dataclasses.asdict(self).items()}
+
+
+def _at_least(cfg: TrainConfig, name: str, low: int) -> None:
+    value = getattr(cfg, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise invalid(name, value, f"an integer >= {low}")
+
+
+def _open_interval(cfg: TrainConfig, name: str, low: float, high: float) -> None:
+    value = getattr(cfg, name)
+    if not (isinstance(value, (int, float)) and low < value < high):
+        allowed = f"a number > {low:g}" if high == math.inf else f"a number strictly between {low:g} and {high:g}"
+        raise invalid(name, value, allowed)
+
+
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def check_model_name(name: str) -> None:
+    if not _MODEL_NAME.match(name):
+        raise invalid("model_name", name, "1-100 letters, digits, '.', '_' or '-', starting with a letter or digit")
+
+
+# runs:/<run id>/<path>, models:/<name>/<version>, models:/<name>@<alias>, models:/m-<id>
+_MODEL_URI = re.compile(
+    r"^(runs:/[0-9a-f]{32}/[^\s]+"
+    r"|models:/m-[0-9a-f]{32}"
+    r"|models:/[^/@\s][^/@]*/[0-9]+"
+    r"|models:/[^/@\s][^/@]*@[A-Za-z0-9_-]+)$"
+)
+MODEL_URI_FORMS = "runs:/<run_id>/<path>, models:/<name>/<version>, models:/<name>@<alias>, models:/m-<model_id>"
+
+
+def check_model_uri(uri: str) -> str:
+    """Well-formed MLflow model URI, or a local folder that holds an MLmodel file."""
+    if _MODEL_URI.match(uri) or (Path(uri) / "MLmodel").is_file():
+        return uri
+    raise invalid("model_uri", uri, MODEL_URI_FORMS + ", or a local MLflow model folder")
+
+
+def check_data_dir(data_dir: str) -> str:
+    if data_dir and not Path(data_dir).is_dir():
+        raise invalid("data_dir", data_dir, "an existing folder, or empty")
+    return data_dir
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise invalid(name, value, "one of " + ", ".join(choices))
+    return value
+

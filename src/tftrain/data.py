@@ -1,0 +1,156 @@
+"""Datasets: find and read the IDX files, split off validation, build the tf.data input pipelines.
+
+Images stay uint8 (0..255) all the way into the model: scaling lives inside the model, so a served model takes
+raw pixels. Lookup order: `data_dir` if given, then known local copies, then the Keras cache or download.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tftrain.errors import UserError
+
+CLASS_NAMES = {
+    "fashion_mnist": (
+        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+        "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    ),
+    "mnist": tuple(str(d) for d in range(10)),
+}  # fmt: skip
+# Debian's dataset-fashion-mnist package installs the real Fashion-MNIST here.
+KNOWN_DIRS = {"fashion_mnist": ("/usr/share/datasets/fashion-mnist",), "mnist": ()}
+# Where keras.datasets.<name>.load_data() caches its download (under KERAS_HOME or ~/.keras).
+KERAS_CACHE = {"fashion_mnist": "datasets/fashion-mnist", "mnist": "datasets/mnist.npz"}
+IDX_FILES = {
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
+_IDX_UBYTE = 0x08  # IDX magic: two zero bytes, the type code (0x08 = unsigned byte), the number of dimensions
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """The standard splits as uint8 images (N, 28, 28) and uint8 labels (N,)."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    source: str
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return CLASS_NAMES[self.name]
+
+
+def read_idx(path: Path, ndim: int) -> np.ndarray:
+    """Read one IDX file (gzipped or not), checking the magic number and that the size matches the header."""
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise UserError(f"cannot read data file {path}: {e}") from None
+    if len(raw) < 4 + 4 * ndim:
+        raise UserError(f"corrupt data file {path}: {len(raw)} bytes is shorter than an IDX header")
+    zero, dtype, dims = struct.unpack(">HBB", raw[:4])
+    if zero != 0 or dtype != _IDX_UBYTE or dims != ndim:
+        raise UserError(
+            f"corrupt data file {path}: magic number {raw[:4].hex()} is not an IDX file of uint8 with {ndim} dimension(s)"
+        )
+    shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+    body = raw[4 + 4 * ndim :]
+    if len(body) != int(np.prod(shape)):
+        raise UserError(
+            f"corrupt data file {path}: header says shape {shape} ({int(np.prod(shape))} bytes), body has {len(body)} bytes"
+        )
+    return np.frombuffer(body, dtype=np.uint8).reshape(shape)
+
+
+def _find_idx_file(folder: Path, stem: str) -> Path | None:
+    for candidate in (folder / f"{stem}.gz", folder / stem):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_idx_folder(name: str, folder: Path) -> Dataset:
+    """The four standard IDX files of `folder`, checked against each other."""
+    paths = {key: _find_idx_file(folder, stem) for key, stem in IDX_FILES.items()}
+    missing = [IDX_FILES[k] + ".gz" for k, p in paths.items() if p is None]
+    if missing:
+        raise UserError(f"data folder {folder} lacks {', '.join(missing)}")
+    arrays = {k: read_idx(p, 3 if k.startswith("x") else 1) for k, p in paths.items()}
+    for split in ("train", "test"):
+        x, y, y_path = arrays[f"x_{split}"], arrays[f"y_{split}"], paths[f"y_{split}"]
+        if x.shape[1:] != (28, 28):
+            raise UserError(f"data file {paths[f'x_{split}']}: images are {x.shape[1:]}, expected (28, 28)")
+        if len(x) != len(y):
+            raise UserError(f"data file {y_path}: {len(y)} labels for {len(x)} images")
+        if y.size and y.max() >= len(CLASS_NAMES[name]):
+            raise UserError(f"data file {y_path}: label {y.max()} outside 0..{len(CLASS_NAMES[name]) - 1}")
+    return Dataset(name=name, source=str(folder), **arrays)
+
+
+def _keras_home() -> Path:
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
+
+
+def _from_keras(name: str) -> Dataset:
+    """Keras' own loader: reads its cache, downloads when online."""
+    import keras
+
+    loader = {"fashion_mnist": keras.datasets.fashion_mnist, "mnist": keras.datasets.mnist}[name]
+    (x_train, y_train), (x_test, y_test) = loader.load_data()
+    return Dataset(name, x_train, y_train, x_test, y_test, source=f"keras.datasets.{name}")
+
+
+def load_dataset(name: str, data_dir: str = "") -> Dataset:
+    """Find `name` in data_dir, else in known local copies, else through Keras; say everything tried if all fail."""
+    if data_dir:
+        return read_idx_folder(name, Path(data_dir))
+    tried = []
+    for folder in KNOWN_DIRS[name]:
+        if Path(folder).is_dir():
+            return read_idx_folder(name, Path(folder))
+        tried.append(f"{folder} (absent)")
+    try:
+        return _from_keras(name)
+    except Exception as e:  # noqa: BLE001 - any download failure means "not found here"; we list it
+        cache = _keras_home() / KERAS_CACHE[name]
+        tried.append(f"Keras cache {cache} and download ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
+    hint = " (Debian: apt-get install dataset-fashion-mnist)" if name == "fashion_mnist" else ""
+    raise UserError(f"dataset {name} not found; tried: {'; '.join(tried)}; pass data_dir=FOLDER{hint}")
+
+
+def split_validation(x: np.ndarray, y: np.ndarray, fraction: float):
+    """Hold out the last `fraction` of the examples, as Keras' validation_split does: deterministic, seed-free."""
+    n_val = int(round(len(x) * fraction))
+    if n_val < 1 or n_val >= len(x):
+        raise UserError(
+            f"invalid value for validation_split: received {fraction} leaves {n_val} of {len(x)} examples "
+            "for validation; allowed: a fraction that leaves at least one example on each side"
+        )
+    cut = len(x) - n_val
+    return (x[:cut], y[:cut]), (x[cut:], y[cut:])
+
+
+def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, *, shuffle: bool, seed: int = 0):
+    """uint8 arrays -> cached, (seeded, reshuffled each epoch) batches of float32 images and int32 labels."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).cache()
+    if shuffle:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+    ds = ds.map(lambda a, b: (tf.cast(a, tf.float32), tf.cast(b, tf.int32)), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,112 @@
+"""The `export` step: a SavedModel and the write-up's TFLite files (float32, dynamic-range quantized), each TFLite
+file scored on the test split with the LiteRT interpreter against the Keras model."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
+
+from tftrain import tracking
+from tftrain.data import load_dataset
+from tftrain.errors import UserError
+
+
+def _float32(converter: tf.lite.TFLiteConverter) -> None:
+    pass  # the converter's default: float32 weights and activations
+
+
+def _dynamic_range(converter: tf.lite.TFLiteConverter) -> None:
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]  # int8 weights, float activations
+
+
+# Named quantization modes; each adjusts a converter before convert().
+QUANTIZATIONS: dict[str, Callable[[tf.lite.TFLiteConverter], None]] = {
+    "float32": _float32,
+    "dynamic_range": _dynamic_range,
+}
+
+
+@dataclass(frozen=True)
+class TfliteResult:
+    mode: str
+    path: Path
+    size_bytes: int
+    test_accuracy: float
+    accuracy_delta: float  # against the Keras model on the same images
+
+
+def convert(model: keras.Model, mode: str) -> bytes:
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no TF Select (Flex) ops
+    QUANTIZATIONS[mode](converter)
+    flatbuffer = converter.convert()
+    flex = sorted({op["op_name"] for op in Interpreter(model_content=flatbuffer)._get_ops_details() if "Flex" in op["op_name"]})
+    if flex:
+        raise UserError(f"TFLite {mode} export needs TF Select ops {flex}, which LiteRT cannot run; refused")
+    return flatbuffer
+
+
+def litert_predict(path: Path, images: np.ndarray, batch: int = 1000) -> np.ndarray:
+    """Class probabilities from the LiteRT interpreter, `batch` images per invoke."""
+    interpreter = Interpreter(model_path=str(path))
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    results = []
+    for start in range(0, len(images), batch):
+        chunk = images[start : start + batch].astype(np.float32)
+        interpreter.resize_tensor_input(inp["index"], chunk.shape)
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(inp["index"], chunk)
+        interpreter.invoke()
+        results.append(interpreter.get_tensor(out["index"]).copy())
+    return np.concatenate(results)
+
+
+def _dir_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def export(model_uri: str, dataset: str = "", data_dir: str = "", output_dir: str = "outputs") -> list[TfliteResult]:
+    ref = tracking.resolve_model(model_uri)
+    dataset = dataset or tracking.trained_on(ref)
+    model = tracking.load_keras(model_uri)
+    data = load_dataset(dataset, data_dir)
+    labels = data.y_test.astype(np.int64)
+    keras_accuracy = float((model.predict(data.x_test.astype(np.float32), verbose=0).argmax(1) == labels).mean())
+
+    with tracking.step_run(f"export-{dataset}"):
+        out_dir = Path(output_dir) / tracking.active_run_id() / "export"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        model.export(str(out_dir / "saved_model"), format="tf_saved_model", verbose=False)
+        metrics = {"export_keras_test_accuracy": keras_accuracy, "saved_model_size_bytes": _dir_size(out_dir / "saved_model")}
+        results = []
+        for mode in QUANTIZATIONS:
+            start = time.perf_counter()
+            path = out_dir / f"model_{mode}.tflite"
+            path.write_bytes(convert(model, mode))
+            accuracy = float((litert_predict(path, data.x_test).argmax(1) == labels).mean())
+            results.append(TfliteResult(mode, path, path.stat().st_size, accuracy, accuracy - keras_accuracy))
+            print(f"  converted and scored {path.name} in {time.perf_counter() - start:.1f}s")
+        for r in results:
+            metrics[f"tflite_{r.mode}_size_bytes"] = r.size_bytes
+            metrics[f"tflite_{r.mode}_test_accuracy"] = r.test_accuracy
+            metrics[f"tflite_{r.mode}_accuracy_delta"] = r.accuracy_delta
+        tracking.set_tags({"exported_model_uri": model_uri})
+        tracking.log_metrics(metrics, model_id=ref.model_id)
+        tracking.log_folder(out_dir, "export")
+    print(table(keras_accuracy, results))
+    return results
+
+
+def table(keras_accuracy: float, results: list[TfliteResult]) -> str:
+    rows = [f"{'format':<22}{'size':>12}{'test accuracy':>16}{'vs Keras':>11}"]
+    rows.append(f"{'keras':<22}{'':>12}{keras_accuracy:>16.4f}{'':>11}")
+    for r in results:
+        rows.append(f"{'tflite ' + r.mode:<22}{r.size_bytes / 1e6:>10.3f}MB{r.test_accuracy:>16.4f}{r.accuracy_delta:>+11.4f}")
+    return "\n".join(rows)

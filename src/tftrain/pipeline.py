@@ -1,0 +1,51 @@
+"""The main job: train, then evaluate and export that model, all in one MLflow run; ends with where to look."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from tftrain import tracking
+from tftrain.config import TrainConfig
+from tftrain.evaluate import Evaluation, evaluate
+from tftrain.export import export
+from tftrain.train import TrainResult, default_run_name, train
+
+
+def _mlflow_command() -> str:
+    """The mlflow executable of this environment, as the user would type it from here."""
+    exe = Path(sys.executable).parent / "mlflow"
+    if not exe.exists():
+        return "mlflow"
+    try:
+        return os.path.relpath(exe) if not os.path.relpath(exe).startswith("..") else str(exe)
+    except ValueError:
+        return str(exe)
+
+
+def report(result: TrainResult, ev: Evaluation) -> str:
+    link = tracking.run_link(result.run_id)
+    m = result.model
+    registered = f"{m.registered_name} version {m.version} (models:/{m.registered_name}/{m.version})" if m.version else "not registered"
+    ui = link["ui_command"].replace("mlflow ui", f"{_mlflow_command()} ui", 1)
+    return "\n".join(
+        [
+            "",
+            f"run:            {link['run_name']} ({result.run_id}), {result.epochs_run} epochs",
+            f"test accuracy:  {ev.metrics['test_accuracy']:.4f}",
+            f"registered:     {registered}",
+            f"local files:    {result.out_dir}",
+            f"MLflow UI:      {ui}",
+            f"                then open {link['run_page']}",
+        ]
+    )
+
+
+def pipeline(cfg: TrainConfig) -> tuple[TrainResult, Evaluation]:
+    with tracking.step_run(default_run_name(cfg)):
+        result = train(cfg)
+        ev = evaluate(result.model.uri, cfg.dataset, cfg.data_dir)
+        export(result.model.uri, cfg.dataset, cfg.data_dir, cfg.output_dir)
+    print(report(result, ev))
+    return result, ev

@@ -1,0 +1,201 @@
+"""Everything MLflow: runs, params, the Keras metrics callback, model logging and registration, model loading.
+
+This is the only module that imports mlflow. Each step (train, evaluate, export) logs into the run that is already
+active (the pipeline's, or the one `mlflow run` created and named in MLFLOW_RUN_ID), or else starts its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import tensorflow as tf
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.types.schema import Schema, TensorSpec
+
+from tftrain.callbacks import current_lr
+from tftrain.config import TrainConfig
+from tftrain.errors import UserError
+
+DEFAULT_EXPERIMENT = "tftrain"
+MODEL_ARTIFACT = "model"
+# Raw pixels in, class probabilities out. Unnamed tensors, so requests send a plain array ({"inputs": [...]}).
+SIGNATURE = ModelSignature(
+    inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 28, 28))]),
+    outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 10))]),
+)
+
+
+@dataclass(frozen=True)
+class LoggedModel:
+    uri: str  # models:/m-<id>
+    model_id: str
+    run_id: str
+    registered_name: str | None = None
+    version: str | None = None
+
+
+@contextlib.contextmanager
+def step_run(name: str) -> Iterator[mlflow.ActiveRun]:
+    """The active run if there is one (left open), else a new or MLFLOW_RUN_ID run that is ended here.
+
+    An exception marks the run FAILED and propagates, so a crash never looks like success in the UI.
+    """
+    active = mlflow.active_run()
+    if active is not None:
+        yield active
+        return
+    if not ({"MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"} & os.environ.keys()):
+        mlflow.set_experiment(DEFAULT_EXPERIMENT)
+    run = mlflow.start_run()
+    mlflow.set_tag("mlflow.runName", name)
+    try:
+        yield run
+    except BaseException as e:
+        mlflow.set_tag("tftrain.failure", f"{type(e).__name__}: {e}"[:5000])
+        mlflow.end_run("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise
+    mlflow.end_run()
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def log_environment() -> None:
+    mlflow.set_tags(
+        {
+            "tensorflow_version": tf.__version__,
+            "keras_version": keras.__version__,
+            "mlflow_version": mlflow.__version__,
+            "python_version": platform.python_version(),
+            "git_commit": _git_commit(),
+        }
+    )
+
+
+def log_params_once(params: dict[str, str]) -> None:
+    """Log params the run does not have yet. `mlflow run` has logged its entry-point parameters already, in the
+    user's spelling (`1e-3`); logging another spelling (`0.001`) of the same key would fail the run."""
+    run_id = mlflow.active_run().info.run_id
+    existing = mlflow.get_run(run_id).data.params
+    mlflow.log_params({k: v for k, v in params.items() if k not in existing})
+
+
+def log_config(cfg: TrainConfig) -> None:
+    log_params_once(cfg.as_params())
+    mlflow.log_params({"registered_model_name": cfg.registered_model_name})
+    mlflow.log_dict(dataclasses.asdict(cfg), "config.json")
+
+
+class EpochMetrics(mlflow.keras.MlflowCallback):
+    """MLflow's Keras callback, with each epoch's metrics at step = epoch number (1-based, as printed), the
+    learning rate and the epoch's wall time added, and without the stock `validation_*` copies at step 0."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        metrics = {k: float(v) for k, v in (logs or {}).items()}
+        metrics["learning_rate"] = current_lr(self.model)
+        metrics["epoch_seconds"] = time.perf_counter() - self._start
+        mlflow.log_metrics(metrics, step=epoch + 1, synchronous=False)
+
+    def on_test_end(self, logs=None):
+        pass  # validation metrics arrive in on_epoch_end's logs as val_*, at the right step
+
+
+def log_keras_model(model: keras.Model, registered_name: str | None, example: np.ndarray) -> LoggedModel:
+    """Log the model with the float32 signature, register it, and log an example request beside the run."""
+    mlflow.flush_async_logging()
+    info = mlflow.keras.log_model(
+        model, name=MODEL_ARTIFACT, signature=SIGNATURE, registered_model_name=registered_name
+    )
+    # input_example= would crash log_model (MLflow #16183), so the example request is a run artifact instead.
+    mlflow.log_dict({"inputs": example.astype(int).tolist()}, "serving_example.json")
+    version = str(info.registered_model_version) if registered_name else None
+    return LoggedModel(info.model_uri, info.model_id, info.run_id, registered_name, version)
+
+
+def log_folder(folder: Path, artifact_path: str) -> None:
+    if folder.is_dir() and any(folder.iterdir()):
+        mlflow.log_artifacts(str(folder), artifact_path)
+
+
+def log_file(path: Path, artifact_path: str | None = None) -> None:
+    mlflow.log_artifact(str(path), artifact_path)
+
+
+def log_metrics(metrics: dict[str, float], model_id: str | None = None) -> None:
+    mlflow.log_metrics(metrics, model_id=model_id)
+
+
+def set_tags(tags: dict[str, str]) -> None:
+    mlflow.set_tags(tags)
+
+
+def log_figure(figure, artifact_file: str) -> None:
+    mlflow.log_figure(figure, artifact_file)
+
+
+def log_dict(data: dict, artifact_file: str) -> None:
+    mlflow.log_dict(data, artifact_file)
+
+
+def resolve_model(uri: str) -> LoggedModel:
+    """Look the model up (nothing downloaded but its MLmodel file); a model that is not there is a user error."""
+    try:
+        info = mlflow.models.get_model_info(uri)
+    except (MlflowException, OSError) as e:
+        raise UserError(f"model_uri {uri!r} cannot be opened: {str(e).splitlines()[0]}") from None
+    return LoggedModel(uri, info.model_id, info.run_id)
+
+
+def trained_on(ref: LoggedModel) -> str:
+    """The dataset the model's source run trained on; fashion_mnist when the run does not say."""
+    if not ref.run_id:
+        return "fashion_mnist"
+    return mlflow.get_run(ref.run_id).data.params.get("dataset", "fashion_mnist")
+
+
+def load_pyfunc(uri: str):
+    return mlflow.pyfunc.load_model(uri)
+
+
+def load_keras(uri: str) -> keras.Model:
+    info = mlflow.models.get_model_info(uri)
+    if "keras" not in info.flavors:
+        raise UserError(f"model_uri {uri!r} is not a Keras model (flavors: {', '.join(info.flavors)}); export needs one")
+    return mlflow.keras.load_model(uri)
+
+
+def active_run_id() -> str:
+    return mlflow.active_run().info.run_id
+
+
+def run_link(run_id: str) -> dict[str, str]:
+    """Where to look at a run: its name, the UI command for this tracking store, and the run's page."""
+    run = mlflow.get_run(run_id)
+    uri = mlflow.get_tracking_uri()
+    command = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"open {uri}"
+    base = "http://127.0.0.1:5000" if uri.startswith("sqlite") else uri.rstrip("/")
+    return {
+        "run_name": run.info.run_name,
+        "ui_command": command,
+        "run_page": f"{base}/#/experiments/{run.info.experiment_id}/runs/{run_id}",
+    }

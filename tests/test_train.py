@@ -1,0 +1,135 @@
+"""Training on tiny data against a real sqlite MLflow store: what lands in the store."""
+
+import json
+
+import mlflow
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from tftrain import tracking
+from tftrain.config import TrainConfig
+from tftrain.errors import UserError
+from tftrain.train import train
+
+
+@pytest.fixture(scope="module")
+def run(trained):
+    result, _ = trained
+    return result, mlflow.get_run(result.run_id)
+
+
+def metric_steps(run_id, key):
+    return [(m.step, m.value) for m in mlflow.MlflowClient().get_metric_history(run_id, key)]
+
+
+def test_every_config_field_is_a_param(run):
+    result, r = run
+    expected = TrainConfig(**json.loads(json.dumps(_config_of(r)))).as_params()
+    for key, value in expected.items():
+        assert r.data.params[key] == value
+    assert r.data.params["registered_model_name"] == "tftrain-fashion-mnist"
+    assert r.data.params["optimizer_name"] == "adam"  # from MLflow's callback
+
+
+def _config_of(r):
+    path = mlflow.artifacts.download_artifacts(run_id=r.info.run_id, artifact_path="config.json")
+    return json.loads(open(path).read())
+
+
+def test_config_artifact_is_the_resolved_config(run, tiny_data):
+    result, r = run
+    config = _config_of(r)
+    assert config["data_dir"] == str(tiny_data) and config["epochs"] == 3 and config["early_stopping"] is False
+    assert json.loads((result.out_dir / "config.json").read_text()) == config
+
+
+def test_epoch_metrics_at_steps_one_to_n(run):
+    result, r = run
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_seconds"):
+        steps = metric_steps(result.run_id, key)
+        assert [s for s, _ in steps] == [1, 2, 3], key
+    assert [v for _, v in metric_steps(result.run_id, "learning_rate")] == pytest.approx([0.002] * 3)
+    history_loss = [v for _, v in metric_steps(result.run_id, "val_loss")]
+    assert history_loss == pytest.approx(result.history["val_loss"], rel=1e-6)
+
+
+def test_no_stock_validation_metrics_at_step_zero(run):
+    _, r = run
+    assert not [k for k in r.data.metrics if k.startswith("validation_")]
+
+
+def test_tags_name_the_versions_and_commit(run):
+    _, r = run
+    tags = r.data.tags
+    assert tags["tensorflow_version"] == "2.21.0" and tags["mlflow_version"] == "3.17.2"
+    assert tags["keras_version"].startswith("3.")
+    assert len(tags["git_commit"]) == 40 or tags["git_commit"] == "unknown"
+    assert tags["mlflow.runName"] == "tiny"
+    assert r.info.status == "FINISHED"
+
+
+def test_model_logged_registered_and_learned(run, tiny_data):
+    result, r = run
+    model = result.model
+    assert model.uri == f"models:/{model.model_id}" and model.run_id == result.run_id
+    version = mlflow.MlflowClient().get_model_version("tftrain-fashion-mnist", model.version)
+    assert version.run_id == result.run_id and str(version.version) == "1" == model.version
+    assert result.history["val_accuracy"][-1] > 0.5  # the tiny data is learnable; chance is 0.1
+    info = mlflow.models.get_model_info(model.uri)
+    (spec,) = json.loads(info.signature.to_dict()["inputs"])
+    assert spec == {"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, 28, 28]}}
+
+
+def test_example_request_is_logged_and_answers(run):
+    result, r = run
+    path = mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="serving_example.json")
+    request = json.loads(open(path).read())
+    images = np.array(request["inputs"], dtype=np.float32)
+    assert images.shape == (2, 28, 28) and images.max() > 1
+    probs = mlflow.pyfunc.load_model(result.model.uri).predict(images)
+    assert probs.shape == (2, 10)
+    np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-5)
+
+
+def test_checkpoint_and_tensorboard_are_artifacts(run):
+    result, _ = run
+    client = mlflow.MlflowClient()
+    checkpoints = [f.path for f in client.list_artifacts(result.run_id, "checkpoints")]
+    assert len(checkpoints) == 1 and checkpoints[0].endswith(".keras")
+    assert {f.path for f in client.list_artifacts(result.run_id, "tensorboard")} == {"tensorboard/train", "tensorboard/validation"}
+    assert list((result.out_dir / "checkpoints").glob("model_*.keras"))
+
+
+def test_early_stopping_ends_training_and_restores(store, tiny_data):
+    # val_accuracy reaches its ceiling on the tiny data; with patience 0 training cannot run all 30 epochs
+    cfg = tiny_config(tiny_data, epochs=30, early_stopping_monitor="val_loss", early_stopping_patience=0,
+                      learning_rate=0.05, tensorboard=False, checkpoint=False, model_name="early")  # fmt: skip
+    result = train(cfg)
+    assert result.epochs_run < 30
+    assert len(metric_steps(result.run_id, "loss")) == result.epochs_run
+
+
+def test_failed_training_marks_the_run_failed(store, tmp_path):
+    from conftest import write_dataset
+
+    folder = write_dataset(tmp_path / "data", n_train=50)
+    with pytest.raises(UserError, match="validation_split"):
+        train(tiny_config(folder, validation_split=0.001))
+    assert mlflow.search_runs(search_all_experiments=True).empty  # refused before any run started
+
+
+def test_unwritable_output_dir_is_refused_before_training(store, tiny_data, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(UserError, match=r"invalid value for output_dir: received '.*file/out'"):
+        train(tiny_config(tiny_data, output_dir=str(blocker / "out")))
+
+
+def test_param_already_logged_by_mlflow_run_in_another_spelling(store, tiny_data):
+    """`mlflow run -P learning_rate=2e-3` logs '2e-3'; our '0.002' must not clash with it."""
+    with mlflow.start_run() as active:
+        mlflow.log_param("learning_rate", "2e-3")
+        tracking.log_params_once({"learning_rate": "0.002", "epochs": "1"})
+        params = mlflow.get_run(active.info.run_id).data.params
+    assert params["learning_rate"] == "2e-3" and params["epochs"] == "1"

@@ -4,6 +4,7 @@ commands, after the parameters have been validated, so a bad parameter fails in 
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 
 import click
@@ -102,6 +103,7 @@ def pipeline_command(**params) -> None:
 
 def main() -> None:
     """Run the CLI; a user mistake is one line on stderr and exit code 2, never a traceback."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's C++ INFO lines drown the progress output
     try:
         cli.main(standalone_mode=False, prog_name="tftrain")
     except click.exceptions.Exit as e:

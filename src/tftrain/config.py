@@ -35,7 +35,7 @@ class TrainConfig:
     )
     # model and optimizer
     model: str = _opt("mlp", "Architecture: the write-up's MLP or CNN.", MODELS)
-    epochs: int = _opt(15, "Maximum number of epochs (early stopping may end sooner).")
+    epochs: int = _opt(20, "Maximum number of epochs (early stopping may end sooner).")
     batch_size: int = _opt(128, "Examples per training step.")
     learning_rate: float = _opt(0.002, "Adam's initial learning rate.")
     steps_per_execution: int = _opt(1, "Training steps run per graph call (fewer Python round trips).")

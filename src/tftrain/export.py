@@ -3,15 +3,16 @@ file scored on the test split with the LiteRT interpreter against the Keras mode
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import keras
 import numpy as np
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
+from tensorflow.lite.python.convert_phase import ConverterError
 
 from tftrain import tracking
 from tftrain.data import load_dataset
@@ -42,14 +43,26 @@ class TfliteResult:
     accuracy_delta: float  # against the Keras model on the same images
 
 
-def convert(model: keras.Model, mode: str) -> bytes:
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no TF Select (Flex) ops
+def flex_ops(flatbuffer: bytes) -> list[str]:
+    """TF Select ops a TFLite file needs: LiteRT's builtin runtime cannot run them."""
+    ops = Interpreter(model_content=flatbuffer)._get_ops_details()
+    return sorted({op["op_name"] for op in ops if op["op_name"].startswith("Flex")})
+
+
+def convert(saved_model_dir: Path, mode: str) -> bytes:
+    """Convert a SavedModel with builtin ops only; a graph that would need TF Select ops is refused."""
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     QUANTIZATIONS[mode](converter)
-    flatbuffer = converter.convert()
-    flex = sorted({op["op_name"] for op in Interpreter(model_content=flatbuffer)._get_ops_details() if "Flex" in op["op_name"]})
-    if flex:
-        raise UserError(f"TFLite {mode} export needs TF Select ops {flex}, which LiteRT cannot run; refused")
+    try:
+        flatbuffer = converter.convert()
+    except ConverterError as e:
+        select = re.search(r"TF Select ops: (.*)", str(e))
+        if not select:
+            raise
+        raise UserError(f"TFLite {mode} export needs TF Select ops ({select.group(1)}), which LiteRT cannot run; refused") from None
+    if flex := flex_ops(flatbuffer):
+        raise UserError(f"TFLite {mode} export needs TF Select ops ({', '.join(flex)}), which LiteRT cannot run; refused")
     return flatbuffer
 
 
@@ -89,7 +102,7 @@ def export(model_uri: str, dataset: str = "", data_dir: str = "", output_dir: st
         for mode in QUANTIZATIONS:
             start = time.perf_counter()
             path = out_dir / f"model_{mode}.tflite"
-            path.write_bytes(convert(model, mode))
+            path.write_bytes(convert(out_dir / "saved_model", mode))
             accuracy = float((litert_predict(path, data.x_test).argmax(1) == labels).mean())
             results.append(TfliteResult(mode, path, path.stat().st_size, accuracy, accuracy - keras_accuracy))
             print(f"  converted and scored {path.name} in {time.perf_counter() - start:.1f}s")

@@ -1,0 +1,79 @@
+"""The CLI as a user meets it: real processes, exit codes, one-line errors, no tracebacks."""
+
+import subprocess
+import sys
+
+import pytest
+from conftest import write_dataset, write_idx
+
+import numpy as np
+
+RUN = "0123456789abcdef0123456789abcdef"
+
+
+def tftrain(*args, cwd=None, env=None):
+    return subprocess.run([sys.executable, "-m", "tftrain", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["train", "--epochs", "0"], "invalid value for epochs: received 0; allowed: an integer >= 1"),
+        (["train", "--epochs", "x"], "Invalid value for '--epochs': 'x' is not a valid integer"),
+        (["train", "--batch-size", "-3"], "invalid value for batch_size: received -3"),
+        (["train", "--model", "resnet"], "'resnet' is not one of 'mlp', 'cnn'"),
+        (["train", "--dataset", "cifar10"], "'cifar10' is not one of 'fashion_mnist', 'mnist'"),
+        (["train", "--validation-split", "1.5"], "invalid value for validation_split: received 1.5"),
+        (["train", "--learning-rate", "fast"], "'fast' is not a valid float"),
+        (["train", "--early-stopping", "maybe"], "'maybe' is not a valid boolean"),
+        (["train", "--data-dir", "/no/such/dir"], "invalid value for data_dir: received '/no/such/dir'"),
+        (["train", "--bogus", "1"], "No such option '--bogus'"),
+        (["pipeline", "--plateau-factor", "2"], "invalid value for plateau_factor: received 2.0"),
+        (["evaluate"], "Missing option '--model-uri'"),
+        (["evaluate", "--model-uri", "my-model"], "invalid value for model_uri: received 'my-model'; allowed: runs:/"),
+        (["evaluate", "--model-uri", "runs:/abc/model"], "invalid value for model_uri: received 'runs:/abc/model'"),
+        (["export", "--model-uri", f"models:/m-{RUN}", "--dataset", "cifar"], "invalid value for dataset: received 'cifar'"),
+        (["frobnicate"], "No such command 'frobnicate'"),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(args, expected):
+    done = tftrain(*args)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()], done.stderr
+    assert done.stderr.startswith("tftrain: error: ") and expected in done.stderr
+
+
+def user_error_line(done):
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 2, done.stderr
+    return [line for line in done.stderr.splitlines() if line.startswith("tftrain: error: ")]
+
+
+def test_missing_model_in_the_store(tmp_path):
+    done = tftrain("evaluate", "--model-uri", "models:/nope/1", cwd=tmp_path)
+    (line,) = user_error_line(done)
+    assert "model_uri 'models:/nope/1' cannot be opened" in line
+
+
+def test_corrupt_data_file_named(tmp_path):
+    folder = write_dataset(tmp_path / "data")
+    write_idx(folder / "train-labels-idx1-ubyte.gz", np.zeros(5, np.uint8))
+    done = tftrain("train", "--data-dir", str(folder), cwd=tmp_path)
+    (line,) = user_error_line(done)
+    assert f"data file {folder / 'train-labels-idx1-ubyte.gz'}: 5 labels for 640 images" in line
+
+
+def test_unwritable_output_dir(tmp_path, tiny_data):
+    (tmp_path / "taken").write_text("a file, not a folder")
+    done = tftrain("train", "--data-dir", str(tiny_data), "--output-dir", "taken/out", cwd=tmp_path)
+    (line,) = user_error_line(done)
+    assert "invalid value for output_dir: received 'taken/out'" in line
+
+
+def test_help_lists_the_steps_and_exits_0():
+    done = tftrain("--help")
+    assert done.returncode == 0
+    for command in ("train", "evaluate", "export", "pipeline"):
+        assert f"  {command} " in done.stdout
+    options = tftrain("train", "--help").stdout
+    assert "--early-stopping-patience INTEGER" in options and "[default: 3]" in options

@@ -1,0 +1,85 @@
+"""End to end through `mlflow run . --env-manager local`, the way users run the project."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+from conftest import REPO, mlflow_store
+
+pytestmark = pytest.mark.slow
+
+
+def mlflow_run(entry_point: str, params: dict, cwd: Path, experiment: str) -> subprocess.CompletedProcess:
+    """`mlflow run` with this environment's python first on PATH, as an activated venv would have it."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_RUN_ID", None)
+    args = [sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local", "-e", entry_point,
+            "--experiment-name", experiment]  # fmt: skip
+    for key, value in params.items():
+        args += ["-P", f"{key}={value}"]
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return done
+
+
+def run_id_of(done) -> str:
+    return re.search(r"=== Run \(ID '([0-9a-f]{32})'\) succeeded ===", done.stderr).group(1)
+
+
+@pytest.fixture
+def project_store(tmp_path):
+    with mlflow_store(tmp_path) as uri:
+        yield tmp_path, uri
+
+
+def test_train_evaluate_export_entry_points_chain_through_model_uris(project_store, tiny_data):
+    folder, _ = project_store
+    common = {"data_dir": tiny_data}
+    train = mlflow_run("train", {**common, "epochs": 2, "learning_rate": "3e-3", "model_name": "e2e",
+                                 "output_dir": folder / "out", "run_name": "e2e-train"}, folder, "e2e")  # fmt: skip
+    train_id = run_id_of(train)
+    evaluate = mlflow_run("evaluate", {**common, "model_uri": "models:/e2e/1"}, folder, "e2e")
+    export = mlflow_run("export", {**common, "model_uri": f"runs:/{train_id}/model", "output_dir": folder / "out"},
+                        folder, "e2e")  # fmt: skip
+    client = mlflow.MlflowClient()
+
+    run = client.get_run(train_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "e2e-train"
+    assert run.data.params["learning_rate"] == "3e-3"  # as mlflow run logged it; ours did not clash
+    assert run.data.params["epochs"] == "2" and run.data.params["model"] == "mlp"
+    assert run.data.tags["mlflow.project.entryPoint"] == "train"
+    assert [m.step for m in client.get_metric_history(train_id, "val_accuracy")] == [1, 2]
+    assert not [k for k in run.data.metrics if k.startswith("validation_")]
+    version = client.get_model_version("e2e", "1")
+    assert version.run_id == train_id
+
+    eval_run = client.get_run(run_id_of(evaluate))
+    assert eval_run.data.tags["evaluated_model_run_id"] == train_id
+    assert 0.5 < eval_run.data.metrics["test_accuracy"] <= 1.0
+    assert "test accuracy " in evaluate.stdout
+
+    export_run = client.get_run(run_id_of(export))
+    assert export_run.data.metrics["tflite_float32_test_accuracy"] == pytest.approx(
+        eval_run.data.metrics["test_accuracy"], abs=0.01
+    )
+    tflite = {f.path for f in client.list_artifacts(export_run.info.run_id, "export")}
+    assert "export/model_dynamic_range.tflite" in tflite
+    assert (folder / "out" / export_run.info.run_id / "export" / "model_float32.tflite").is_file()
+
+
+def test_main_job_on_real_fashion_mnist_defaults(project_store):
+    """The README's main job: `mlflow run .` on the embedded defaults, real data, one run holding everything."""
+    folder, _ = project_store
+    done = mlflow_run("main", {}, folder, "tftrain")
+    run = mlflow.get_run(run_id_of(done))
+    metrics = run.data.metrics
+    assert metrics["test_accuracy"] >= 0.88, metrics["test_accuracy"]
+    assert abs(metrics["tflite_dynamic_range_accuracy_delta"]) < 0.01
+    assert run.data.params["dataset"] == "fashion_mnist" and run.data.tags["dataset_source"].endswith("fashion-mnist")
+    assert re.search(r"^test accuracy:\s+0\.\d{4}$", done.stdout, re.M)
+    assert "registered:     tftrain-fashion-mnist version 1 (models:/tftrain-fashion-mnist/1)" in done.stdout
+    assert "mlflow ui --backend-store-uri sqlite:///" in done.stdout

@@ -5,4 +5,6 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/setup.sh
 export MLFLOW_TRACKING_URI="${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}"
+# --env-manager local runs the entry point with the `python` on PATH: make it this venv's.
+export PATH="$PWD/.venv/bin:$PATH"
 exec .venv/bin/mlflow run . --env-manager local --experiment-name tftrain "$@"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import os
 import struct
 from pathlib import Path
 
@@ -12,7 +11,6 @@ import mlflow
 import numpy as np
 import pytest
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -65,9 +63,6 @@ def mlflow_store(folder: Path):
             while mlflow.active_run():
                 mlflow.end_run()
             mlflow.set_tracking_uri(None)
-            # mlflow.set_experiment() leaves the experiment in process state; the next store has none of it.
-            os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
-            mlflow.tracking.fluent._active_experiment_id = None
 
 
 @pytest.fixture
@@ -84,6 +79,17 @@ def trained(tmp_path_factory, tiny_data):
     folder = tmp_path_factory.mktemp("trained")
     with mlflow_store(folder):
         yield train(tiny_config(tiny_data, epochs=3, early_stopping=False)), folder
+
+
+def artifact(run_id: str, path: str) -> Path:
+    """A run's artifact, downloaded from the store."""
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path))
+
+
+def run_tagged(tag: str) -> str:
+    """The id of the one run, in any experiment, that carries `tag`."""
+    (run_id,) = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.{tag} != ''")["run_id"]
+    return run_id
 
 
 def tiny_config(data_dir: Path, **overrides):

@@ -3,8 +3,8 @@ import io
 import keras
 import numpy as np
 import pytest
-from conftest import tiny_config
 
+from conftest import tiny_config
 from tftrain.callbacks import EpochSummary, build_callbacks
 from tftrain.models import build_model
 

@@ -3,16 +3,23 @@
 import subprocess
 import sys
 
-import pytest
-from conftest import write_dataset, write_idx
-
 import numpy as np
+import pytest
+
+from conftest import write_dataset, write_idx
 
 RUN = "0123456789abcdef0123456789abcdef"
 
 
 def tftrain(*args, cwd=None, env=None):
-    return subprocess.run([sys.executable, "-m", "tftrain", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "tftrain", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=300,
+    )
 
 
 @pytest.mark.parametrize(
@@ -30,9 +37,18 @@ def tftrain(*args, cwd=None, env=None):
         (["train", "--bogus", "1"], "No such option '--bogus'"),
         (["pipeline", "--plateau-factor", "2"], "invalid value for plateau_factor: received 2.0"),
         (["evaluate"], "Missing option '--model-uri'"),
-        (["evaluate", "--model-uri", "my-model"], "invalid value for model_uri: received 'my-model'; allowed: runs:/"),
-        (["evaluate", "--model-uri", "runs:/abc/model"], "invalid value for model_uri: received 'runs:/abc/model'"),
-        (["export", "--model-uri", f"models:/m-{RUN}", "--dataset", "cifar"], "invalid value for dataset: received 'cifar'"),
+        (
+            ["evaluate", "--model-uri", "my-model"],
+            "invalid value for model_uri: received 'my-model'; allowed: runs:/",
+        ),
+        (
+            ["evaluate", "--model-uri", "runs:/abc/model"],
+            "invalid value for model_uri: received 'runs:/abc/model'",
+        ),
+        (
+            ["export", "--model-uri", f"models:/m-{RUN}", "--dataset", "cifar"],
+            "invalid value for dataset: received 'cifar'",
+        ),
         (["frobnicate"], "No such command 'frobnicate'"),
     ],
 )

@@ -54,7 +54,12 @@ def test_explicit_model_name_is_used():
 
 @pytest.mark.parametrize(
     "uri",
-    [f"runs:/{RUN}/model", "models:/tftrain-fashion-mnist/3", "models:/my model@champion", f"models:/m-{RUN}"],
+    [
+        f"runs:/{RUN}/model",
+        "models:/tftrain-fashion-mnist/3",
+        "models:/my model@champion",
+        f"models:/m-{RUN}",
+    ],
 )
 def test_model_uri_forms_accepted(uri):
     assert check_model_uri(uri) == uri
@@ -62,7 +67,16 @@ def test_model_uri_forms_accepted(uri):
 
 @pytest.mark.parametrize(
     "uri",
-    ["", "model", "runs:/abc/model", f"runs:/{RUN}", "models:/", "models:/name", "models:/name/v1", "s3://x/y"],
+    [
+        "",
+        "model",
+        "runs:/abc/model",
+        f"runs:/{RUN}",
+        "models:/",
+        "models:/name",
+        "models:/name/v1",
+        "s3://x/y",
+    ],
 )
 def test_malformed_model_uris_rejected(uri):
     with pytest.raises(UserError, match="invalid value for model_uri"):

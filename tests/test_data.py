@@ -3,8 +3,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import tiny_images, write_dataset, write_idx
 
+from conftest import tiny_images, write_dataset, write_idx
 from tftrain import data
 from tftrain.data import load_dataset, make_dataset, read_idx, split_validation
 from tftrain.errors import UserError

@@ -6,6 +6,7 @@ import mlflow
 import numpy as np
 import pytest
 
+from conftest import artifact, run_tagged
 from tftrain.errors import UserError
 from tftrain.evaluate import evaluate, score
 
@@ -39,23 +40,27 @@ def evaluated(trained, tiny_data):
 
 def test_evaluate_logs_a_run_linked_to_the_model(evaluated):
     result, ev, uri = evaluated
-    (run_id,) = mlflow.search_runs(search_all_experiments=True, filter_string="tags.evaluated_model_uri != ''")["run_id"]
+    run_id = run_tagged("evaluated_model_uri")
     run = mlflow.get_run(run_id)
     assert run.data.tags["evaluated_model_run_id"] == result.run_id
     assert run.data.tags["evaluated_model_uri"] == uri
     assert run.data.metrics["test_accuracy"] == pytest.approx(ev.metrics["test_accuracy"])
     assert ev.metrics["test_accuracy"] > 0.5  # learnable tiny data; chance is 0.1
     logged = mlflow.get_logged_model(result.model.model_id)
-    assert {m.key for m in logged.metrics} >= {"test_accuracy", "test_loss", "test_macro_f1", "test_f1_trouser"}
+    assert {m.key for m in logged.metrics} >= {
+        "test_accuracy",
+        "test_loss",
+        "test_macro_f1",
+        "test_f1_trouser",
+    }
     artifacts = {f.path for f in mlflow.MlflowClient().list_artifacts(run_id, "evaluation")}
     assert artifacts == {"evaluation/confusion_matrix.png", "evaluation/report.json"}
-    report = json.load(open(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="evaluation/report.json")))
+    report = json.loads(artifact(run_id, "evaluation/report.json").read_text())
     assert np.sum(report["confusion"]) == 200 and report["classes"][0] == "T-shirt/top"
 
 
 def test_confusion_png_is_a_picture(evaluated):
-    (run_id,) = mlflow.search_runs(search_all_experiments=True, filter_string="tags.evaluated_model_uri != ''")["run_id"]
-    png = open(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="evaluation/confusion_matrix.png"), "rb").read()
+    png = artifact(run_tagged("evaluated_model_uri"), "evaluation/confusion_matrix.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
@@ -67,5 +72,7 @@ def test_other_uri_forms_give_the_same_score(evaluated, tiny_data, uri_form):
 
 
 def test_missing_model_is_a_user_error(trained):
-    with pytest.raises(UserError, match=r"model_uri 'models:/nope/1' cannot be opened: Registered Model with name=nope"):
+    with pytest.raises(
+        UserError, match=r"model_uri 'models:/nope/1' cannot be opened: Registered Model with name=nope"
+    ):
         evaluate("models:/nope/1")

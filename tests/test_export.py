@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import run_tagged
 from tftrain.errors import UserError
 from tftrain.export import convert, export, flex_ops, litert_predict
 
@@ -28,7 +29,7 @@ def test_tflite_files_score_like_the_keras_model(exported):
 
 def test_export_metrics_and_files_are_logged(exported):
     result, results = exported
-    (run_id,) = mlflow.search_runs(search_all_experiments=True, filter_string="tags.exported_model_uri != ''")["run_id"]
+    run_id = run_tagged("exported_model_uri")
     metrics = mlflow.get_run(run_id).data.metrics
     for r in results:
         assert metrics[f"tflite_{r.mode}_size_bytes"] == r.size_bytes

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+
 from conftest import REPO, mlflow_store
 
 pytestmark = pytest.mark.slow

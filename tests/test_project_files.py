@@ -2,12 +2,12 @@
 
 import dataclasses
 import shlex
-import tomllib
 
+import tomllib
 import yaml
-from conftest import REPO
 from mlflow.projects._project_spec import load_project
 
+from conftest import REPO
 from tftrain.cli import cli
 from tftrain.config import TrainConfig
 
@@ -45,9 +45,17 @@ def test_mlproject_parameters_reach_the_cli_as_given():
 
 def test_evaluate_and_export_match_their_commands():
     uri = f"runs:/{RUN}/model"
-    assert parsed("evaluate", {"model_uri": uri}) == ("evaluate", {"model_uri": uri, "dataset": "", "data_dir": ""})
+    assert parsed("evaluate", {"model_uri": uri}) == (
+        "evaluate",
+        {"model_uri": uri, "dataset": "", "data_dir": ""},
+    )
     name, received = parsed("export", {"model_uri": uri, "output_dir": "x"})
-    assert name == "export" and received == {"model_uri": uri, "dataset": "", "data_dir": "", "output_dir": "x"}
+    assert name == "export" and received == {
+        "model_uri": uri,
+        "dataset": "",
+        "data_dir": "",
+        "output_dir": "x",
+    }
 
 
 def test_conda_env_pins_match_pyproject():

@@ -1,12 +1,13 @@
 """Training on tiny data against a real sqlite MLflow store: what lands in the store."""
 
 import json
+from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
-from conftest import tiny_config
 
+from conftest import artifact, tiny_config
 from tftrain import tracking
 from tftrain.config import TrainConfig
 from tftrain.errors import UserError
@@ -33,8 +34,8 @@ def test_every_config_field_is_a_param(run):
 
 
 def _config_of(r):
-    path = mlflow.artifacts.download_artifacts(run_id=r.info.run_id, artifact_path="config.json")
-    return json.loads(open(path).read())
+    path = artifact(r.info.run_id, "config.json")
+    return json.loads(Path(path).read_text())
 
 
 def test_config_artifact_is_the_resolved_config(run, tiny_data):
@@ -83,8 +84,8 @@ def test_model_logged_registered_and_learned(run, tiny_data):
 
 def test_example_request_is_logged_and_answers(run):
     result, r = run
-    path = mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="serving_example.json")
-    request = json.loads(open(path).read())
+    path = artifact(result.run_id, "serving_example.json")
+    request = json.loads(Path(path).read_text())
     images = np.array(request["inputs"], dtype=np.float32)
     assert images.shape == (2, 28, 28) and images.max() > 1
     probs = mlflow.pyfunc.load_model(result.model.uri).predict(images)
@@ -97,7 +98,10 @@ def test_checkpoint_and_tensorboard_are_artifacts(run):
     client = mlflow.MlflowClient()
     checkpoints = [f.path for f in client.list_artifacts(result.run_id, "checkpoints")]
     assert len(checkpoints) == 1 and checkpoints[0].endswith(".keras")
-    assert {f.path for f in client.list_artifacts(result.run_id, "tensorboard")} == {"tensorboard/train", "tensorboard/validation"}
+    assert {f.path for f in client.list_artifacts(result.run_id, "tensorboard")} == {
+        "tensorboard/train",
+        "tensorboard/validation",
+    }
     assert list((result.out_dir / "checkpoints").glob("model_*.keras"))
 
 

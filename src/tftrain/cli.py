@@ -4,7 +4,6 @@ commands, after the parameters have been validated, so a bad parameter fails in 
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 
 import click
@@ -23,14 +22,18 @@ def config_options(cls):
             choices = f.metadata["choices"]
             kind = click.Choice(choices) if choices else _TYPES[f.type]
             flag = "--" + f.name.replace("_", "-")
-            fn = click.option(flag, f.name, type=kind, default=f.default, show_default=True, help=f.metadata["help"])(fn)
+            fn = click.option(flag, f.name, type=kind, default=f.default, show_default=True, help=f.metadata["help"])(
+                fn
+            )
         return fn
 
     return decorate
 
 
 model_uri_option = click.option(
-    "--model-uri", required=True, help="runs:/<run_id>/model, models:/<name>/<version>, models:/<name>@<alias> or models:/m-<id>."
+    "--model-uri",
+    required=True,
+    help="runs:/<run_id>/model, models:/<name>/<version>, models:/<name>@<alias> or models:/m-<id>.",
 )
 dataset_option = click.option(
     "--dataset", default="", help="Test data to use; empty: the dataset the model was trained on."
@@ -59,7 +62,10 @@ def train_command(**params) -> None:
 
     result = train(cfg)
     m = result.model
-    print(f"run {result.run_id}: model {m.uri}" + (f", registered as {m.registered_name} version {m.version}" if m.version else ""))
+    print(
+        f"run {result.run_id}: model {m.uri}"
+        + (f", registered as {m.registered_name} version {m.version}" if m.version else "")
+    )
 
 
 @cli.command("evaluate")
@@ -103,7 +109,6 @@ def pipeline_command(**params) -> None:
 
 def main() -> None:
     """Run the CLI; a user mistake is one line on stderr and exit code 2, never a traceback."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's C++ INFO lines drown the progress output
     try:
         cli.main(standalone_mode=False, prog_name="tftrain")
     except click.exceptions.Exit as e:

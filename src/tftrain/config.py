@@ -27,9 +27,7 @@ def _opt(default, help: str, choices: tuple[str, ...] | None = None):
 class TrainConfig:
     # data
     dataset: str = _opt("fashion_mnist", "Dataset to train on.", DATASETS)
-    data_dir: str = _opt(
-        "", "Folder with the four IDX .gz files; empty: look in known places, then download."
-    )
+    data_dir: str = _opt("", "Folder with the four IDX .gz files; empty: look in known places, then download.")
     validation_split: float = _opt(
         0.2, "Fraction of the training split held out for validation (its last part, as Keras does)."
     )
@@ -38,7 +36,7 @@ class TrainConfig:
     epochs: int = _opt(20, "Maximum number of epochs (early stopping may end sooner).")
     batch_size: int = _opt(128, "Examples per training step.")
     learning_rate: float = _opt(0.002, "Adam's initial learning rate.")
-    steps_per_execution: int = _opt(1, "Training steps run per graph call (fewer Python round trips).")
+    steps_per_execution: int = _opt(10, "Training steps per graph call: fewer Python round trips, same updates.")
     seed: int = _opt(42, "Seed for weights, dropout and shuffling.")
     # callbacks (the write-up's list)
     early_stopping: bool = _opt(True, "Stop when the monitored metric stops improving.")
@@ -142,4 +140,3 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise invalid(name, value, "one of " + ", ".join(choices))
     return value
-

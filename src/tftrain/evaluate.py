@@ -35,7 +35,10 @@ def score(probs: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...]) -
     confusion = np.zeros((n, n), dtype=np.int64)
     np.add.at(confusion, (labels, predicted), 1)
     true_prob = np.clip(probs[np.arange(len(labels)), labels], 1e-7, 1.0)
-    metrics = {"test_loss": float(-np.log(true_prob).mean()), "test_accuracy": float((predicted == labels).mean())}
+    metrics = {
+        "test_loss": float(-np.log(true_prob).mean()),
+        "test_accuracy": float((predicted == labels).mean()),
+    }
     hits = np.diag(confusion).astype(float)
     precision = np.divide(hits, confusion.sum(axis=0), out=np.zeros(n), where=confusion.sum(axis=0) > 0)
     recall = np.divide(hits, confusion.sum(axis=1), out=np.zeros(n), where=confusion.sum(axis=1) > 0)
@@ -92,9 +95,16 @@ def evaluate(model_uri: str, dataset: str = "", data_dir: str = "") -> Evaluatio
         ev = score(probs, data.y_test.astype(np.int64), data.class_names)
         tracking.set_tags({"evaluated_model_uri": model_uri, "evaluated_model_run_id": ref.run_id})
         tracking.log_metrics(ev.metrics, model_id=ref.model_id)
-        tracking.log_figure(confusion_figure(ev, f"{dataset} test split: {model_uri}"), "evaluation/confusion_matrix.png")
+        tracking.log_figure(
+            confusion_figure(ev, f"{dataset} test split: {model_uri}"), "evaluation/confusion_matrix.png"
+        )
         tracking.log_dict(
-            {"model_uri": model_uri, "metrics": ev.metrics, "confusion": ev.confusion.tolist(), "classes": list(ev.class_names)},
+            {
+                "model_uri": model_uri,
+                "metrics": ev.metrics,
+                "confusion": ev.confusion.tolist(),
+                "classes": list(ev.class_names),
+            },
             "evaluation/report.json",
         )
         plt.close("all")

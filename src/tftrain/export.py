@@ -60,9 +60,13 @@ def convert(saved_model_dir: Path, mode: str) -> bytes:
         select = re.search(r"TF Select ops: (.*)", str(e))
         if not select:
             raise
-        raise UserError(f"TFLite {mode} export needs TF Select ops ({select.group(1)}), which LiteRT cannot run; refused") from None
+        raise UserError(
+            f"TFLite {mode} export needs TF Select ops ({select.group(1)}), which LiteRT cannot run; refused"
+        ) from None
     if flex := flex_ops(flatbuffer):
-        raise UserError(f"TFLite {mode} export needs TF Select ops ({', '.join(flex)}), which LiteRT cannot run; refused")
+        raise UserError(
+            f"TFLite {mode} export needs TF Select ops ({', '.join(flex)}), which LiteRT cannot run; refused"
+        )
     return flatbuffer
 
 
@@ -97,7 +101,10 @@ def export(model_uri: str, dataset: str = "", data_dir: str = "", output_dir: st
         out_dir = Path(output_dir) / tracking.active_run_id() / "export"
         out_dir.mkdir(parents=True, exist_ok=True)
         model.export(str(out_dir / "saved_model"), format="tf_saved_model", verbose=False)
-        metrics = {"export_keras_test_accuracy": keras_accuracy, "saved_model_size_bytes": _dir_size(out_dir / "saved_model")}
+        metrics = {
+            "export_keras_test_accuracy": keras_accuracy,
+            "saved_model_size_bytes": _dir_size(out_dir / "saved_model"),
+        }
         results = []
         for mode in QUANTIZATIONS:
             start = time.perf_counter()
@@ -121,5 +128,7 @@ def table(keras_accuracy: float, results: list[TfliteResult]) -> str:
     rows = [f"{'format':<22}{'size':>12}{'test accuracy':>16}{'vs Keras':>11}"]
     rows.append(f"{'keras':<22}{'':>12}{keras_accuracy:>16.4f}{'':>11}")
     for r in results:
-        rows.append(f"{'tflite ' + r.mode:<22}{r.size_bytes / 1e6:>10.3f}MB{r.test_accuracy:>16.4f}{r.accuracy_delta:>+11.4f}")
+        rows.append(
+            f"{'tflite ' + r.mode:<22}{r.size_bytes / 1e6:>10.3f}MB{r.test_accuracy:>16.4f}{r.accuracy_delta:>+11.4f}"
+        )
     return "\n".join(rows)

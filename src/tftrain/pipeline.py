@@ -27,7 +27,11 @@ def _mlflow_command() -> str:
 def report(result: TrainResult, ev: Evaluation) -> str:
     link = tracking.run_link(result.run_id)
     m = result.model
-    registered = f"{m.registered_name} version {m.version} (models:/{m.registered_name}/{m.version})" if m.version else "not registered"
+    registered = (
+        f"{m.registered_name} version {m.version} (models:/{m.registered_name}/{m.version})"
+        if m.version
+        else "not registered"
+    )
     ui = link["ui_command"].replace("mlflow ui", f"{_mlflow_command()} ui", 1)
     return "\n".join(
         [

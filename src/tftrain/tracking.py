@@ -56,9 +56,7 @@ def step_run(name: str) -> Iterator[mlflow.ActiveRun]:
     if active is not None:
         yield active
         return
-    if not ({"MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"} & os.environ.keys()):
-        mlflow.set_experiment(DEFAULT_EXPERIMENT)
-    run = mlflow.start_run()
+    run = mlflow.start_run(experiment_id=None if "MLFLOW_RUN_ID" in os.environ else _experiment_id())
     mlflow.set_tag("mlflow.runName", name)
     try:
         yield run
@@ -67,6 +65,16 @@ def step_run(name: str) -> Iterator[mlflow.ActiveRun]:
         mlflow.end_run("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         raise
     mlflow.end_run()
+
+
+def _experiment_id() -> str:
+    """MLFLOW_EXPERIMENT_ID, else MLFLOW_EXPERIMENT_NAME, else "tftrain"; created if missing. Looked up on every run
+    rather than set process-wide, so a process may switch tracking stores."""
+    if experiment_id := os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        return experiment_id
+    name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+    experiment = mlflow.get_experiment_by_name(name)
+    return experiment.experiment_id if experiment else mlflow.create_experiment(name)
 
 
 def _git_commit() -> str:
@@ -180,7 +188,9 @@ def load_pyfunc(uri: str):
 def load_keras(uri: str) -> keras.Model:
     info = mlflow.models.get_model_info(uri)
     if "keras" not in info.flavors:
-        raise UserError(f"model_uri {uri!r} is not a Keras model (flavors: {', '.join(info.flavors)}); export needs one")
+        raise UserError(
+            f"model_uri {uri!r} is not a Keras model (flavors: {', '.join(info.flavors)}); export needs one"
+        )
     return mlflow.keras.load_model(uri)
 
 

@@ -41,7 +41,7 @@ def default_run_name(cfg: TrainConfig) -> str:
 
 def compile_model(model: keras.Model, cfg: TrainConfig) -> None:
     model.compile(
-        optimizer=keras.optimizers.Adam(cfg.learning_rate),
+        optimizer=keras.optimizers.Adam(cfg.learning_rate, name="adam"),  # a fixed name: runs compare equal
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
         steps_per_execution=cfg.steps_per_execution,
@@ -54,7 +54,9 @@ def check_output_dir(output_dir: str) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"invalid value for output_dir: received {output_dir!r}; cannot create it: {e.strerror}") from None
+        raise UserError(
+            f"invalid value for output_dir: received {output_dir!r}; cannot create it: {e.strerror}"
+        ) from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise UserError(f"invalid value for output_dir: received {output_dir!r}; allowed: a writable folder")
     return path

@@ -75,7 +75,7 @@ def test_train_evaluate_export_entry_points_chain_through_model_uris(project_sto
 def test_main_job_on_real_fashion_mnist_defaults(project_store):
     """The README's main job: `mlflow run .` on the embedded defaults, real data, one run holding everything."""
     folder, _ = project_store
-    done = mlflow_run("main", {}, folder, "tftrain")
+    done = mlflow_run("main", {"output_dir": folder / "outputs"}, folder, "tftrain")  # defaults but where files go
     run = mlflow.get_run(run_id_of(done))
     metrics = run.data.metrics
     assert metrics["test_accuracy"] >= 0.88, metrics["test_accuracy"]

@@ -64,3 +64,10 @@ def test_conda_env_pins_match_pyproject():
     pip = next(d["pip"] for d in conda["dependencies"] if isinstance(d, dict))
     assert sorted(pip) == sorted(project)
     assert "tensorflow==2.21.0" in pip and "mlflow==3.17.2" in pip and "tensorboard==2.21.*" in pip
+
+
+def test_readme_parameter_table_lists_every_parameter_with_its_default():
+    readme = (REPO / "README.md").read_text()
+    for f in dataclasses.fields(TrainConfig):
+        default = str(f.default).lower() if isinstance(f.default, bool) else (f.default if f.default != "" else '""')
+        assert f"| `{f.name}` | `{default}` |" in readme, f.name

@@ -20,8 +20,9 @@ fi
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   echo "setup: installing tftrain and its dependencies into $VENV (about a minute the first time)"
-  "$VENV/bin/python" -m pip install --quiet --upgrade pip
-  "$VENV/bin/python" -m pip install --quiet -e ".[test]"
+  # (sed drops pip's warnings about find-links folders that some machines' pip config names but lack)
+  "$VENV/bin/python" -m pip install --quiet --upgrade pip 2>&1 | sed "/^WARNING: Location '/d"
+  "$VENV/bin/python" -m pip install --quiet -e ".[test]" 2>&1 | sed "/^WARNING: Location '/d"
   echo "$want" > "$STAMP"
 fi
 

@@ -33,6 +33,11 @@ class EpochSummary(keras.callbacks.Callback):
         print(line, file=self.stream, flush=True)
 
 
+def mode(monitor: str) -> str:
+    """Said, not guessed: Keras guesses from compiled metrics, which the custom loop never builds."""
+    return "max" if "accuracy" in monitor else "min"
+
+
 def checkpoint_dir(out_dir: Path) -> Path:
     return out_dir / "checkpoints"
 
@@ -43,6 +48,7 @@ def build_callbacks(cfg: TrainConfig, out_dir: Path) -> list[keras.callbacks.Cal
         callbacks.append(
             keras.callbacks.EarlyStopping(
                 monitor=cfg.early_stopping_monitor,
+                mode=mode(cfg.early_stopping_monitor),
                 patience=cfg.early_stopping_patience,
                 restore_best_weights=cfg.restore_best_weights,
                 verbose=1,
@@ -51,12 +57,15 @@ def build_callbacks(cfg: TrainConfig, out_dir: Path) -> list[keras.callbacks.Cal
     if cfg.checkpoint:
         template = checkpoint_dir(out_dir) / "model_{epoch:02d}_{val_accuracy:.4f}.keras"
         callbacks.append(
-            keras.callbacks.ModelCheckpoint(str(template), monitor=cfg.checkpoint_monitor, save_best_only=True)
+            keras.callbacks.ModelCheckpoint(
+                str(template), monitor=cfg.checkpoint_monitor, mode=mode(cfg.checkpoint_monitor), save_best_only=True
+            )
         )
-    if cfg.reduce_lr_on_plateau:
+    if cfg.plateau_enabled:
         callbacks.append(
             keras.callbacks.ReduceLROnPlateau(
                 monitor=cfg.plateau_monitor,
+                mode=mode(cfg.plateau_monitor),
                 factor=cfg.plateau_factor,
                 patience=cfg.plateau_patience,
                 min_lr=cfg.plateau_min_lr,

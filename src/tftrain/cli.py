@@ -56,16 +56,17 @@ def cli() -> None:
 @cli.command("train")
 @config_options(TrainConfig)
 def train_command(**params) -> None:
-    """Train with model.fit and the write-up's callbacks; log and register the model in MLflow."""
+    """Train (model.fit or the custom loop, any strategy and precision); log and register the model in MLflow."""
     cfg = TrainConfig(**params)
     from tftrain.train import train
 
     result = train(cfg)
     m = result.model
-    print(
-        f"run {result.run_id}: model {m.uri}"
-        + (f", registered as {m.registered_name} version {m.version}" if m.version else "")
-    )
+    if m is None:
+        print("worker finished its part; the chief worker logged the run and the model")
+        return
+    registered = f", registered as {m.registered_name} version {m.version}" if m.version else ""
+    print(f"run {result.run_id}: model {m.uri}{registered}")
 
 
 @cli.command("evaluate")

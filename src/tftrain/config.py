@@ -12,11 +12,17 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tftrain.errors import invalid
+from tftrain.errors import UserError, invalid
 
 DATASETS = ("fashion_mnist", "mnist")
 MODELS = ("mlp", "cnn")
 MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
+ENGINES = ("fit", "custom")
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+LR_SCHEDULES = ("constant", "piecewise", "cosine", "warmup_cosine")
+SWITCH = ("auto", "true", "false")
+DEFAULT_BOUNDARY_FRACTIONS = (0.5, 0.75)  # piecewise without lr_boundaries: drop at 50% and 75% of all steps
 
 
 def _opt(default, help: str, choices: tuple[str, ...] | None = None):
@@ -34,10 +40,27 @@ class TrainConfig:
     # model and optimizer
     model: str = _opt("mlp", "Architecture: the write-up's MLP or CNN.", MODELS)
     epochs: int = _opt(20, "Maximum number of epochs (early stopping may end sooner).")
-    batch_size: int = _opt(128, "Examples per training step.")
-    learning_rate: float = _opt(0.002, "Adam's initial learning rate.")
+    batch_size: int = _opt(128, "Examples per step per replica; the global batch is this times the replicas.")
+    learning_rate: float = _opt(0.002, "Adam's learning rate; the peak of a schedule.")
     steps_per_execution: int = _opt(10, "Training steps per graph call: fewer Python round trips, same updates.")
     seed: int = _opt(42, "Seed for weights, dropout and shuffling.")
+    # engine and runtime
+    engine: str = _opt(
+        "fit", "fit: Keras model.fit; custom: the write-up's GradientTape loop under tf.function.", ENGINES
+    )
+    strategy: str = _opt(
+        "auto", "tf.distribute strategy; auto: multi_worker under TF_CONFIG, mirrored on several devices.", STRATEGIES
+    )
+    cpu_replicas: int = _opt(0, "On a CPU-only host, split the CPU into N logical devices for mirrored; 0: no split.")
+    precision: str = _opt("float32", "Keras dtype policy; mixed_* keep the output layer float32.", PRECISIONS)
+    # learning-rate schedule (steps are optimizer steps)
+    lr_schedule: str = _opt("constant", "Learning-rate schedule.", LR_SCHEDULES)
+    lr_boundaries: str = _opt("", "piecewise: comma-separated step boundaries; empty: 50% and 75% of all steps.")
+    lr_values: str = _opt("", "piecewise: one more value than boundaries; empty: learning_rate x 1, 0.1, 0.01, ...")
+    decay_steps: int = _opt(0, "cosine, warmup_cosine: steps of the decay; 0: all training steps.")
+    warmup_steps: int = _opt(0, "warmup_cosine: steps from 0 up to learning_rate; 0: one epoch.")
+    cosine_alpha: float = _opt(0.0, "cosine, warmup_cosine: the final learning rate as a fraction of the peak.")
+    log_lr_every_n_steps: int = _opt(0, "Also log the learning rate every N optimizer steps; 0: once per epoch.")
     # callbacks (the write-up's list)
     early_stopping: bool = _opt(True, "Stop when the monitored metric stops improving.")
     early_stopping_monitor: str = _opt("val_loss", "Metric early stopping watches.", MONITORS)
@@ -45,7 +68,9 @@ class TrainConfig:
     restore_best_weights: bool = _opt(True, "On early stop, go back to the best epoch's weights.")
     checkpoint: bool = _opt(True, "Save the best model as model_{epoch}_{val_accuracy}.keras.")
     checkpoint_monitor: str = _opt("val_accuracy", "Metric that decides the best checkpoint.", MONITORS)
-    reduce_lr_on_plateau: bool = _opt(True, "Cut the learning rate when the monitored metric stalls.")
+    reduce_lr_on_plateau: str = _opt(
+        "auto", "Cut the learning rate when the monitored metric stalls; auto: on unless lr_schedule is set.", SWITCH
+    )
     plateau_monitor: str = _opt("val_loss", "Metric the plateau rule watches.", MONITORS)
     plateau_factor: float = _opt(0.2, "Multiply the learning rate by this on a plateau.")
     plateau_patience: int = _opt(2, "Epochs without improvement before cutting the learning rate.")
@@ -70,6 +95,16 @@ class TrainConfig:
         _at_least(self, "early_stopping_patience", 0)
         _at_least(self, "plateau_patience", 0)
         _at_least(self, "histogram_freq", 0)
+        for name in ("cpu_replicas", "decay_steps", "warmup_steps", "log_lr_every_n_steps"):
+            _at_least(self, name, 0)
+        if not (0.0 <= self.cosine_alpha <= 1.0):
+            raise invalid("cosine_alpha", self.cosine_alpha, "a number from 0 to 1")
+        if self.reduce_lr_on_plateau == "true" and self.lr_schedule != "constant":
+            raise UserError(
+                f"invalid combination: reduce_lr_on_plateau=true with lr_schedule={self.lr_schedule}; Keras cannot "
+                "change a scheduled learning rate; allowed: lr_schedule=constant, or reduce_lr_on_plateau=false/auto"
+            )
+        self.piecewise_values(len(self.piecewise_boundaries() or DEFAULT_BOUNDARY_FRACTIONS))
         _open_interval(self, "validation_split", 0.0, 1.0)
         _open_interval(self, "plateau_factor", 0.0, 1.0)
         _open_interval(self, "learning_rate", 0.0, math.inf)
@@ -80,6 +115,37 @@ class TrainConfig:
         if not self.output_dir:
             raise invalid("output_dir", self.output_dir, "a folder path")
         check_model_name(self.model_name)
+
+    @property
+    def plateau_enabled(self) -> bool:
+        return self.reduce_lr_on_plateau == "true" or (
+            self.reduce_lr_on_plateau == "auto" and self.lr_schedule == "constant"
+        )
+
+    def piecewise_boundaries(self) -> list[int]:
+        """The explicit boundaries (empty list when left to the default)."""
+        try:
+            bounds = [int(b) for b in self.lr_boundaries.split(",")] if self.lr_boundaries.strip() else []
+        except ValueError:
+            bounds = [-1]
+        if any(b <= 0 for b in bounds) or bounds != sorted(set(bounds)):
+            raise invalid("lr_boundaries", self.lr_boundaries, "increasing positive step numbers, comma-separated")
+        return bounds
+
+    def piecewise_values(self, n_boundaries: int) -> list[float]:
+        """n_boundaries + 1 learning rates: the explicit ones, or learning_rate x 1, 0.1, 0.01, ..."""
+        if not self.lr_values.strip():
+            return [self.learning_rate * 0.1**k for k in range(n_boundaries + 1)]
+        try:
+            values = [float(v) for v in self.lr_values.split(",")]
+        except ValueError:
+            values = [-1.0]
+        if any(not (math.isfinite(v) and v > 0) for v in values):
+            raise invalid("lr_values", self.lr_values, "positive numbers, comma-separated")
+        expected = len(self.piecewise_boundaries() or DEFAULT_BOUNDARY_FRACTIONS) + 1
+        if len(values) != expected:
+            raise invalid("lr_values", self.lr_values, f"{expected} values, one more than the boundaries")
+        return values
 
     @property
     def registered_model_name(self) -> str:

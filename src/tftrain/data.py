@@ -144,11 +144,18 @@ def split_validation(x: np.ndarray, y: np.ndarray, fraction: float):
     return (x[:cut], y[:cut]), (x[cut:], y[cut:])
 
 
-def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, *, shuffle: bool, seed: int = 0):
-    """uint8 arrays -> cached, (seeded, reshuffled each epoch) batches of float32 images and int32 labels."""
+def make_dataset(
+    x: np.ndarray, y: np.ndarray, batch_size: int, *, shuffle: bool, seed: int = 0, shard: tuple[int, int] = (1, 0)
+):
+    """uint8 arrays -> cached, (seeded, reshuffled each epoch) batches of float32 images and int32 labels.
+
+    `shard` = (count, index) keeps every count-th example: one worker's part under multi-worker training."""
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices((x, y)).cache()
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    if shard[0] > 1:
+        ds = ds.shard(*shard)
+    ds = ds.cache()
     if shuffle:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)

@@ -17,6 +17,7 @@ from tensorflow.lite.python.convert_phase import ConverterError
 from tftrain import tracking
 from tftrain.data import load_dataset
 from tftrain.errors import UserError
+from tftrain.models import float32_copy
 
 
 def _float32(converter: tf.lite.TFLiteConverter) -> None:
@@ -93,6 +94,9 @@ def export(model_uri: str, dataset: str = "", data_dir: str = "", output_dir: st
     ref = tracking.resolve_model(model_uri)
     dataset = dataset or tracking.trained_on(ref)
     model = tracking.load_keras(model_uri)
+    if mixed := sorted({layer.dtype_policy.name for layer in model.layers} - {"float32"}):
+        print(f"  {model_uri} computes in {', '.join(mixed)}: exporting a float32 copy of its weights")
+        model = float32_copy(model)
     data = load_dataset(dataset, data_dir)
     labels = data.y_test.astype(np.int64)
     keras_accuracy = float((model.predict(data.x_test.astype(np.float32), verbose=0).argmax(1) == labels).mean())

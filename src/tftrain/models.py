@@ -37,3 +37,21 @@ def build_model(name: str, num_classes: int = 10) -> keras.Model:
     logits = keras.layers.Dense(num_classes, name="logits")(x)
     probs = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
     return keras.Model(inputs, probs, name=name)
+
+
+def _float32_policies(config):
+    if isinstance(config, dict):
+        if config.get("class_name") == "DTypePolicy":
+            return {**config, "config": {**config["config"], "name": "float32"}}
+        return {k: _float32_policies(v) for k, v in config.items()}
+    if isinstance(config, list):
+        return [_float32_policies(v) for v in config]
+    return config
+
+
+def float32_copy(model: keras.Model) -> keras.Model:
+    """The same layers and weights with every layer computing in float32. A mixed-precision graph does not convert
+    to TFLite (float16 MatMul is no builtin op); this copy does."""
+    copy = keras.Model.from_config(_float32_policies(model.get_config()))
+    copy.set_weights(model.get_weights())
+    return copy

@@ -10,6 +10,7 @@ from tftrain import tracking
 from tftrain.config import TrainConfig
 from tftrain.evaluate import Evaluation, evaluate
 from tftrain.export import export
+from tftrain.runtime import is_chief_process
 from tftrain.train import TrainResult, default_run_name, train
 
 
@@ -46,7 +47,9 @@ def report(result: TrainResult, ev: Evaluation) -> str:
     )
 
 
-def pipeline(cfg: TrainConfig) -> tuple[TrainResult, Evaluation]:
+def pipeline(cfg: TrainConfig) -> tuple[TrainResult, Evaluation | None]:
+    if not is_chief_process(cfg):
+        return train(cfg), None  # a non-chief worker trains its part; the chief evaluates, exports and logs
     with tracking.step_run(default_run_name(cfg)):
         result = train(cfg)
         ev = evaluate(result.model.uri, cfg.dataset, cfg.data_dir)

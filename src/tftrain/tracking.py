@@ -105,15 +105,22 @@ def log_params_once(params: dict[str, str]) -> None:
     mlflow.log_params({k: v for k, v in params.items() if k not in existing})
 
 
-def log_config(cfg: TrainConfig) -> None:
+def log_config(cfg: TrainConfig, resolved: dict[str, str]) -> None:
+    """Every config field, plus what was resolved at run time (strategy picked, replicas, global batch)."""
     log_params_once(cfg.as_params())
-    mlflow.log_params({"registered_model_name": cfg.registered_model_name})
+    mlflow.log_params({"registered_model_name": cfg.registered_model_name, **resolved})
     mlflow.log_dict(dataclasses.asdict(cfg), "config.json")
 
 
 class EpochMetrics(mlflow.keras.MlflowCallback):
     """MLflow's Keras callback, with each epoch's metrics at step = epoch number (1-based, as printed), the
-    learning rate and the epoch's wall time added, and without the stock `validation_*` copies at step 0."""
+    learning rate, the loss scale (mixed_float16) and the epoch's wall time added, and without the stock
+    `validation_*` copies at step 0. With `lr_every_n_steps`, also `learning_rate_step` at optimizer steps."""
+
+    def __init__(self, lr_every_n_steps: int = 0):
+        super().__init__()
+        self.lr_every_n_steps = lr_every_n_steps
+        self._last_step = 0
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
@@ -122,7 +129,19 @@ class EpochMetrics(mlflow.keras.MlflowCallback):
         metrics = {k: float(v) for k, v in (logs or {}).items()}
         metrics["learning_rate"] = current_lr(self.model)
         metrics["epoch_seconds"] = time.perf_counter() - self._start
+        if isinstance(self.model.optimizer, keras.optimizers.LossScaleOptimizer):
+            metrics["loss_scale"] = float(keras.ops.convert_to_numpy(self.model.optimizer.dynamic_scale))
         mlflow.log_metrics(metrics, step=epoch + 1, synchronous=False)
+
+    def on_train_batch_end(self, batch, logs=None):
+        """Batches arrive steps_per_execution at a time: log when a multiple of N was passed."""
+        n = self.lr_every_n_steps
+        if not n:
+            return
+        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        if step // n > self._last_step // n:
+            mlflow.log_metric("learning_rate_step", current_lr(self.model), step=step, synchronous=False)
+        self._last_step = step
 
     def on_test_end(self, logs=None):
         pass  # validation metrics arrive in on_epoch_end's logs as val_*, at the right step

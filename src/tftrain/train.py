@@ -2,30 +2,38 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import math
 import os
 import sys
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import keras
+import tensorflow as tf
 
 from tftrain import tracking
 from tftrain.callbacks import build_callbacks, checkpoint_dir
 from tftrain.config import TrainConfig
 from tftrain.data import load_dataset, make_dataset, split_validation
 from tftrain.errors import UserError
+from tftrain.loop import fit_custom
 from tftrain.models import build_model
+from tftrain.runtime import Runtime, barrier, build_runtime
+from tftrain.schedules import build_learning_rate
 
 
 @dataclass(frozen=True)
 class TrainResult:
-    run_id: str
-    model: tracking.LoggedModel
+    run_id: str | None  # None on a non-chief worker, which logs nothing
+    model: tracking.LoggedModel | None
     history: dict[str, list[float]]
-    out_dir: Path
+    out_dir: Path  # a non-chief worker's was temporary and is gone
+    keras_model: keras.Model
 
     @property
     def epochs_run(self) -> int:
@@ -39,13 +47,26 @@ def default_run_name(cfg: TrainConfig) -> str:
     return f"{cfg.model}-{cfg.dataset}-bs{cfg.batch_size}-lr{cfg.learning_rate:g}-{stamp}"
 
 
-def compile_model(model: keras.Model, cfg: TrainConfig) -> None:
+def steps_per_execution(cfg: TrainConfig, rt: Runtime) -> int:
+    """Keras 3's fit fails with steps_per_execution > 1 under a multi-replica strategy ("You must feed a value for
+    placeholder tensor", keras-team/keras#19246): there, fit runs one step per call, and says so."""
+    if cfg.engine == "fit" and rt.replicas > 1 and cfg.steps_per_execution > 1:
+        print(f"note: engine=fit with {rt.replicas} replicas runs steps_per_execution=1 (keras-team/keras#19246)")
+        return 1
+    return cfg.steps_per_execution
+
+
+def compile_model(model: keras.Model, learning_rate, steps_per_execution: int) -> None:
+    """Adam with the given rate or schedule; under mixed_float16 compile wraps it in a LossScaleOptimizer."""
     model.compile(
-        optimizer=keras.optimizers.Adam(cfg.learning_rate, name="adam"),  # a fixed name: runs compare equal
+        optimizer=keras.optimizers.Adam(learning_rate, name="adam"),  # a fixed name: runs compare equal
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
-        steps_per_execution=cfg.steps_per_execution,
+        steps_per_execution=steps_per_execution,
     )
+    # Built now, inside the caller's strategy scope: building it inside the first distributed step fails
+    # ("You must feed a value for placeholder tensor") under MirroredStrategy with loss scaling.
+    model.optimizer.build(model.trainable_variables)
 
 
 def check_output_dir(output_dir: str) -> Path:
@@ -77,35 +98,97 @@ def _log_outputs(out_dir: Path) -> None:
         tracking.log_file(checkpoints[-1], "checkpoints")
 
 
+def _datasets(cfg: TrainConfig, rt: Runtime, train_xy, val_xy, global_batch: int):
+    """fit takes global batches and splits them itself; the custom loop takes per-replica batches, sharded per
+    worker, through distribute_datasets_from_function."""
+    if cfg.engine == "fit":
+        return (
+            make_dataset(*train_xy, global_batch, shuffle=True, seed=cfg.seed),
+            make_dataset(*val_xy, global_batch, shuffle=False),
+        )
+
+    def per_worker(xy, shuffle):
+        def fn(ctx: tf.distribute.InputContext):
+            shard = (ctx.num_input_pipelines, ctx.input_pipeline_id)
+            batch = ctx.get_per_replica_batch_size(global_batch)
+            return make_dataset(*xy, batch, shuffle=shuffle, seed=cfg.seed, shard=shard)
+
+        return rt.strategy.distribute_datasets_from_function(fn)
+
+    return per_worker(train_xy, True), per_worker(val_xy, False)
+
+
+def _run_engine(cfg, rt, model, train_data, val_data, callbacks, steps_per_epoch, global_batch):
+    if cfg.engine == "custom":
+        return fit_custom(
+            model, rt.strategy, train_data, val_data, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
+            global_batch=global_batch, steps_per_execution=model.steps_per_execution, callbacks=callbacks,
+            verbose=_fit_verbosity(cfg),
+        )  # fmt: skip
+    return model.fit(
+        train_data,
+        validation_data=val_data,
+        epochs=cfg.epochs,
+        callbacks=callbacks,
+        verbose=_fit_verbosity(cfg),
+        shuffle=False,  # train_data shuffles itself, seeded, every epoch
+    )
+
+
+def _runtime_params(rt: Runtime, global_batch: int, spe: int) -> dict[str, str]:
+    return {
+        "steps_per_execution_used": str(spe),
+        "strategy_resolved": rt.strategy_name,
+        "replicas": str(rt.replicas),
+        "workers": str(rt.worker_count),
+        "global_batch_size": str(global_batch),
+    }
+
+
 def train(cfg: TrainConfig) -> TrainResult:
     output_root = check_output_dir(cfg.output_dir)
-    keras.utils.set_random_seed(cfg.seed)
+    rt = build_runtime(cfg)  # first: devices and strategy must be set up before TensorFlow runs any op
     data = load_dataset(cfg.dataset, cfg.data_dir)
-    (x_train, y_train), (x_val, y_val) = split_validation(data.x_train, data.y_train, cfg.validation_split)
-    train_ds = make_dataset(x_train, y_train, cfg.batch_size, shuffle=True, seed=cfg.seed)
-    val_ds = make_dataset(x_val, y_val, cfg.batch_size, shuffle=False)
-    model = build_model(cfg.model, num_classes=len(data.class_names))
-    compile_model(model, cfg)
+    train_xy, val_xy = split_validation(data.x_train, data.y_train, cfg.validation_split)
+    global_batch = cfg.batch_size * rt.replicas
+    steps_per_epoch = math.ceil(len(train_xy[0]) / global_batch)
+    train_data, val_data = _datasets(cfg, rt, train_xy, val_xy, global_batch)
+    spe = steps_per_execution(cfg, rt)
+    with rt.strategy.scope():
+        model = build_model(cfg.model, num_classes=len(data.class_names))
+        compile_model(model, build_learning_rate(cfg, steps_per_epoch), spe)
 
-    with tracking.step_run(default_run_name(cfg)) as run:
-        out_dir = output_root / run.info.run_id
+    with _run_and_folder(cfg, rt, output_root) as (run_id, out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
-        tracking.log_environment()
-        tracking.log_config(cfg)
-        tracking.set_tags({"dataset_source": data.source, "train_examples": str(len(x_train))})
-        print(f"training {cfg.model} on {data.source}: {len(x_train)} train / {len(x_val)} validation examples")
-        callbacks = [*build_callbacks(cfg, out_dir), tracking.EpochMetrics()]
+        callbacks = build_callbacks(cfg, out_dir)
+        if run_id:
+            tracking.log_environment()
+            tracking.log_config(cfg, _runtime_params(rt, global_batch, spe))
+            tracking.set_tags({"dataset_source": data.source, "train_examples": str(len(train_xy[0]))})
+            callbacks.append(tracking.EpochMetrics(cfg.log_lr_every_n_steps))
+        print(
+            f"training {cfg.model} ({cfg.engine}, {rt.strategy_name} x{rt.replicas}, {cfg.precision}) on "
+            f"{data.source}: {len(train_xy[0])} train / {len(val_xy[0])} validation examples, global batch {global_batch}"
+        )
         try:
-            history = model.fit(
-                train_ds,
-                validation_data=val_ds,
-                epochs=cfg.epochs,
-                callbacks=callbacks,
-                verbose=_fit_verbosity(cfg),
-                shuffle=False,  # train_ds shuffles itself, seeded, every epoch
-            )
+            history = _run_engine(cfg, rt, model, train_data, val_data, callbacks, steps_per_epoch, global_batch)
         finally:
-            _log_outputs(out_dir)
-        logged = tracking.log_keras_model(model, cfg.registered_model_name, x_val[:2])
-    return TrainResult(run.info.run_id, logged, history.history, out_dir)
+            if run_id:
+                _log_outputs(out_dir)
+        logged = tracking.log_keras_model(model, cfg.registered_model_name, val_xy[0][:2]) if run_id else None
+    barrier(rt)  # no worker exits while the chief still logs
+    return TrainResult(run_id, logged, history.history, out_dir, model)
+
+
+@contextlib.contextmanager
+def _run_and_folder(cfg: TrainConfig, rt: Runtime, output_root: Path):
+    """The chief (any single-process run): its MLflow run and outputs/<run_id>. Another worker of a multi-worker
+    job: no run, and a temporary folder, deleted after: it runs the same callbacks (so collective ops stay in step
+    across workers) but keeps nothing and logs nothing."""
+    if not rt.is_chief:
+        with tempfile.TemporaryDirectory(prefix="tftrain-worker-") as folder:
+            yield None, Path(folder)
+        return
+    with tracking.step_run(default_run_name(cfg)) as run:
+        yield run.info.run_id, output_root / run.info.run_id

@@ -1,0 +1,128 @@
+"""Where and how training runs: devices, the tf.distribute strategy, the precision policy, the seed.
+
+Order matters: logical CPU devices must be declared, and MultiWorkerMirroredStrategy created, before TensorFlow
+runs its first op; `build_runtime` is therefore the first thing `train` calls.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import keras
+import tensorflow as tf
+
+from tftrain.config import TrainConfig
+from tftrain.errors import UserError
+
+
+@dataclass(frozen=True)
+class Runtime:
+    strategy: tf.distribute.Strategy
+    strategy_name: str  # what was picked (auto resolves to one of the others)
+    replicas: int
+    is_chief: bool  # the one worker that logs to MLflow and keeps files
+    worker_count: int
+
+
+def tf_config() -> dict:
+    raw = os.environ.get("TF_CONFIG", "")
+    if not raw:
+        return {}
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise UserError(f"invalid value for TF_CONFIG: received {raw[:80]!r}; allowed: JSON ({e.msg})") from None
+
+
+def _worker_count(config: dict) -> int:
+    cluster = config.get("cluster", {})
+    return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
+
+
+def _is_chief(config: dict) -> bool:
+    task = config.get("task", {})
+    if "chief" in config.get("cluster", {}):
+        return task.get("type") == "chief"
+    return task.get("type", "worker") == "worker" and int(task.get("index", 0)) == 0
+
+
+def is_chief_process(cfg: TrainConfig) -> bool:
+    """Whether this process logs to MLflow: always, except on a non-chief worker of a multi-worker job."""
+    config = tf_config()
+    multi = cfg.strategy == "multi_worker" or (cfg.strategy == "auto" and _worker_count(config) > 1)
+    return not multi or _is_chief(config)
+
+
+def _declare_cpu_replicas(n: int) -> None:
+    if n < 2:
+        return
+    if tf.config.list_physical_devices("GPU"):
+        raise UserError(
+            f"invalid value for cpu_replicas: received {n}; allowed: 0 on a host with GPUs (mirrored uses them)"
+        )
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    if len(tf.config.get_logical_device_configuration(cpu) or []) == n:
+        return  # this process set it up already
+    try:
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n)
+    except RuntimeError:
+        running = len(tf.config.list_logical_devices("CPU"))
+        raise UserError(
+            f"cpu_replicas={n}: TensorFlow already started in this process with {running} CPU device(s); "
+            "allowed: a fresh process (the tftrain CLI and mlflow run start one)"
+        ) from None
+
+
+def _resolve(name: str, cfg: TrainConfig, workers: int) -> str:
+    if name != "auto":
+        return name
+    if workers > 1:
+        return "multi_worker"
+    if len(tf.config.list_physical_devices("GPU")) > 1 or cfg.cpu_replicas > 1:
+        return "mirrored"
+    return "one_device"
+
+
+def _mirrored() -> tf.distribute.Strategy:
+    gpus = tf.config.list_logical_devices("GPU")
+    devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
+    return tf.distribute.MirroredStrategy(devices)
+
+
+def _one_device() -> tf.distribute.Strategy:
+    gpus = tf.config.list_logical_devices("GPU")
+    return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+
+
+def build_runtime(cfg: TrainConfig) -> Runtime:
+    config = tf_config()
+    workers = _worker_count(config)
+    name = _resolve(cfg.strategy, cfg, workers)
+    if name == "multi_worker" and cfg.engine == "fit":
+        raise UserError(
+            "invalid combination: engine=fit with strategy=multi_worker; Keras 3's fit cannot run under "
+            "MultiWorkerMirroredStrategy (keras-team/keras#20585); allowed: engine=custom"
+        )
+    if name == "multi_worker" and workers < 1:
+        raise UserError(
+            "invalid value for TF_CONFIG: received no cluster; allowed: JSON naming the workers, as "
+            "scripts/launch_workers.py writes it (strategy=multi_worker needs it)"
+        )
+    _declare_cpu_replicas(cfg.cpu_replicas)
+    if name == "multi_worker":
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    else:
+        strategy = _mirrored() if name == "mirrored" else _one_device()
+    keras.mixed_precision.set_global_policy(cfg.precision)
+    keras.utils.set_random_seed(cfg.seed)
+    return Runtime(strategy, name, strategy.num_replicas_in_sync, is_chief_process(cfg), max(workers, 1))
+
+
+def barrier(rt: Runtime) -> None:
+    """Multi-worker only: wait until every worker gets here (a one-number all-reduce), so that no worker exits
+    while the chief is still logging, which the coordination service reports as a crash."""
+    if rt.worker_count > 1:
+        ones = tf.function(lambda: rt.strategy.run(lambda: tf.constant(1.0)))()  # in a graph: no eager warning
+        rt.strategy.reduce("SUM", ones, axis=None)

@@ -1,0 +1,140 @@
+"""The custom engine, precision policies and tf.distribute strategies, on tiny data."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+
+from conftest import REPO, tiny_config
+from tftrain.errors import UserError
+from tftrain.export import export
+from tftrain.train import train
+
+TRAIN_AND_SAVE = Path(__file__).with_name("train_and_save.py")
+
+
+@pytest.fixture
+def float32_afterwards():
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def run_layout(run_id):
+    run = mlflow.get_run(run_id)
+    artifacts = {f.path for f in mlflow.MlflowClient().list_artifacts(run_id)}
+    return set(run.data.metrics), set(run.data.params), artifacts
+
+
+def test_custom_engine_gives_the_same_run_layout_as_fit(store, tiny_data):
+    fit = train(tiny_config(tiny_data, engine="fit", run_name="fit"))
+    custom = train(tiny_config(tiny_data, engine="custom", run_name="custom"))
+    assert run_layout(fit.run_id) == run_layout(custom.run_id)
+    assert set(custom.history) == set(fit.history) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert custom.history["val_accuracy"][-1] > 0.5
+    steps = [m.step for m in mlflow.MlflowClient().get_metric_history(custom.run_id, "val_loss")]
+    assert steps == [1, 2]
+    assert mlflow.get_run(custom.run_id).data.params["strategy_resolved"] == "one_device"
+
+
+def test_custom_engine_honours_early_stopping_and_checkpoints(store, tiny_data):
+    cfg = tiny_config(tiny_data, engine="custom", epochs=30, early_stopping_patience=0, learning_rate=0.05,
+                      tensorboard=False)  # fmt: skip
+    result = train(cfg)
+    assert result.epochs_run < 30
+    assert list((result.out_dir / "checkpoints").glob("model_*.keras"))
+
+
+@pytest.mark.parametrize("engine", ["fit", "custom"])
+@pytest.mark.parametrize("precision, compute", [("mixed_float16", "float16"), ("mixed_bfloat16", "bfloat16")])
+def test_mixed_precision(store, tiny_data, float32_afterwards, engine, precision, compute):
+    result = train(tiny_config(tiny_data, engine=engine, precision=precision, model_name=f"p-{engine}"))
+    model = result.keras_model
+    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    assert {layer.compute_dtype for layer in dense} == {compute}
+    assert model.layers[-1].compute_dtype == "float32"  # the softmax
+    metrics = mlflow.get_run(result.run_id).data.metrics
+    assert ("loss_scale" in metrics) == (precision == "mixed_float16")
+    if precision == "mixed_float16":
+        assert metrics["loss_scale"] > 1  # dynamic loss scaling is on
+    images = np.random.default_rng(0).integers(0, 256, size=(4, 28, 28)).astype(np.float32)
+    info = mlflow.models.get_model_info(result.model.uri)
+    assert json.loads(info.signature.to_dict()["inputs"])[0]["tensor-spec"]["dtype"] == "float32"
+    probs = mlflow.pyfunc.load_model(result.model.uri).predict(images)
+    assert probs.dtype == np.float32 and probs.shape == (4, 10)
+    results = export(result.model.uri, data_dir=str(tiny_data), output_dir="exports")
+    assert all(r.test_accuracy > 0.5 and abs(r.accuracy_delta) < 0.05 for r in results)
+
+
+def train_in_process(out: Path, **settings) -> tuple[list[np.ndarray], dict]:
+    args = [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in settings.items()]
+    done = subprocess.run([sys.executable, str(TRAIN_AND_SAVE), str(out), *args], capture_output=True, text=True,
+                          cwd=out.parent, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    weights = np.load(f"{out}.npz")
+    return [weights[k] for k in weights.files], json.loads(Path(f"{out}.json").read_text())
+
+
+@pytest.mark.parametrize("engine", ["fit", "custom"])
+def test_mirrored_on_two_cpu_replicas_matches_one_device(tmp_path, tiny_data, engine):
+    """Same seed, same global batch of 64: 1 device x 64 against 2 logical CPU devices x 32. The CNN has no
+    dropout, so the two runs differ only by summation order; tolerance 1e-4 on the loss, 1e-3 on weights."""
+    common = dict(data_dir=tiny_data, model="cnn", engine=engine, epochs=2, early_stopping="false",
+                  tensorboard="false", checkpoint="false", output_dir=tmp_path / "out", model_name="m")  # fmt: skip
+    one, one_log = train_in_process(tmp_path / "one", strategy="one_device", batch_size=64, **common)
+    two, two_log = train_in_process(tmp_path / "two", strategy="mirrored", cpu_replicas=2, batch_size=32, **common)
+    np.testing.assert_allclose(two_log["history"]["loss"], one_log["history"]["loss"], rtol=1e-4)
+    for a, b in zip(one, two, strict=True):
+        np.testing.assert_allclose(b, a, atol=1e-3, rtol=1e-3)
+    assert len(two_log["history"]["loss"]) == 2 and one_log["history"]["loss"][1] < one_log["history"]["loss"][0]
+
+
+def test_two_workers_through_the_launcher(tmp_path, tiny_data):
+    """The README's command: two local workers on 127.0.0.1, one MLflow run, identical weights at the end."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "w"
+    settings = [f"data_dir={tiny_data}", "engine=custom", "strategy=multi_worker", "epochs=3", "batch_size=32",
+                "model_name=mw", f"output_dir={tmp_path / 'out'}"]  # fmt: skip
+    command = [sys.executable, str(REPO / "scripts" / "launch_workers.py"), "--workers", "2", "--",
+               sys.executable, str(TRAIN_AND_SAVE), str(out), *settings]  # fmt: skip
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    assert done.returncode == 0, done.stdout[-5000:]
+    assert "launched 2 workers on 127.0.0.1:" in done.stdout
+    mlflow.set_tracking_uri(uri)
+    try:
+        (run_id,) = mlflow.search_runs(search_all_experiments=True)["run_id"]
+        history = mlflow.MlflowClient().get_metric_history(run_id, "loss")
+        assert [m.step for m in history] == [1, 2, 3]
+        assert mlflow.get_run(run_id).data.params["workers"] == "2"
+        assert mlflow.get_run(run_id).data.params["replicas"] == "2"
+        logged = mlflow.keras.load_model("models:/mw/1").get_weights()
+    finally:
+        mlflow.set_tracking_uri(None)
+    chief, worker = (np.load(f"{out}-{i}.npz") for i in (0, 1))
+    for a, b, c in zip(logged, *([w[k] for k in w.files] for w in (chief, worker)), strict=True):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(b, c)
+
+
+def test_fit_under_multi_worker_is_refused(tiny_data, monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
+                                                 "task": {"type": "worker", "index": 0}}))  # fmt: skip
+    with pytest.raises(UserError, match="invalid combination: engine=fit with strategy=multi_worker"):
+        train(tiny_config(tiny_data, engine="fit", strategy="auto"))
+
+
+def test_multi_worker_without_tf_config_is_refused(tiny_data, monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(UserError, match="invalid value for TF_CONFIG: received no cluster"):
+        train(tiny_config(tiny_data, engine="custom", strategy="multi_worker"))
+
+
+def test_cpu_replicas_after_tensorflow_started_is_refused(tiny_data):
+    with pytest.raises(UserError, match="cpu_replicas=2: TensorFlow already started in this process with 1 CPU"):
+        train(tiny_config(tiny_data, strategy="mirrored", cpu_replicas=2))

@@ -94,12 +94,13 @@ def export(model_uri: str, dataset: str = "", data_dir: str = "", output_dir: st
     ref = tracking.resolve_model(model_uri)
     dataset = dataset or tracking.trained_on(ref)
     model = tracking.load_keras(model_uri)
+    data = load_dataset(dataset, data_dir)
+    labels = data.y_test.astype(np.int64)
+    # the reference is the model as trained, whatever its precision
+    keras_accuracy = float((model.predict(data.x_test.astype(np.float32), verbose=0).argmax(1) == labels).mean())
     if mixed := sorted({layer.dtype_policy.name for layer in model.layers} - {"float32"}):
         print(f"  {model_uri} computes in {', '.join(mixed)}: exporting a float32 copy of its weights")
         model = float32_copy(model)
-    data = load_dataset(dataset, data_dir)
-    labels = data.y_test.astype(np.int64)
-    keras_accuracy = float((model.predict(data.x_test.astype(np.float32), verbose=0).argmax(1) == labels).mean())
 
     with tracking.step_run(f"export-{dataset}"):
         out_dir = Path(output_dir) / tracking.active_run_id() / "export"

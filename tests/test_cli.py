@@ -50,6 +50,9 @@ def tftrain(*args, cwd=None, env=None):
             "invalid value for dataset: received 'cifar'",
         ),
         (["frobnicate"], "No such command 'frobnicate'"),
+        (["promote", "--model-uri", "models:/m@champion"], "allowed: a registered version, models:/<name>/<version>"),
+        (["promote", "--model-uri", "models:/m/1", "--alias", "latest"], "invalid value for alias: received 'latest'"),
+        (["promote", "--model-uri", "models:/m/1", "--min-accuracy", "1.5"], "invalid value for min_accuracy"),
     ],
 )
 def test_usage_errors_are_one_line_and_exit_2(args, expected):
@@ -89,7 +92,7 @@ def test_unwritable_output_dir(tmp_path, tiny_data):
 def test_help_lists_the_steps_and_exits_0():
     done = tftrain("--help")
     assert done.returncode == 0
-    for command in ("train", "evaluate", "export", "pipeline"):
+    for command in ("train", "evaluate", "export", "promote", "pipeline"):
         assert f"  {command} " in done.stdout
     options = tftrain("train", "--help").stdout
     assert "--early-stopping-patience INTEGER" in options and "[default: 3]" in options

@@ -20,11 +20,14 @@ def exported(trained, tiny_data):
 def test_tflite_files_score_like_the_keras_model(exported):
     _, results = exported
     by_mode = {r.mode: r for r in results}
-    assert set(by_mode) == {"float32", "dynamic_range"}
+    assert set(by_mode) == {"float32", "dynamic_range", "float16", "int8"}
     assert by_mode["float32"].accuracy_delta == pytest.approx(0.0, abs=0.01)
-    assert abs(by_mode["dynamic_range"].accuracy_delta) <= 0.05
-    assert by_mode["dynamic_range"].size_bytes < by_mode["float32"].size_bytes / 3  # int8 weights
-    assert all(r.test_accuracy > 0.5 for r in results)
+    assert abs(by_mode["float16"].accuracy_delta) <= 0.01
+    assert abs(by_mode["dynamic_range"].accuracy_delta) <= 0.05 and abs(by_mode["int8"].accuracy_delta) <= 0.05
+    float32_size = by_mode["float32"].size_bytes
+    assert by_mode["dynamic_range"].size_bytes < float32_size / 3 and by_mode["int8"].size_bytes < float32_size / 3
+    assert float32_size / 2.2 < by_mode["float16"].size_bytes < float32_size / 1.8  # half-width weights
+    assert all(r.test_accuracy > 0.5 and 0 < r.latency_ms < 100 for r in results)
 
 
 def test_export_metrics_and_files_are_logged(exported):
@@ -35,8 +38,11 @@ def test_export_metrics_and_files_are_logged(exported):
         assert metrics[f"tflite_{r.mode}_size_bytes"] == r.size_bytes
         assert metrics[f"tflite_{r.mode}_test_accuracy"] == pytest.approx(r.test_accuracy)
         assert metrics[f"tflite_{r.mode}_accuracy_delta"] == pytest.approx(r.accuracy_delta)
+        assert metrics[f"tflite_{r.mode}_latency_ms"] == pytest.approx(r.latency_ms)
     files = {f.path for f in mlflow.MlflowClient().list_artifacts(run_id, "export")}
-    assert files == {"export/saved_model", "export/model_float32.tflite", "export/model_dynamic_range.tflite"}
+    assert files == {"export/saved_model"} | {
+        f"export/model_{m}.tflite" for m in ("float32", "dynamic_range", "float16", "int8")
+    }
 
 
 def test_saved_model_serves_the_same_probabilities(exported, tiny_data):

@@ -25,7 +25,7 @@ def parsed(entry_point: str, params: dict) -> tuple[str, dict]:
 
 def test_entry_points_are_the_steps():
     entry_points = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]
-    assert set(entry_points) == {"main", "train", "evaluate", "export"}
+    assert set(entry_points) == {"main", "train", "evaluate", "export", "promote"}
 
 
 def test_train_and_main_take_every_config_field_with_the_cli_defaults():

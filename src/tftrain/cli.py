@@ -8,8 +8,16 @@ import sys
 
 import click
 
-from tftrain.config import DATASETS, TrainConfig, check_choice, check_data_dir, check_model_uri
-from tftrain.errors import UserError
+from tftrain.config import (
+    DATASETS,
+    TrainConfig,
+    check_alias,
+    check_choice,
+    check_data_dir,
+    check_model_uri,
+    parse_version_uri,
+)
+from tftrain.errors import UserError, invalid
 
 _TYPES = {"int": int, "float": float, "str": str, "bool": click.BOOL}
 
@@ -96,6 +104,21 @@ def export_command(model_uri: str, dataset: str, data_dir: str, output_dir: str)
 
     check_output_dir(output_dir)
     export(model_uri, dataset, data_dir, output_dir)
+
+
+@cli.command("promote")
+@click.option("--model-uri", required=True, help="The registered version to consider: models:/<name>/<version>.")
+@click.option("--alias", default="champion", show_default=True, help="The alias to move.")
+@click.option("--min-accuracy", type=float, default=0.0, show_default=True, help="Lowest test accuracy allowed.")
+def promote_command(model_uri: str, alias: str, min_accuracy: float) -> None:
+    """Move the alias to this version if its test accuracy is at least the current holder's and the threshold."""
+    if not 0.0 <= min_accuracy <= 1.0:
+        raise invalid("min_accuracy", min_accuracy, "a number from 0 to 1")
+    parse_version_uri(model_uri)
+    check_alias(alias)
+    from tftrain.registry import promote
+
+    promote(model_uri, alias, min_accuracy)
 
 
 @cli.command("pipeline")

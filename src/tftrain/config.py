@@ -206,3 +206,22 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise invalid(name, value, "one of " + ", ".join(choices))
     return value
+
+
+_VERSION_URI = re.compile(r"^models:/(?P<name>[^/@\s][^/@]*)/(?P<version>[0-9]+)$")
+_ALIAS = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+
+
+def parse_version_uri(uri: str) -> tuple[str, str]:
+    """models:/<name>/<version> -> (name, version): the only form a registry alias can point at."""
+    match = _VERSION_URI.match(uri)
+    if not match:
+        raise invalid("model_uri", uri, "a registered version, models:/<name>/<version>")
+    return match["name"], match["version"]
+
+
+def check_alias(alias: str) -> str:
+    """MLflow's alias rules: no `latest`, no `v<N>` (they name versions)."""
+    if not _ALIAS.match(alias) or re.fullmatch(r"v\d+", alias, re.IGNORECASE) or alias.lower() == "latest":
+        raise invalid("alias", alias, "letters, digits, '_' or '-', starting with a letter or '_'; not latest or v<N>")
+    return alias

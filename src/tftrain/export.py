@@ -1,5 +1,6 @@
-"""The `export` step: a SavedModel and the write-up's TFLite files (float32, dynamic-range quantized), each TFLite
-file scored on the test split with the LiteRT interpreter against the Keras model."""
+"""The `export` step: a SavedModel and TFLite files in four quantization modes (the write-up's float32 and
+dynamic-range, plus float16 and full int8), each scored on the test split with the LiteRT interpreter against the
+Keras model, and timed at one image per call."""
 
 from __future__ import annotations
 
@@ -20,19 +21,35 @@ from tftrain.errors import UserError
 from tftrain.models import float32_copy
 
 
-def _float32(converter: tf.lite.TFLiteConverter) -> None:
+def _float32(converter: tf.lite.TFLiteConverter, representative: np.ndarray) -> None:
     pass  # the converter's default: float32 weights and activations
 
 
-def _dynamic_range(converter: tf.lite.TFLiteConverter) -> None:
+def _dynamic_range(converter: tf.lite.TFLiteConverter, representative: np.ndarray) -> None:
     converter.optimizations = [tf.lite.Optimize.DEFAULT]  # int8 weights, float activations
 
 
+def _float16(converter: tf.lite.TFLiteConverter, representative: np.ndarray) -> None:
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.target_spec.supported_types = [tf.float16]  # float16 weights, computed in float32 on CPU
+
+
+def _int8(converter: tf.lite.TFLiteConverter, representative: np.ndarray) -> None:
+    """Weights and activations in int8, calibrated on training images; float32 in and out, so the file takes
+    the same requests as the others."""
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([image[None].astype(np.float32)] for image in representative)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+
+
 # Named quantization modes; each adjusts a converter before convert().
-QUANTIZATIONS: dict[str, Callable[[tf.lite.TFLiteConverter], None]] = {
+QUANTIZATIONS: dict[str, Callable[[tf.lite.TFLiteConverter, np.ndarray], None]] = {
     "float32": _float32,
     "dynamic_range": _dynamic_range,
+    "float16": _float16,
+    "int8": _int8,
 }
+CALIBRATION_IMAGES = 500  # training images that set int8's activation ranges
 
 
 @dataclass(frozen=True)
@@ -42,6 +59,7 @@ class TfliteResult:
     size_bytes: int
     test_accuracy: float
     accuracy_delta: float  # against the Keras model on the same images
+    latency_ms: float  # median of single-image invokes
 
 
 def flex_ops(flatbuffer: bytes) -> list[str]:
@@ -50,11 +68,11 @@ def flex_ops(flatbuffer: bytes) -> list[str]:
     return sorted({op["op_name"] for op in ops if op["op_name"].startswith("Flex")})
 
 
-def convert(saved_model_dir: Path, mode: str) -> bytes:
+def convert(saved_model_dir: Path, mode: str, representative: np.ndarray | None = None) -> bytes:
     """Convert a SavedModel with builtin ops only; a graph that would need TF Select ops is refused."""
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    QUANTIZATIONS[mode](converter)
+    QUANTIZATIONS[mode](converter, representative)
     try:
         flatbuffer = converter.convert()
     except ConverterError as e:
@@ -86,6 +104,34 @@ def litert_predict(path: Path, images: np.ndarray, batch: int = 1000) -> np.ndar
     return np.concatenate(results)
 
 
+def litert_latency_ms(path: Path, images: np.ndarray, calls: int = 200) -> float:
+    """Median wall time of one single-image invoke (set input, invoke, read output), after 20 warm-up calls."""
+    interpreter = Interpreter(model_path=str(path))
+    interpreter.allocate_tensors()
+    inp, out = interpreter.get_input_details()[0]["index"], interpreter.get_output_details()[0]["index"]
+    times = []
+    for i in range(calls + 20):
+        image = images[i % len(images)][None].astype(np.float32)
+        start = time.perf_counter()
+        interpreter.set_tensor(inp, image)
+        interpreter.invoke()
+        interpreter.get_tensor(out)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times[20:]) * 1000)
+
+
+def _tflite(mode: str, out_dir: Path, data, keras_accuracy: float) -> TfliteResult:
+    """Convert, score on the whole test split, time at batch 1."""
+    start = time.perf_counter()
+    path = out_dir / f"model_{mode}.tflite"
+    calibration = data.x_train[:CALIBRATION_IMAGES]
+    path.write_bytes(convert(out_dir / "saved_model", mode, calibration))
+    accuracy = float((litert_predict(path, data.x_test).argmax(1) == data.y_test).mean())
+    latency = litert_latency_ms(path, data.x_test)
+    print(f"  converted, scored and timed {path.name} in {time.perf_counter() - start:.1f}s")
+    return TfliteResult(mode, path, path.stat().st_size, accuracy, accuracy - keras_accuracy, latency)
+
+
 def _dir_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
@@ -95,9 +141,9 @@ def export(model_uri: str, dataset: str = "", data_dir: str = "", output_dir: st
     dataset = dataset or tracking.trained_on(ref)
     model = tracking.load_keras(model_uri)
     data = load_dataset(dataset, data_dir)
-    labels = data.y_test.astype(np.int64)
     # the reference is the model as trained, whatever its precision
-    keras_accuracy = float((model.predict(data.x_test.astype(np.float32), verbose=0).argmax(1) == labels).mean())
+    keras_probs = model.predict(data.x_test.astype(np.float32), verbose=0)
+    keras_accuracy = float((keras_probs.argmax(1) == data.y_test).mean())
     if mixed := sorted({layer.dtype_policy.name for layer in model.layers} - {"float32"}):
         print(f"  {model_uri} computes in {', '.join(mixed)}: exporting a float32 copy of its weights")
         model = float32_copy(model)
@@ -110,18 +156,12 @@ def export(model_uri: str, dataset: str = "", data_dir: str = "", output_dir: st
             "export_keras_test_accuracy": keras_accuracy,
             "saved_model_size_bytes": _dir_size(out_dir / "saved_model"),
         }
-        results = []
-        for mode in QUANTIZATIONS:
-            start = time.perf_counter()
-            path = out_dir / f"model_{mode}.tflite"
-            path.write_bytes(convert(out_dir / "saved_model", mode))
-            accuracy = float((litert_predict(path, data.x_test).argmax(1) == labels).mean())
-            results.append(TfliteResult(mode, path, path.stat().st_size, accuracy, accuracy - keras_accuracy))
-            print(f"  converted and scored {path.name} in {time.perf_counter() - start:.1f}s")
+        results = [_tflite(mode, out_dir, data, keras_accuracy) for mode in QUANTIZATIONS]
         for r in results:
             metrics[f"tflite_{r.mode}_size_bytes"] = r.size_bytes
             metrics[f"tflite_{r.mode}_test_accuracy"] = r.test_accuracy
             metrics[f"tflite_{r.mode}_accuracy_delta"] = r.accuracy_delta
+            metrics[f"tflite_{r.mode}_latency_ms"] = r.latency_ms
         tracking.set_tags({"exported_model_uri": model_uri})
         tracking.log_metrics(metrics, model_id=ref.model_id)
         tracking.log_folder(out_dir, "export")
@@ -130,10 +170,11 @@ def export(model_uri: str, dataset: str = "", data_dir: str = "", output_dir: st
 
 
 def table(keras_accuracy: float, results: list[TfliteResult]) -> str:
-    rows = [f"{'format':<22}{'size':>12}{'test accuracy':>16}{'vs Keras':>11}"]
-    rows.append(f"{'keras':<22}{'':>12}{keras_accuracy:>16.4f}{'':>11}")
+    rows = [f"{'format':<22}{'size':>12}{'test accuracy':>16}{'vs Keras':>11}{'ms/image':>10}"]
+    rows.append(f"{'keras':<22}{'':>12}{keras_accuracy:>16.4f}")
     for r in results:
         rows.append(
-            f"{'tflite ' + r.mode:<22}{r.size_bytes / 1e6:>10.3f}MB{r.test_accuracy:>16.4f}{r.accuracy_delta:>+11.4f}"
+            f"{'tflite ' + r.mode:<22}{r.size_bytes / 1e6:>10.3f}MB{r.test_accuracy:>16.4f}"
+            f"{r.accuracy_delta:>+11.4f}{r.latency_ms:>10.3f}"
         )
     return "\n".join(rows)

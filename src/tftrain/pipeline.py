@@ -1,4 +1,5 @@
-"""The main job: train, then evaluate and export that model, all in one MLflow run; ends with where to look."""
+"""The main job: train, then evaluate, export and promote that model, all in one MLflow run; ends with where to
+look."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from tftrain import tracking
 from tftrain.config import TrainConfig
 from tftrain.evaluate import Evaluation, evaluate
 from tftrain.export import export
+from tftrain.registry import Decision, promote
 from tftrain.runtime import is_chief_process
 from tftrain.train import TrainResult, default_run_name, train
 
@@ -25,7 +27,7 @@ def _mlflow_command() -> str:
         return str(exe)
 
 
-def report(result: TrainResult, ev: Evaluation) -> str:
+def report(result: TrainResult, ev: Evaluation, decision: Decision | None) -> str:
     link = tracking.run_link(result.run_id)
     m = result.model
     registered = (
@@ -40,6 +42,7 @@ def report(result: TrainResult, ev: Evaluation) -> str:
             f"run:            {link['run_name']} ({result.run_id}), {result.epochs_run} epochs",
             f"test accuracy:  {ev.metrics['test_accuracy']:.4f}",
             f"registered:     {registered}",
+            f"champion:       {decision.reason if decision else 'not registered, not promoted'}",
             f"local files:    {result.out_dir}",
             f"MLflow UI:      {ui}",
             f"                then open {link['run_page']}",
@@ -54,5 +57,7 @@ def pipeline(cfg: TrainConfig) -> tuple[TrainResult, Evaluation | None]:
         result = train(cfg)
         ev = evaluate(result.model.uri, cfg.dataset, cfg.data_dir)
         export(result.model.uri, cfg.dataset, cfg.data_dir, cfg.output_dir)
-    print(report(result, ev))
+        m = result.model
+        decision = promote(f"models:/{m.registered_name}/{m.version}") if m.version else None
+    print(report(result, ev, decision))
     return result, ev

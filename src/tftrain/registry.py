@@ -1,0 +1,72 @@
+"""The `promote` step: the model registry's gate. A registered version gets an alias (champion by default) only
+when its test accuracy is at least the current holder's and at least a threshold; otherwise the alias stays.
+
+With tracking.py, the only modules that import mlflow: this one for the registry, that one for runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mlflow
+from mlflow.exceptions import MlflowException
+
+from tftrain import tracking
+from tftrain.config import parse_version_uri
+from tftrain.errors import UserError
+
+
+@dataclass(frozen=True)
+class Decision:
+    name: str
+    version: str
+    alias: str
+    promoted: bool
+    reason: str
+    test_accuracy: float
+    previous_version: str | None  # who held the alias before
+    previous_accuracy: float | None
+
+
+def version_accuracy(model_uri: str) -> float | None:
+    """The latest test_accuracy that `evaluate` linked to the model, or None if it was never evaluated."""
+    ref = tracking.resolve_model(model_uri)
+    metrics = [m for m in mlflow.get_logged_model(ref.model_id).metrics or [] if m.key == "test_accuracy"]
+    return max(metrics, key=lambda m: m.timestamp).value if metrics else None
+
+
+def _holder(name: str, alias: str) -> str | None:
+    try:
+        return str(mlflow.MlflowClient().get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None  # nobody holds the alias yet
+
+
+def _judge(accuracy: float, min_accuracy: float, holder: str | None, holder_accuracy: float | None) -> str | None:
+    """Why the version may not have the alias, or None if it may."""
+    if accuracy < min_accuracy:
+        return f"test accuracy {accuracy:.4f} is below the threshold {min_accuracy:.4f}"
+    if holder_accuracy is not None and accuracy < holder_accuracy:
+        return f"test accuracy {accuracy:.4f} is below version {holder}'s {holder_accuracy:.4f}"
+    return None
+
+
+def promote(model_uri: str, alias: str = "champion", min_accuracy: float = 0.0) -> Decision:
+    name, version = parse_version_uri(model_uri)
+    accuracy = version_accuracy(model_uri)
+    if accuracy is None:
+        raise UserError(f"{model_uri} has no test_accuracy yet; run: tftrain evaluate --model-uri {model_uri}")
+    holder = _holder(name, alias)
+    holder_accuracy = version_accuracy(f"models:/{name}/{holder}") if holder and holder != version else None
+    refusal = _judge(accuracy, min_accuracy, holder, holder_accuracy)
+    client = mlflow.MlflowClient()
+    client.set_model_version_tag(name, version, "test_accuracy", f"{accuracy:.6f}")
+    client.set_model_version_tag(name, version, "source_run_id", tracking.resolve_model(model_uri).run_id)
+    client.set_model_version_tag(name, version, f"gate_{alias}", refusal or "promoted")
+    if refusal is None:
+        client.set_registered_model_alias(name, alias, version)
+        reason = f"{name}@{alias} is now version {version} (test accuracy {accuracy:.4f})"
+    else:
+        reason = f"{name}@{alias} stays at version {holder or '(none)'}: version {version}'s {refusal}"
+    print(reason)
+    return Decision(name, version, alias, refusal is None, reason, accuracy, holder, holder_accuracy)

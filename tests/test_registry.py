@@ -1,0 +1,75 @@
+"""The promotion gate against a real registry: better or equal moves the alias, worse leaves it alone."""
+
+import mlflow
+import pytest
+
+from conftest import tiny_config
+from tftrain.config import check_alias
+from tftrain.errors import UserError
+from tftrain.evaluate import evaluate
+from tftrain.registry import promote, version_accuracy
+from tftrain.train import train
+
+
+@pytest.fixture(scope="module")
+def versions(trained, tiny_data):
+    """Version 1: the module's trained model; version 2: one that barely trained (lr 1e-6, one epoch)."""
+    good, _ = trained
+    bad = train(tiny_config(tiny_data, epochs=1, learning_rate=1e-6, early_stopping=False, run_name="bad"))
+    for version in ("1", "2"):
+        evaluate(f"models:/tftrain-fashion-mnist/{version}", data_dir=str(tiny_data))
+    return good, bad
+
+
+def alias_version(alias="champion"):
+    return str(mlflow.MlflowClient().get_model_version_by_alias("tftrain-fashion-mnist", alias).version)
+
+
+def test_gate(versions):
+    first = promote("models:/tftrain-fashion-mnist/1")
+    assert first.promoted and first.previous_version is None and alias_version() == "1"
+    assert first.reason == f"tftrain-fashion-mnist@champion is now version 1 (test accuracy {first.test_accuracy:.4f})"
+
+    worse = promote("models:/tftrain-fashion-mnist/2")
+    assert not worse.promoted and alias_version() == "1"
+    assert worse.test_accuracy < first.test_accuracy and worse.previous_accuracy == first.test_accuracy
+    assert "stays at version 1: version 2's test accuracy" in worse.reason and "below version 1's" in worse.reason
+    tags = mlflow.MlflowClient().get_model_version("tftrain-fashion-mnist", "2").tags
+    assert tags["gate_champion"].startswith("test accuracy") and float(tags["test_accuracy"]) == pytest.approx(
+        worse.test_accuracy, abs=1e-6
+    )
+    assert tags["source_run_id"] == versions[1].run_id
+
+    again = promote("models:/tftrain-fashion-mnist/1")  # equal to the holder (itself): stays promoted
+    assert again.promoted and alias_version() == "1"
+
+
+def test_threshold(versions):
+    threshold = version_accuracy("models:/tftrain-fashion-mnist/1") + 0.001
+    decision = promote("models:/tftrain-fashion-mnist/1", alias="strict", min_accuracy=threshold)
+    assert not decision.promoted and f"below the threshold {threshold:.4f}" in decision.reason
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        alias_version("strict")
+
+
+def test_unevaluated_version_is_refused(trained, tiny_data):
+    train(tiny_config(tiny_data, epochs=1, run_name="unevaluated"))
+    versions = mlflow.MlflowClient().search_model_versions("name='tftrain-fashion-mnist'")
+    newest = max(int(v.version) for v in versions)
+    with pytest.raises(
+        UserError,
+        match=f"has no test_accuracy yet; run: tftrain evaluate --model-uri models:/tftrain-fashion-mnist/{newest}",
+    ):
+        promote(f"models:/tftrain-fashion-mnist/{newest}")
+
+
+@pytest.mark.parametrize("uri", ["models:/x@champion", "runs:/0123456789abcdef0123456789abcdef/model", "x"])
+def test_only_registered_versions_are_promoted(uri):
+    with pytest.raises(UserError, match="allowed: a registered version, models:/<name>/<version>"):
+        promote(uri)
+
+
+@pytest.mark.parametrize("alias", ["latest", "v3", "has space", ""])
+def test_bad_alias(alias):
+    with pytest.raises(UserError, match="invalid value for alias"):
+        check_alias(alias)

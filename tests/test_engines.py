@@ -39,7 +39,7 @@ def test_custom_engine_gives_the_same_run_layout_as_fit(store, tiny_data):
     assert custom.history["val_accuracy"][-1] > 0.5
     steps = [m.step for m in mlflow.MlflowClient().get_metric_history(custom.run_id, "val_loss")]
     assert steps == [1, 2]
-    assert mlflow.get_run(custom.run_id).data.params["strategy_resolved"] == "one_device"
+    assert mlflow.get_run(custom.run_id).data.params["strategy_resolved"] == "default"  # auto, one device
 
 
 def test_custom_engine_honours_early_stopping_and_checkpoints(store, tiny_data):

@@ -49,7 +49,9 @@ class TrainConfig:
         "fit", "fit: Keras model.fit; custom: the write-up's GradientTape loop under tf.function.", ENGINES
     )
     strategy: str = _opt(
-        "auto", "tf.distribute strategy; auto: multi_worker under TF_CONFIG, mirrored on several devices.", STRATEGIES
+        "auto",
+        "tf.distribute strategy; auto: multi_worker under TF_CONFIG, mirrored on several devices, else TF's default.",
+        STRATEGIES,
     )
     cpu_replicas: int = _opt(0, "On a CPU-only host, split the CPU into N logical devices for mirrored; 0: no split.")
     precision: str = _opt("float32", "Keras dtype policy; mixed_* keep the output layer float32.", PRECISIONS)

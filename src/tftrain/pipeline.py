@@ -21,10 +21,8 @@ def _mlflow_command() -> str:
     exe = Path(sys.executable).parent / "mlflow"
     if not exe.exists():
         return "mlflow"
-    try:
-        return os.path.relpath(exe) if not os.path.relpath(exe).startswith("..") else str(exe)
-    except ValueError:
-        return str(exe)
+    relative = os.path.relpath(exe)  # .venv/bin/mlflow from the project folder
+    return str(exe) if relative.startswith("..") else relative
 
 
 def report(result: TrainResult, ev: Evaluation, decision: Decision | None) -> str:

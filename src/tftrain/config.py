@@ -106,7 +106,7 @@ class TrainConfig:
                 f"invalid combination: reduce_lr_on_plateau=true with lr_schedule={self.lr_schedule}; Keras cannot "
                 "change a scheduled learning rate; allowed: lr_schedule=constant, or reduce_lr_on_plateau=false/auto"
             )
-        self.piecewise_values(len(self.piecewise_boundaries() or DEFAULT_BOUNDARY_FRACTIONS))
+        self.piecewise_values()
         _open_interval(self, "validation_split", 0.0, 1.0)
         _open_interval(self, "plateau_factor", 0.0, 1.0)
         _open_interval(self, "learning_rate", 0.0, math.inf)
@@ -134,17 +134,18 @@ class TrainConfig:
             raise invalid("lr_boundaries", self.lr_boundaries, "increasing positive step numbers, comma-separated")
         return bounds
 
-    def piecewise_values(self, n_boundaries: int) -> list[float]:
-        """n_boundaries + 1 learning rates: the explicit ones, or learning_rate x 1, 0.1, 0.01, ..."""
+    def piecewise_values(self) -> list[float]:
+        """One learning rate more than there are boundaries (explicit or default): the explicit ones, or
+        learning_rate x 1, 0.1, 0.01, ..."""
+        expected = len(self.piecewise_boundaries() or DEFAULT_BOUNDARY_FRACTIONS) + 1
         if not self.lr_values.strip():
-            return [self.learning_rate * 0.1**k for k in range(n_boundaries + 1)]
+            return [self.learning_rate * 0.1**k for k in range(expected)]
         try:
             values = [float(v) for v in self.lr_values.split(",")]
         except ValueError:
             values = [-1.0]
         if any(not (math.isfinite(v) and v > 0) for v in values):
             raise invalid("lr_values", self.lr_values, "positive numbers, comma-separated")
-        expected = len(self.piecewise_boundaries() or DEFAULT_BOUNDARY_FRACTIONS) + 1
         if len(values) != expected:
             raise invalid("lr_values", self.lr_values, f"{expected} values, one more than the boundaries")
         return values

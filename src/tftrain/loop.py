@@ -58,9 +58,8 @@ def build_steps(model: keras.Model, strategy: tf.distribute.Strategy, global_bat
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
             scaled = model.optimizer.scale_loss(loss)  # loss scaling under mixed_float16; identity otherwise
         gradients = tape.gradient(scaled, model.trainable_variables)
-        model.optimizer.apply_gradients(
-            zip(gradients, model.trainable_variables, strict=True)
-        )  # unscales, skips inf steps
+        # apply_gradients unscales the gradients and skips steps whose gradients are not finite
+        model.optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
         train_metrics["loss"].update_state(per_example)
         train_metrics["accuracy"].update_state(labels, probs)
 

@@ -30,7 +30,10 @@ class Decision:
 
 def version_accuracy(model_uri: str) -> float | None:
     """The latest test_accuracy that `evaluate` linked to the model, or None if it was never evaluated."""
-    ref = tracking.resolve_model(model_uri)
+    return _accuracy(tracking.resolve_model(model_uri))
+
+
+def _accuracy(ref: tracking.LoggedModel) -> float | None:
     metrics = [m for m in mlflow.get_logged_model(ref.model_id).metrics or [] if m.key == "test_accuracy"]
     return max(metrics, key=lambda m: m.timestamp).value if metrics else None
 
@@ -53,7 +56,8 @@ def _judge(accuracy: float, min_accuracy: float, holder: str | None, holder_accu
 
 def promote(model_uri: str, alias: str = "champion", min_accuracy: float = 0.0) -> Decision:
     name, version = parse_version_uri(model_uri)
-    accuracy = version_accuracy(model_uri)
+    ref = tracking.resolve_model(model_uri)
+    accuracy = _accuracy(ref)
     if accuracy is None:
         raise UserError(f"{model_uri} has no test_accuracy yet; run: tftrain evaluate --model-uri {model_uri}")
     holder = _holder(name, alias)
@@ -61,7 +65,7 @@ def promote(model_uri: str, alias: str = "champion", min_accuracy: float = 0.0) 
     refusal = _judge(accuracy, min_accuracy, holder, holder_accuracy)
     client = mlflow.MlflowClient()
     client.set_model_version_tag(name, version, "test_accuracy", f"{accuracy:.6f}")
-    client.set_model_version_tag(name, version, "source_run_id", tracking.resolve_model(model_uri).run_id)
+    client.set_model_version_tag(name, version, "source_run_id", ref.run_id)
     client.set_model_version_tag(name, version, f"gate_{alias}", refusal or "promoted")
     if refusal is None:
         client.set_registered_model_alias(name, alias, version)

@@ -48,11 +48,14 @@ def _is_chief(config: dict) -> bool:
     return task.get("type", "worker") == "worker" and int(task.get("index", 0)) == 0
 
 
+def _multi_worker(cfg: TrainConfig, workers: int) -> bool:
+    return cfg.strategy == "multi_worker" or (cfg.strategy == "auto" and workers > 1)
+
+
 def is_chief_process(cfg: TrainConfig) -> bool:
     """Whether this process logs to MLflow: always, except on a non-chief worker of a multi-worker job."""
     config = tf_config()
-    multi = cfg.strategy == "multi_worker" or (cfg.strategy == "auto" and _worker_count(config) > 1)
-    return not multi or _is_chief(config)
+    return not _multi_worker(cfg, _worker_count(config)) or _is_chief(config)
 
 
 def _declare_cpu_replicas(n: int) -> None:
@@ -75,11 +78,11 @@ def _declare_cpu_replicas(n: int) -> None:
         ) from None
 
 
-def _resolve(name: str, cfg: TrainConfig, workers: int) -> str:
-    if name != "auto":
-        return name
-    if workers > 1:
+def _resolve(cfg: TrainConfig, workers: int) -> str:
+    if _multi_worker(cfg, workers):
         return "multi_worker"
+    if cfg.strategy != "auto":
+        return cfg.strategy
     if len(tf.config.list_physical_devices("GPU")) > 1 or cfg.cpu_replicas > 1:
         return "mirrored"
     return "default"
@@ -99,7 +102,7 @@ def _one_device() -> tf.distribute.Strategy:
 def build_runtime(cfg: TrainConfig) -> Runtime:
     config = tf_config()
     workers = _worker_count(config)
-    name = _resolve(cfg.strategy, cfg, workers)
+    name = _resolve(cfg, workers)
     if name == "multi_worker" and cfg.engine == "fit":
         raise UserError(
             "invalid combination: engine=fit with strategy=multi_worker; Keras 3's fit cannot run under "
@@ -122,7 +125,8 @@ def build_runtime(cfg: TrainConfig) -> Runtime:
     strategy = strategies[name]()
     keras.mixed_precision.set_global_policy(cfg.precision)
     keras.utils.set_random_seed(cfg.seed)
-    return Runtime(strategy, name, strategy.num_replicas_in_sync, is_chief_process(cfg), max(workers, 1))
+    chief = name != "multi_worker" or _is_chief(config)
+    return Runtime(strategy, name, strategy.num_replicas_in_sync, chief, max(workers, 1))
 
 
 def barrier(rt: Runtime) -> None:

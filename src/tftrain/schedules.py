@@ -16,7 +16,7 @@ def build_learning_rate(
         return cfg.learning_rate
     if cfg.lr_schedule == "piecewise":
         boundaries = cfg.piecewise_boundaries() or [max(1, int(total * f)) for f in DEFAULT_BOUNDARY_FRACTIONS]
-        values = cfg.piecewise_values(len(boundaries))
+        values = cfg.piecewise_values()
         return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
     decay_steps = cfg.decay_steps or total
     if cfg.lr_schedule == "cosine":

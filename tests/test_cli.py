@@ -53,6 +53,13 @@ def tftrain(*args, cwd=None, env=None):
         (["promote", "--model-uri", "models:/m@champion"], "allowed: a registered version, models:/<name>/<version>"),
         (["promote", "--model-uri", "models:/m/1", "--alias", "latest"], "invalid value for alias: received 'latest'"),
         (["promote", "--model-uri", "models:/m/1", "--min-accuracy", "1.5"], "invalid value for min_accuracy"),
+        (["export", "--model-uri", "models:/m/1", "--litert-quantization", "int4"], "'int4' is not one of 'float32'"),
+        (["predict", "--model-uri", "models:/m/1"], "Missing argument 'INPUT...'"),
+        (["predict", "--model-uri", "models:/m/1", "/no/such.png"], "invalid value for INPUT: received '/no/such.png'"),
+        (["predict", "--model-uri", "models:/m/1", ".", "--output", "/no/dir/p.csv"], "invalid value for output"),
+        (["predict", "--model-uri", "models:/m/1", ".", "--format", "xml"], "'xml' is not one of 'auto', 'csv'"),
+        (["serve", "--port", "70000"], "70000 is not in the range 1<=x<=65535"),
+        (["serve", "--model-uri", "latest"], "invalid value for model_uri: received 'latest'"),
     ],
 )
 def test_usage_errors_are_one_line_and_exit_2(args, expected):
@@ -74,6 +81,12 @@ def test_missing_model_in_the_store(tmp_path):
     assert "model_uri 'models:/nope/1' cannot be opened" in line
 
 
+def test_serve_names_a_missing_model_before_starting(tmp_path):
+    done = tftrain("serve", "--model-uri", "models:/nope@champion", cwd=tmp_path)
+    (line,) = user_error_line(done)
+    assert "model_uri 'models:/nope@champion' cannot be opened" in line
+
+
 def test_corrupt_data_file_named(tmp_path):
     folder = write_dataset(tmp_path / "data")
     write_idx(folder / "train-labels-idx1-ubyte.gz", np.zeros(5, np.uint8))
@@ -92,7 +105,7 @@ def test_unwritable_output_dir(tmp_path, tiny_data):
 def test_help_lists_the_steps_and_exits_0():
     done = tftrain("--help")
     assert done.returncode == 0
-    for command in ("train", "evaluate", "export", "promote", "pipeline"):
+    for command in ("train", "evaluate", "export", "promote", "predict", "serve", "pipeline"):
         assert f"  {command} " in done.stdout
     options = tftrain("train", "--help").stdout
     assert "--early-stopping-patience INTEGER" in options and "[default: 3]" in options

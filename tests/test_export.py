@@ -7,14 +7,19 @@ import pytest
 import tensorflow as tf
 
 from conftest import run_tagged
+from tftrain.config import QUANTIZATIONS
 from tftrain.errors import UserError
-from tftrain.export import convert, export, flex_ops, litert_predict
+from tftrain.export import CONVERTER_SETUP, convert, export, flex_ops, litert_predict
 
 
 @pytest.fixture(scope="module")
 def exported(trained, tiny_data):
     result, folder = trained
-    return result, export(result.model.uri, data_dir=str(tiny_data), output_dir=str(folder / "exports"))
+    return result, export(result.model.uri, data_dir=str(tiny_data), output_dir=str(folder / "exports")).results
+
+
+def test_every_quantization_choice_has_a_converter_setup():
+    assert tuple(CONVERTER_SETUP) == QUANTIZATIONS
 
 
 def test_tflite_files_score_like_the_keras_model(exported):

@@ -82,7 +82,10 @@ def test_main_job_on_real_fashion_mnist_defaults(project_store):
     assert abs(metrics["tflite_dynamic_range_accuracy_delta"]) < 0.01
     assert run.data.params["dataset"] == "fashion_mnist" and run.data.tags["dataset_source"].endswith("fashion-mnist")
     assert re.search(r"^test accuracy:\s+0\.\d{4}$", done.stdout, re.M)
-    assert "registered:     tftrain-fashion-mnist version 1 (models:/tftrain-fashion-mnist/1)" in done.stdout
+    assert "registered:     models:/tftrain-fashion-mnist/1 (Keras)\n" in done.stdout
+    assert "                models:/tftrain-fashion-mnist-litert/1 (LiteRT)\n" in done.stdout
     assert "champion:       tftrain-fashion-mnist@champion is now version 1 (test accuracy 0." in done.stdout
+    assert "                tftrain-fashion-mnist-litert@champion is now version 1 (test accuracy 0." in done.stdout
+    assert "serve:          bash scripts/serve.sh --model-uri models:/tftrain-fashion-mnist@champion\n" in done.stdout
     assert abs(metrics["tflite_int8_accuracy_delta"]) < 0.02 and metrics["tflite_int8_latency_ms"] > 0
     assert "mlflow ui --backend-store-uri sqlite:///" in done.stdout

@@ -55,7 +55,9 @@ def test_evaluate_and_export_match_their_commands():
         "dataset": "",
         "data_dir": "",
         "output_dir": "x",
+        "litert_quantization": "float32",
     }
+    assert parsed("export", {"model_uri": uri, "litert_quantization": "int8"})[1]["litert_quantization"] == "int8"
 
 
 def test_conda_env_pins_match_pyproject():

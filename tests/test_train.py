@@ -88,9 +88,11 @@ def test_example_request_is_logged_and_answers(run):
     request = json.loads(Path(path).read_text())
     images = np.array(request["inputs"], dtype=np.float32)
     assert images.shape == (2, 28, 28) and images.max() > 1
-    probs = mlflow.pyfunc.load_model(result.model.uri).predict(images)
+    rows = mlflow.pyfunc.load_model(result.model.uri).predict(images)
+    probs = np.array([row["probabilities"] for row in rows])
     assert probs.shape == (2, 10)
     np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-5)
+    assert [row["class"] for row in rows] == list(probs.argmax(axis=1))
 
 
 def test_checkpoint_and_tensorboard_are_artifacts(run):

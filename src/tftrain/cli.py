@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from pathlib import Path
 
 import click
 
 from tftrain.config import (
     DATASETS,
+    QUANTIZATIONS,
     TrainConfig,
     check_alias,
     check_choice,
     check_data_dir,
     check_model_uri,
+    check_output_file,
     parse_version_uri,
 )
 from tftrain.errors import UserError, invalid
@@ -95,15 +98,23 @@ def evaluate_command(model_uri: str, dataset: str, data_dir: str) -> None:
 @dataset_option
 @data_dir_option
 @click.option("--output-dir", default="outputs", show_default=True, help="Local folder for the exported files.")
-def export_command(model_uri: str, dataset: str, data_dir: str, output_dir: str) -> None:
-    """Write a SavedModel and TFLite files (float32, dynamic-range), scored with LiteRT on the test split."""
+@click.option(
+    "--litert-quantization",
+    type=click.Choice(QUANTIZATIONS),
+    default="float32",
+    show_default=True,
+    help="Which TFLite file to log as the servable LiteRT model (registered as <name>-litert).",
+)
+def export_command(model_uri: str, dataset: str, data_dir: str, output_dir: str, litert_quantization: str) -> None:
+    """Write a SavedModel and TFLite files (float32, dynamic-range, float16, int8), each scored with LiteRT on the
+    test split; log one as a servable LiteRT model."""
     check_model_uri(model_uri)
     dataset, data_dir = _data_args(dataset, data_dir)
     from tftrain.export import export
     from tftrain.train import check_output_dir
 
     check_output_dir(output_dir)
-    export(model_uri, dataset, data_dir, output_dir)
+    export(model_uri, dataset, data_dir, output_dir, litert_quantization)
 
 
 @cli.command("promote")
@@ -119,6 +130,55 @@ def promote_command(model_uri: str, alias: str, min_accuracy: float) -> None:
     from tftrain.registry import promote
 
     promote(model_uri, alias, min_accuracy)
+
+
+@cli.command("predict")
+@model_uri_option
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.option("--output", default="-", show_default=True, help="File to write; '-' writes to standard output.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(("auto", "csv", "json")),
+    default="auto",
+    show_default=True,
+    help="auto: from the output file's suffix (.json or .csv), csv for standard output.",
+)
+def predict_command(model_uri: str, inputs: tuple[str, ...], output: str, fmt: str) -> None:
+    """Predict the class of each image in INPUT: PNG files (28x28), folders of them, or IDX image files."""
+    check_model_uri(model_uri)
+    for given in inputs:
+        if not Path(given).exists():
+            raise invalid("INPUT", given, "existing PNG files, folders of them, or IDX image files")
+    if fmt == "auto":
+        fmt = "json" if output.lower().endswith(".json") else "csv"
+    if output != "-":
+        check_output_file(output)
+    from tftrain.predict import predict
+
+    predict(model_uri, list(inputs), output, fmt)
+
+
+@cli.command("serve")
+@click.option(
+    "--model-uri",
+    default="models:/tftrain-fashion-mnist@champion",
+    show_default=True,
+    help="The model to serve; tftrain-fashion-mnist-litert@champion is its LiteRT twin.",
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on. The scoring server has no authentication: expose it only behind a proxy.",
+)
+@click.option("--port", type=click.IntRange(1, 65535), default=5001, show_default=True)
+def serve_command(model_uri: str, host: str, port: int) -> None:
+    """Serve a model over HTTP with `mlflow models serve` from this environment: POST /invocations."""
+    check_model_uri(model_uri)
+    from tftrain.serve import serve
+
+    serve(model_uri, host, port)
 
 
 @cli.command("pipeline")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
 ENGINES = ("fit", "custom")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+QUANTIZATIONS = ("float32", "dynamic_range", "float16", "int8")  # TFLite export modes
 LR_SCHEDULES = ("constant", "piecewise", "cosine", "warmup_cosine")
 SWITCH = ("auto", "true", "false")
 DEFAULT_BOUNDARY_FRACTIONS = (0.5, 0.75)  # piecewise without lr_boundaries: drop at 50% and 75% of all steps
@@ -203,6 +205,15 @@ def check_data_dir(data_dir: str) -> str:
     if data_dir and not Path(data_dir).is_dir():
         raise invalid("data_dir", data_dir, "an existing folder, or empty")
     return data_dir
+
+
+def check_output_file(output: str) -> str:
+    """A file that can be (over)written: its folder exists and is writable, and it is not a folder itself."""
+    path = Path(output)
+    folder = path.parent
+    if path.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise invalid("output", output, "a file path in an existing, writable folder, or '-'")
+    return output
 
 
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:

@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 
 from tftrain import tracking  # noqa: E402
 from tftrain.data import load_dataset  # noqa: E402
+from tftrain.predict import answers  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -69,11 +70,12 @@ def confusion_figure(ev: Evaluation, title: str):
 
 def predict_probabilities(model_uri: str, images: np.ndarray) -> np.ndarray:
     model = tracking.load_pyfunc(model_uri)
-    keras.config.disable_interactive_logging()  # no progress bar per predict call
+    keras.config.disable_interactive_logging()  # no progress bar per predict call of a stock Keras pyfunc
     try:
-        return np.asarray(model.predict(images.astype(np.float32)), dtype=np.float32)
+        rows = answers(model, images)
     finally:
         keras.config.enable_interactive_logging()
+    return np.asarray([row["probabilities"] for row in rows], dtype=np.float32)
 
 
 def summary(ev: Evaluation) -> str:

@@ -1,6 +1,7 @@
 """The `export` step: a SavedModel and TFLite files in four quantization modes (the write-up's float32 and
 dynamic-range, plus float16 and full int8), each scored on the test split with the LiteRT interpreter against the
-Keras model, and timed at one image per call."""
+Keras model, and timed at one image per call. One of them is logged as a servable LiteRT model and registered as
+<name>-litert."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from ai_edge_litert.interpreter import Interpreter
 from tensorflow.lite.python.convert_phase import ConverterError
 
 from tftrain import tracking
+from tftrain.config import QUANTIZATIONS
 from tftrain.data import load_dataset
 from tftrain.errors import UserError
 from tftrain.models import float32_copy
@@ -43,13 +45,16 @@ def _int8(converter: tf.lite.TFLiteConverter, representative: np.ndarray) -> Non
 
 
 # Named quantization modes; each adjusts a converter before convert().
-QUANTIZATIONS: dict[str, Callable[[tf.lite.TFLiteConverter, np.ndarray], None]] = {
+CONVERTER_SETUP: dict[str, Callable[[tf.lite.TFLiteConverter, np.ndarray], None]] = {
     "float32": _float32,
     "dynamic_range": _dynamic_range,
     "float16": _float16,
     "int8": _int8,
 }
 CALIBRATION_IMAGES = 500  # training images that set int8's activation ranges
+
+
+LITERT_SUFFIX = "-litert"  # the LiteRT model of NAME registers as NAME-litert
 
 
 @dataclass(frozen=True)
@@ -72,7 +77,7 @@ def convert(saved_model_dir: Path, mode: str, representative: np.ndarray | None 
     """Convert a SavedModel with builtin ops only; a graph that would need TF Select ops is refused."""
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    QUANTIZATIONS[mode](converter, representative)
+    CONVERTER_SETUP[mode](converter, representative)
     try:
         flatbuffer = converter.convert()
     except ConverterError as e:
@@ -132,11 +137,19 @@ def _tflite(mode: str, out_dir: Path, data, keras_accuracy: float) -> TfliteResu
     return TfliteResult(mode, path, path.stat().st_size, accuracy, accuracy - keras_accuracy, latency)
 
 
+@dataclass(frozen=True)
+class Export:
+    results: list[TfliteResult]
+    litert: tracking.LoggedModel  # the servable LiteRT model
+
+
 def _dir_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def export(model_uri: str, dataset: str = "", data_dir: str = "", output_dir: str = "outputs") -> list[TfliteResult]:
+def export(
+    model_uri: str, dataset: str = "", data_dir: str = "", output_dir: str = "outputs", litert_quantization="float32"
+) -> Export:
     ref = tracking.resolve_model(model_uri)
     dataset = dataset or tracking.trained_on(ref)
     model = tracking.load_keras(model_uri)
@@ -165,8 +178,15 @@ def export(model_uri: str, dataset: str = "", data_dir: str = "", output_dir: st
         tracking.set_tags({"exported_model_uri": model_uri})
         tracking.log_metrics(metrics, model_id=ref.model_id)
         tracking.log_folder(out_dir, "export")
+        served = next(r for r in results if r.mode == litert_quantization)
+        name = tracking.registered_name(ref)
+        litert = tracking.log_litert_model(served.path, data.class_names, name + LITERT_SUFFIX if name else None)
+        # what the registry gate reads, as evaluate links it to a Keras model
+        tracking.log_metrics({"test_accuracy": served.test_accuracy}, model_id=litert.model_id)
     print(table(keras_accuracy, results))
-    return results
+    registered = f", registered as {litert.registered_name} version {litert.version}" if litert.version else ""
+    print(f"LiteRT model ({served.mode}): {litert.uri}{registered}")
+    return Export(results, litert)
 
 
 def table(keras_accuracy: float, results: list[TfliteResult]) -> str:

@@ -1,5 +1,5 @@
-"""The main job: train, then evaluate, export and promote that model, all in one MLflow run; ends with where to
-look."""
+"""The main job: train, then evaluate, export and promote that model and its LiteRT twin, all in one MLflow run;
+ends with where to look."""
 
 from __future__ import annotations
 
@@ -25,22 +25,30 @@ def _mlflow_command() -> str:
     return str(exe) if relative.startswith("..") else relative
 
 
-def report(result: TrainResult, ev: Evaluation, decision: Decision | None) -> str:
+def _lines(label: str, items: list[str]) -> list[str]:
+    """`label` beside the first item, the rest aligned under it."""
+    return [f"{label if i == 0 else '':<16}{item}" for i, item in enumerate(items or ["none"])]
+
+
+def report(result: TrainResult, ev: Evaluation, models: list[tracking.LoggedModel], decisions: list[Decision]) -> str:
     link = tracking.run_link(result.run_id)
-    m = result.model
-    registered = (
-        f"{m.registered_name} version {m.version} (models:/{m.registered_name}/{m.version})"
-        if m.version
-        else "not registered"
-    )
     ui = link["ui_command"].replace("mlflow ui", f"{_mlflow_command()} ui", 1)
+    registered = [
+        f"models:/{m.registered_name}/{m.version} ({kind})"
+        for m, kind in zip(models, ("Keras", "LiteRT"), strict=True)
+        if m.version
+    ]
     return "\n".join(
         [
             "",
             f"run:            {link['run_name']} ({result.run_id}), {result.epochs_run} epochs",
             f"test accuracy:  {ev.metrics['test_accuracy']:.4f}",
-            f"registered:     {registered}",
-            f"champion:       {decision.reason if decision else 'not registered, not promoted'}",
+            *_lines("registered:", registered),
+            *_lines("champion:", [d.reason for d in decisions]),
+            *_lines(
+                "serve:",
+                [f"bash scripts/serve.sh --model-uri models:/{d.name}@{d.alias}" for d in decisions if d.promoted],
+            ),
             f"local files:    {result.out_dir}",
             f"MLflow UI:      {ui}",
             f"                then open {link['run_page']}",
@@ -54,8 +62,8 @@ def pipeline(cfg: TrainConfig) -> tuple[TrainResult, Evaluation | None]:
     with tracking.step_run(default_run_name(cfg)):
         result = train(cfg)
         ev = evaluate(result.model.uri, cfg.dataset, cfg.data_dir)
-        export(result.model.uri, cfg.dataset, cfg.data_dir, cfg.output_dir)
-        m = result.model
-        decision = promote(f"models:/{m.registered_name}/{m.version}") if m.version else None
-    print(report(result, ev, decision))
+        exported = export(result.model.uri, cfg.dataset, cfg.data_dir, cfg.output_dir)
+        models = [result.model, exported.litert]
+        decisions = [promote(f"models:/{m.registered_name}/{m.version}") for m in models if m.version]
+    print(report(result, ev, models, decisions))
     return result, ev

@@ -11,9 +11,12 @@ import dataclasses
 import os
 import platform
 import subprocess
+import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import keras
@@ -22,18 +25,27 @@ import numpy as np
 import tensorflow as tf
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
-from mlflow.types.schema import Schema, TensorSpec
+from mlflow.types.schema import Array, ColSpec, Schema, TensorSpec
 
+from tftrain import serving
 from tftrain.callbacks import current_lr
 from tftrain.config import TrainConfig
 from tftrain.errors import UserError
 
 DEFAULT_EXPERIMENT = "tftrain"
 MODEL_ARTIFACT = "model"
-# Raw pixels in, class probabilities out. Unnamed tensors, so requests send a plain array ({"inputs": [...]}).
+LITERT_ARTIFACT = "litert"
+# Raw pixels in (an unnamed tensor, so requests send a plain array: {"inputs": [...]}), one row per image out.
 SIGNATURE = ModelSignature(
     inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 28, 28))]),
-    outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 10))]),
+    outputs=Schema(
+        [
+            ColSpec("long", "class"),
+            ColSpec("string", "class_name"),
+            ColSpec("float", "probability"),
+            ColSpec(Array("float"), "probabilities"),
+        ]
+    ),
 )
 
 
@@ -147,16 +159,52 @@ class EpochMetrics(mlflow.keras.MlflowCallback):
         pass  # validation metrics arrive in on_epoch_end's logs as val_*, at the right step
 
 
-def log_keras_model(model: keras.Model, registered_name: str | None, example: np.ndarray) -> LoggedModel:
-    """Log the model with the float32 signature, register it, and log an example request beside the run."""
+def _requirements(runtime: str) -> list[str]:
+    """What a server needs for this model: this environment's versions, the runtime's package included."""
+    return [f"{p}=={metadata.version(p)}" for p in (runtime, "mlflow", "numpy")]
+
+
+def _logged(info, registered_name: str | None) -> LoggedModel:
+    version = str(info.registered_model_version) if registered_name else None
+    return LoggedModel(info.model_uri, info.model_id, info.run_id, registered_name, version)
+
+
+def log_keras_model(
+    model: keras.Model, registered_name: str | None, example: np.ndarray, class_names: tuple[str, ...]
+) -> LoggedModel:
+    """Log the model (MLflow's Keras flavor, served by tftrain's pyfunc) with the signature, register it, and log
+    an example request beside the run."""
     mlflow.flush_async_logging()
-    info = mlflow.keras.log_model(
-        model, name=MODEL_ARTIFACT, signature=SIGNATURE, registered_model_name=registered_name
+    info = mlflow.models.Model.log(
+        artifact_path=None,
+        name=MODEL_ARTIFACT,
+        flavor=serving,
+        keras_model=model,
+        class_names=list(class_names),
+        signature=SIGNATURE,
+        registered_model_name=registered_name,
+        pip_requirements=_requirements("tensorflow"),
     )
     # input_example= would crash log_model (MLflow #16183), so the example request is a run artifact instead.
     mlflow.log_dict({"inputs": example.astype(int).tolist()}, "serving_example.json")
-    version = str(info.registered_model_version) if registered_name else None
-    return LoggedModel(info.model_uri, info.model_id, info.run_id, registered_name, version)
+    return _logged(info, registered_name)
+
+
+def log_litert_model(tflite: Path, class_names: tuple[str, ...], registered_name: str | None) -> LoggedModel:
+    """Log a TFLite file as a pyfunc model that runs in the LiteRT interpreter, and register it."""
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        # the example request is serving_example.json of the training run, as for the Keras model
+        warnings.filterwarnings("ignore", message=".*input example was not provided")
+        info = mlflow.pyfunc.log_model(
+            name=LITERT_ARTIFACT,
+            loader_module=serving.__name__,
+            data_path=str(serving.write_data(Path(tmp, "data"), class_names, tflite)),
+            code_paths=[str(serving.write_code(Path(tmp, "code")))],
+            signature=SIGNATURE,
+            registered_model_name=registered_name,
+            pip_requirements=_requirements("ai-edge-litert"),
+        )
+    return _logged(info, registered_name)
 
 
 def log_folder(folder: Path, artifact_path: str) -> None:
@@ -198,6 +246,13 @@ def trained_on(ref: LoggedModel) -> str:
     if not ref.run_id:
         return "fashion_mnist"
     return mlflow.get_run(ref.run_id).data.params.get("dataset", "fashion_mnist")
+
+
+def registered_name(ref: LoggedModel) -> str | None:
+    """The registered model name the source run used, if it registered its model."""
+    if not ref.run_id:
+        return None
+    return mlflow.get_run(ref.run_id).data.params.get("registered_model_name") or None
 
 
 def load_pyfunc(uri: str):

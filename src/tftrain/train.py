@@ -176,7 +176,9 @@ def train(cfg: TrainConfig) -> TrainResult:
         finally:
             if run_id:
                 _log_outputs(out_dir)
-        logged = tracking.log_keras_model(model, cfg.registered_model_name, val_xy[0][:2]) if run_id else None
+        logged = None
+        if run_id:
+            logged = tracking.log_keras_model(model, cfg.registered_model_name, val_xy[0][:2], data.class_names)
     barrier(rt)  # no worker exits while the chief still logs
     return TrainResult(run_id, logged, history.history, out_dir, model)
 

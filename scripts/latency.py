@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import keras
 import mlflow
 import numpy as np
 import yaml
@@ -82,6 +83,8 @@ def row(label: str, times: list[float]) -> str:
 
 
 def main() -> None:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    keras.config.disable_interactive_logging()  # the stock pyfunc's model.predict would draw progress bars
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-uri", action="append", help="model to serve (repeatable); default: both champions")
     parser.add_argument("--requests", type=int, default=2000, help="timed requests per model")

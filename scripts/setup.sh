@@ -26,15 +26,21 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$STAMP"
 fi
 
+# Debian packages by name, when missing: as root, with sudo, or else say what to install.
+apt_install() {
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing Debian's $*"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  elif command -v sudo >/dev/null && command -v apt-get >/dev/null; then
+    echo "setup: installing Debian's $* (sudo)"
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  else
+    echo "setup: cannot install Debian's $* here (no apt-get, or not root and no sudo)"
+    return 1
+  fi
+}
+
 # The real Fashion-MNIST, offline: Debian's dataset-fashion-mnist package.
 if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "setup: installing Debian's dataset-fashion-mnist"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
-  elif command -v sudo >/dev/null && command -v apt-get >/dev/null; then
-    echo "setup: installing Debian's dataset-fashion-mnist (sudo)"
-    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
-  else
-    echo "setup: dataset-fashion-mnist not installed; tftrain will try the Keras download instead"
-  fi
+  apt_install dataset-fashion-mnist || echo "setup: tftrain will try the Keras download instead"
 fi

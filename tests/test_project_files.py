@@ -1,7 +1,12 @@
 """The MLproject, the CLI and the dependency pins must say the same thing."""
 
 import dataclasses
+import json
+import re
 import shlex
+import subprocess
+import sys
+from pathlib import Path
 
 import tomllib
 import yaml
@@ -73,3 +78,41 @@ def test_readme_parameter_table_lists_every_parameter_with_its_default():
     for f in dataclasses.fields(TrainConfig):
         default = str(f.default).lower() if isinstance(f.default, bool) else (f.default if f.default != "" else '""')
         assert f"| `{f.name}` | `{default}` |" in readme, f.name
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of Dockerfile.gpu, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", (REPO / "Dockerfile.gpu").read_text())
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return [(line.split(None, 1)[0], line.split(None, 1)[1]) for line in lines]
+
+
+def test_dockerfile_passes_hadolint():
+    hadolint = Path(sys.executable).parent / "hadolint"
+    done = subprocess.run([str(hadolint), str(REPO / "Dockerfile.gpu")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_dockerfile_installs_the_project_pins_with_cuda():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    tensorflow = next(d for d in project["dependencies"] if d.startswith("tensorflow=="))
+    assert tensorflow.replace("tensorflow", "tensorflow[and-cuda]") in project["optional-dependencies"]["gpu"]
+    instructions = dockerfile_instructions()
+    base = next(args for kind, args in instructions if kind == "FROM")
+    assert re.fullmatch(r"nvidia/cuda:12\.\d+\.\d+-\w+-ubuntu\d\d\.\d\d", base)  # TF 2.21's GPU build: CUDA 12
+    runs = [args for kind, args in instructions if kind == "RUN"]
+    assert any('pip install --no-cache-dir ".[gpu]"' in run for run in runs)
+    users = [args for kind, args in instructions if kind == "USER"]
+    assert users and users[-1] != "root" and not users[-1].startswith("0")
+
+
+def test_dockerfile_runs_the_mlflow_project_in_mixed_float16():
+    instructions = dict(dockerfile_instructions())
+    (entry,) = json.loads(instructions["ENTRYPOINT"])
+    script = REPO / entry.removeprefix("/home/tftrain/project/")
+    assert 'exec mlflow run . --env-manager local "$@"' in script.read_text()
+    command = json.loads(instructions["CMD"])
+    entry_point = command[command.index("-e") + 1]
+    params = dict(command[i + 1].split("=", 1) for i, word in enumerate(command) if word == "-P")
+    assert params["precision"] == "mixed_float16"
+    assert set(params) <= set(load_project(str(REPO)).get_entry_point(entry_point).parameters)

@@ -86,6 +86,12 @@ def test_main_job_on_real_fashion_mnist_defaults(project_store):
     assert "                models:/tftrain-fashion-mnist-litert/1 (LiteRT)\n" in done.stdout
     assert "champion:       tftrain-fashion-mnist@champion is now version 1 (test accuracy 0." in done.stdout
     assert "                tftrain-fashion-mnist-litert@champion is now version 1 (test accuracy 0." in done.stdout
-    assert "serve:          bash scripts/serve.sh --model-uri models:/tftrain-fashion-mnist@champion\n" in done.stdout
+    assert (
+        "serve:          bash scripts/serve.sh --model-uri models:/tftrain-fashion-mnist@champion --port 5001\n"
+        in done.stdout
+    )
+    assert (
+        "bash scripts/serve.sh --model-uri models:/tftrain-fashion-mnist-litert@champion --port 5002\n" in done.stdout
+    )
     assert abs(metrics["tflite_int8_accuracy_delta"]) < 0.02 and metrics["tflite_int8_latency_ms"] > 0
     assert "mlflow ui --backend-store-uri sqlite:///" in done.stdout

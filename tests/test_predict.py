@@ -4,6 +4,7 @@ import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from PIL import Image
 from conftest import tiny_images, write_idx
 from tftrain.data import CLASS_NAMES
 from tftrain.errors import UserError
-from tftrain.predict import predict, read_inputs
+from tftrain.predict import predict, read_inputs, write_atomically
 
 NAMES = CLASS_NAMES["fashion_mnist"]
 
@@ -87,3 +88,12 @@ def test_cli_writes_json_by_suffix(trained, inputs, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert len(json.loads((tmp_path / "out.json").read_text())) == 5
     assert "5 predictions written to" in done.stderr
+
+
+def test_an_unwritable_output_is_a_user_error_and_leaves_nothing(tmp_path):
+    with pytest.raises(UserError, match=r"cannot write /proc/predictions.csv"):
+        write_atomically(Path("/proc/predictions.csv"), "input,class\n")
+    target = tmp_path / "p.csv"
+    target.write_text("earlier predictions\n")
+    write_atomically(target, "input,class\n")
+    assert target.read_text() == "input,class\n" and [p.name for p in tmp_path.iterdir()] == ["p.csv"]

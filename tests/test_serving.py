@@ -66,7 +66,8 @@ def test_litert_model_is_registered_with_its_accuracy(models):
         (np.zeros((MAX_BATCH + 1, 28, 28)), f"{MAX_BATCH + 1} images is over the limit of {MAX_BATCH}"),
         (np.full((1, 28, 28), 256.0), "from 0 to 255; received values from 256.0 to 256.0"),
         (np.full((1, 28, 28), -0.5), "from 0 to 255; received values from -0.5"),
-        (np.full((1, 28, 28), np.nan), "from 0 to 255; received values from nan"),
+        (np.full((1, 28, 28), np.nan), "numbers from 0 to 255; received 784 NaN, null or infinite value"),
+        (np.where(np.eye(28)[None] > 0, np.inf, 3.0), "received 28 NaN, null or infinite value"),
     ],
 )
 def test_bad_images_are_refused_with_the_reason(value, message):

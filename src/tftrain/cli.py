@@ -44,7 +44,7 @@ def config_options(cls):
 model_uri_option = click.option(
     "--model-uri",
     required=True,
-    help="runs:/<run_id>/model, models:/<name>/<version>, models:/<name>@<alias> or models:/m-<id>.",
+    help="runs:/<run_id>/model, models:/<name>/<version>, models:/<name>@<alias>, models:/m-<id> or a local model folder.",
 )
 dataset_option = click.option(
     "--dataset", default="", help="Test data to use; empty: the dataset the model was trained on."
@@ -142,7 +142,7 @@ def promote_command(model_uri: str, alias: str, min_accuracy: float) -> None:
     type=click.Choice(("auto", "csv", "json")),
     default="auto",
     show_default=True,
-    help="auto: from the output file's suffix (.json or .csv), csv for standard output.",
+    help="auto: JSON when the output file ends in .json, else CSV (and CSV on standard output).",
 )
 def predict_command(model_uri: str, inputs: tuple[str, ...], output: str, fmt: str) -> None:
     """Predict the class of each image in INPUT: PNG files (28x28), folders of them, or IDX image files."""
@@ -164,7 +164,7 @@ def predict_command(model_uri: str, inputs: tuple[str, ...], output: str, fmt: s
     "--model-uri",
     default="models:/tftrain-fashion-mnist@champion",
     show_default=True,
-    help="The model to serve; tftrain-fashion-mnist-litert@champion is its LiteRT twin.",
+    help="The model to serve; models:/tftrain-fashion-mnist-litert@champion is its LiteRT twin.",
 )
 @click.option(
     "--host",
@@ -172,7 +172,7 @@ def predict_command(model_uri: str, inputs: tuple[str, ...], output: str, fmt: s
     show_default=True,
     help="Address to listen on. The scoring server has no authentication: expose it only behind a proxy.",
 )
-@click.option("--port", type=click.IntRange(1, 65535), default=5001, show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=5001, show_default=True, help="Port to listen on.")
 def serve_command(model_uri: str, host: str, port: int) -> None:
     """Serve a model over HTTP with `mlflow models serve` from this environment: POST /invocations."""
     check_model_uri(model_uri)

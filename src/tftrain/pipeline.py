@@ -30,6 +30,15 @@ def _lines(label: str, items: list[str]) -> list[str]:
     return [f"{label if i == 0 else '':<16}{item}" for i, item in enumerate(items or ["none"])]
 
 
+def _serve_commands(decisions: list[Decision]) -> list[str]:
+    """One serve command per promoted model, each on its own port (5001, 5002, ...)."""
+    promoted = [d for d in decisions if d.promoted]
+    return [
+        f"bash scripts/serve.sh --model-uri models:/{d.name}@{d.alias} --port {5001 + i}"
+        for i, d in enumerate(promoted)
+    ]
+
+
 def report(result: TrainResult, ev: Evaluation, models: list[tracking.LoggedModel], decisions: list[Decision]) -> str:
     link = tracking.run_link(result.run_id)
     ui = link["ui_command"].replace("mlflow ui", f"{_mlflow_command()} ui", 1)
@@ -45,10 +54,7 @@ def report(result: TrainResult, ev: Evaluation, models: list[tracking.LoggedMode
             f"test accuracy:  {ev.metrics['test_accuracy']:.4f}",
             *_lines("registered:", registered),
             *_lines("champion:", [d.reason for d in decisions]),
-            *_lines(
-                "serve:",
-                [f"bash scripts/serve.sh --model-uri models:/{d.name}@{d.alias}" for d in decisions if d.promoted],
-            ),
+            *_lines("serve:", _serve_commands(decisions)),
             f"local files:    {result.out_dir}",
             f"MLflow UI:      {ui}",
             f"                then open {link['run_page']}",

@@ -93,9 +93,16 @@ def render(names: list[str], rows: list[dict], fmt: str) -> str:
 
 def write_atomically(path: Path, text: str) -> None:
     """Write beside the target, then rename: an interrupted write never leaves half a file in its place."""
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
-        f.write(text)
-    os.replace(f.name, path)
+    try:
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
+            try:
+                f.write(text)
+            except OSError:
+                os.unlink(f.name)
+                raise
+        os.replace(f.name, path)
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def predict(model_uri: str, inputs: list[str], output: str = "-", fmt: str = "csv") -> list[dict]:

@@ -44,8 +44,11 @@ def check_images(model_input) -> np.ndarray:
         raise _refuse("the batch is empty; send at least one image")
     if len(images) > MAX_BATCH:
         raise _refuse(f"a batch of {len(images)} images is over the limit of {MAX_BATCH} per request; split it")
+    if not np.isfinite(images).all():
+        count = int((~np.isfinite(images)).sum())
+        raise _refuse(f"pixel values must be numbers from 0 to 255; received {count} NaN, null or infinite value(s)")
     low, high = float(images.min()), float(images.max())
-    if not (np.isfinite(low) and np.isfinite(high) and low >= 0 and high <= 255):
+    if low < 0 or high > 255:
         raise _refuse(f"pixel values must be from 0 to 255; received values from {low} to {high}")
     return images.astype(np.float32, copy=False)
 

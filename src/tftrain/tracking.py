@@ -237,7 +237,10 @@ def resolve_model(uri: str) -> LoggedModel:
     try:
         info = mlflow.models.get_model_info(uri)
     except (MlflowException, OSError) as e:
-        raise UserError(f"model_uri {uri!r} cannot be opened: {str(e).splitlines()[0]}") from None
+        raise UserError(
+            f"model_uri {uri!r} cannot be opened: {str(e).splitlines()[0]} "
+            f"(tracking store {mlflow.get_tracking_uri()}; set MLFLOW_TRACKING_URI to use another)"
+        ) from None
     return LoggedModel(uri, info.model_id, info.run_id)
 
 

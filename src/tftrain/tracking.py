@@ -68,7 +68,10 @@ def step_run(name: str) -> Iterator[mlflow.ActiveRun]:
     if active is not None:
         yield active
         return
-    run = mlflow.start_run(experiment_id=None if "MLFLOW_RUN_ID" in os.environ else _experiment_id())
+    run = mlflow.start_run(
+        experiment_id=None if "MLFLOW_RUN_ID" in os.environ else _experiment_id(),
+        log_system_metrics=True if _nvidia_gpus() else None,  # None: as MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING says
+    )
     mlflow.set_tag("mlflow.runName", name)
     try:
         yield run
@@ -77,6 +80,18 @@ def step_run(name: str) -> Iterator[mlflow.ActiveRun]:
         mlflow.end_run("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         raise
     mlflow.end_run()
+
+
+def _nvidia_gpus() -> int:
+    """NVIDIA GPUs that MLflow's system metrics can watch: needs nvidia-ml-py (and psutil), which the GPU image
+    installs. Asks the driver, not TensorFlow, so no device is set up before the runtime is configured."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return pynvml.nvmlDeviceGetCount()
+    except Exception:  # no nvidia-ml-py, no driver, no device: no GPU metrics
+        return 0
 
 
 def _experiment_id() -> str:

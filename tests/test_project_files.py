@@ -2,12 +2,15 @@
 
 import dataclasses
 import json
+import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import tomllib
 import yaml
 from mlflow.projects._project_spec import load_project
@@ -116,3 +119,35 @@ def test_dockerfile_runs_the_mlflow_project_in_mixed_float16():
     params = dict(command[i + 1].split("=", 1) for i, word in enumerate(command) if word == "-P")
     assert params["precision"] == "mixed_float16"
     assert set(params) <= set(load_project(str(REPO)).get_entry_point(entry_point).parameters)
+
+
+def test_docker_script_says_plainly_when_docker_is_missing(tmp_path):
+    """No Docker engine here: the script must stop with one clear line, not half-run."""
+    for tool in ("bash", "dirname"):
+        (tmp_path / tool).symlink_to(shutil.which(tool))
+    done = subprocess.run(["bash", str(REPO / "scripts" / "docker_gpu.sh")], capture_output=True, text=True,
+                          env={"PATH": str(tmp_path)}, timeout=30)  # fmt: skip
+    assert done.returncode == 2 and done.stderr == "docker_gpu.sh: docker is not installed on this host\n"
+
+
+def test_shell_scripts_parse():
+    for script in sorted((REPO / "scripts").glob("*.sh")) + [REPO / ".ci" / "run"]:
+        done = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert done.returncode == 0, (script.name, done.stderr)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({}, "set BACKEND_STORE_URI"),
+        ({"BACKEND_STORE_URI": "postgresql+psycopg2://u@h/db", "HOST": "0.0.0.0"}, "set ALLOWED_HOSTS"),
+        ({"BACKEND_STORE_URI": "postgresql+psycopg2://u@h/db"}, "set MLFLOW_AUTH_ADMIN_PASSWORD"),
+        ({"BACKEND_STORE_URI": "postgresql+psycopg2://u@h/db", "AUTH": "maybe"}, "AUTH must be true or false"),
+    ],
+)
+def test_team_server_script_refuses_unsafe_or_missing_settings(settings, message):
+    keep = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "BACKEND_", "ALLOWED_", "AUTH"))}
+    done = subprocess.run(["bash", str(REPO / "scripts" / "team_server.sh")], capture_output=True, text=True,
+                          env={**keep, "HOST": "127.0.0.1", **settings}, timeout=300)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines()[-1].startswith("team_server.sh: ") and message in done.stderr

@@ -3,6 +3,7 @@ and an epoch summary like the write-up's custom callback."""
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import keras
 
 from tftrain.config import TrainConfig
+from tftrain.errors import TrainingFailed
 
 
 def current_lr(model: keras.Model) -> float:
@@ -33,6 +35,22 @@ class EpochSummary(keras.callbacks.Callback):
         print(line, file=self.stream, flush=True)
 
 
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """A NaN or infinite loss ends training with an error (not a quiet stop): the run is marked FAILED with the
+    reason, and the checkpoints and resume backup of the last good epoch stay (on_train_end never runs)."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise TrainingFailed(
+                f"training stopped: the loss became {float(loss)} in epoch {self._epoch + 1}, step {batch + 1}; "
+                "the run is marked FAILED and the last good epoch's checkpoints are kept; try a lower learning_rate"
+            )
+
+
 def mode(monitor: str) -> str:
     """Said, not guessed: Keras guesses from compiled metrics, which the custom loop never builds."""
     return "max" if "accuracy" in monitor else "min"
@@ -43,7 +61,7 @@ def checkpoint_dir(out_dir: Path) -> Path:
 
 
 def build_callbacks(cfg: TrainConfig, out_dir: Path) -> list[keras.callbacks.Callback]:
-    callbacks: list[keras.callbacks.Callback] = []
+    callbacks: list[keras.callbacks.Callback] = [StopOnNonFiniteLoss()]
     if cfg.early_stopping:
         callbacks.append(
             keras.callbacks.EarlyStopping(

@@ -21,6 +21,7 @@ from tftrain.config import (
     parse_version_uri,
 )
 from tftrain.errors import UserError, invalid
+from tftrain.store import check_tracking_store
 
 _TYPES = {"int": int, "float": float, "str": str, "bool": click.BOOL}
 
@@ -69,6 +70,7 @@ def cli() -> None:
 def train_command(**params) -> None:
     """Train (model.fit or the custom loop, any strategy and precision); log and register the model in MLflow."""
     cfg = TrainConfig(**params)
+    check_tracking_store()
     from tftrain.train import train
 
     result = train(cfg)
@@ -88,6 +90,7 @@ def evaluate_command(model_uri: str, dataset: str, data_dir: str) -> None:
     """Score a model on the test split: loss, accuracy, per-class precision/recall/F1, confusion matrix."""
     check_model_uri(model_uri)
     dataset, data_dir = _data_args(dataset, data_dir)
+    check_tracking_store()
     from tftrain.evaluate import evaluate
 
     evaluate(model_uri, dataset, data_dir)
@@ -110,6 +113,7 @@ def export_command(model_uri: str, dataset: str, data_dir: str, output_dir: str,
     test split; log one as a servable LiteRT model."""
     check_model_uri(model_uri)
     dataset, data_dir = _data_args(dataset, data_dir)
+    check_tracking_store()
     from tftrain.export import export
     from tftrain.train import check_output_dir
 
@@ -127,6 +131,7 @@ def promote_command(model_uri: str, alias: str, min_accuracy: float) -> None:
         raise invalid("min_accuracy", min_accuracy, "a number from 0 to 1")
     parse_version_uri(model_uri)
     check_alias(alias)
+    check_tracking_store()
     from tftrain.registry import promote
 
     promote(model_uri, alias, min_accuracy)
@@ -154,6 +159,7 @@ def predict_command(model_uri: str, inputs: tuple[str, ...], output: str, fmt: s
         fmt = "json" if output.lower().endswith(".json") else "csv"
     if output != "-":
         check_output_file(output)
+    check_tracking_store()
     from tftrain.predict import predict
 
     predict(model_uri, list(inputs), output, fmt)
@@ -176,6 +182,7 @@ def predict_command(model_uri: str, inputs: tuple[str, ...], output: str, fmt: s
 def serve_command(model_uri: str, host: str, port: int) -> None:
     """Serve a model over HTTP with `mlflow models serve` from this environment: POST /invocations."""
     check_model_uri(model_uri)
+    check_tracking_store()
     from tftrain.serve import serve
 
     serve(model_uri, host, port)
@@ -186,6 +193,7 @@ def serve_command(model_uri: str, host: str, port: int) -> None:
 def pipeline_command(**params) -> None:
     """The main job: train, evaluate and export in one MLflow run, then say where to look."""
     cfg = TrainConfig(**params)
+    check_tracking_store()
     from tftrain.pipeline import pipeline
 
     pipeline(cfg)

@@ -24,6 +24,7 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 QUANTIZATIONS = ("float32", "dynamic_range", "float16", "int8")  # TFLite export modes
 LR_SCHEDULES = ("constant", "piecewise", "cosine", "warmup_cosine")
 SWITCH = ("auto", "true", "false")
+RESUME = ("auto", "never")
 DEFAULT_BOUNDARY_FRACTIONS = (0.5, 0.75)  # piecewise without lr_boundaries: drop at 50% and 75% of all steps
 
 
@@ -86,6 +87,11 @@ class TrainConfig:
     output_dir: str = _opt("outputs", "Local folder for checkpoints, TensorBoard logs and exports.")
     model_name: str = _opt("auto", "Registered model name; auto: tftrain-<dataset>.")
     run_name: str = _opt("auto", "MLflow run name; auto: built from model, dataset and batch size.")
+    resume: str = _opt(
+        "auto",
+        "auto: continue this same command's interrupted run from its last completed epoch; never: start afresh.",
+        RESUME,
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

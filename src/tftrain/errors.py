@@ -1,4 +1,5 @@
-"""The one error type for user mistakes: the CLI prints its message on one line and exits with code 2."""
+"""Errors the CLI reports on one line, without a traceback: user mistakes (exit code 2) and training that failed
+in a way the user must know about (exit code 1)."""
 
 
 class UserError(Exception):
@@ -10,3 +11,9 @@ class UserError(Exception):
 def invalid(name: str, received: object, allowed: str) -> UserError:
     """The standard message: which parameter, what it received, what is allowed."""
     return UserError(f"invalid value for {name}: received {received!r}; allowed: {allowed}")
+
+
+class TrainingFailed(UserError):
+    """Training stopped on its own (a non-finite loss): the run is marked FAILED, checkpoints are kept."""
+
+    exit_code = 1

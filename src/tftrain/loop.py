@@ -94,7 +94,9 @@ def fit_custom(
     chunk = tf.constant(steps_per_execution)
     logs: dict[str, float] = {}
     cb.on_train_begin()
-    for epoch in range(epochs):
+    # BackupAndRestore's on_train_begin restores a crashed run's state and sets where to go on, as fit reads it
+    first_epoch = getattr(model, "_initial_epoch", None) or 0
+    for epoch in range(first_epoch, epochs):
         for m in (*train_metrics.values(), *val_metrics.values()):
             m.reset_state()
         cb.on_epoch_begin(epoch)

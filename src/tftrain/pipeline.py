@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from tftrain import tracking
+from tftrain import resume, tracking
 from tftrain.config import TrainConfig
 from tftrain.evaluate import Evaluation, evaluate
 from tftrain.export import export
@@ -65,7 +65,7 @@ def report(result: TrainResult, ev: Evaluation, models: list[tracking.LoggedMode
 def pipeline(cfg: TrainConfig) -> tuple[TrainResult, Evaluation | None]:
     if not is_chief_process(cfg):
         return train(cfg), None  # a non-chief worker trains its part; the chief evaluates, exports and logs
-    with tracking.step_run(default_run_name(cfg)):
+    with tracking.step_run(default_run_name(cfg), resume_run_id=resume.interrupted_run(cfg)):
         result = train(cfg)
         ev = evaluate(result.model.uri, cfg.dataset, cfg.data_dir)
         exported = export(result.model.uri, cfg.dataset, cfg.data_dir, cfg.output_dir)

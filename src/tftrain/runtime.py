@@ -48,6 +48,12 @@ def _is_chief(config: dict) -> bool:
     return task.get("type", "worker") == "worker" and int(task.get("index", 0)) == 0
 
 
+def worker_index() -> str:
+    """This process's task in TF_CONFIG, as type-index (worker-1), for per-worker files."""
+    task = tf_config().get("task", {})
+    return f"{task.get('type', 'worker')}-{task.get('index', 0)}"
+
+
 def _multi_worker(cfg: TrainConfig, workers: int) -> bool:
     return cfg.strategy == "multi_worker" or (cfg.strategy == "auto" and workers > 1)
 

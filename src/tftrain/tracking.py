@@ -59,8 +59,9 @@ class LoggedModel:
 
 
 @contextlib.contextmanager
-def step_run(name: str) -> Iterator[mlflow.ActiveRun]:
-    """The active run if there is one (left open), else a new or MLFLOW_RUN_ID run that is ended here.
+def step_run(name: str, resume_run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
+    """The active run if there is one (left open), else MLFLOW_RUN_ID's run (`mlflow run` made it), else the
+    interrupted run `resume_run_id` if it still exists, else a new run; a run started here is ended here.
 
     An exception marks the run FAILED and propagates, so a crash never looks like success in the UI.
     """
@@ -68,11 +69,15 @@ def step_run(name: str) -> Iterator[mlflow.ActiveRun]:
     if active is not None:
         yield active
         return
-    run = mlflow.start_run(
-        experiment_id=None if "MLFLOW_RUN_ID" in os.environ else _experiment_id(),
-        log_system_metrics=True if _nvidia_gpus() else None,  # None: as MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING says
-    )
-    mlflow.set_tag("mlflow.runName", name)
+    if "MLFLOW_RUN_ID" not in os.environ and resume_run_id and _continuable(resume_run_id):
+        run = mlflow.start_run(run_id=resume_run_id, log_system_metrics=_system_metrics())
+        print(f"continuing run {resume_run_id} from where it stopped")
+    else:
+        run = mlflow.start_run(
+            experiment_id=None if "MLFLOW_RUN_ID" in os.environ else _experiment_id(),
+            log_system_metrics=_system_metrics(),
+        )
+        mlflow.set_tag("mlflow.runName", name)
     try:
         yield run
     except BaseException as e:
@@ -80,6 +85,43 @@ def step_run(name: str) -> Iterator[mlflow.ActiveRun]:
         mlflow.end_run("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         raise
     mlflow.end_run()
+
+
+def _continuable(run_id: str) -> bool:
+    try:
+        run = mlflow.get_run(run_id)
+    except MlflowException:
+        return False  # deleted from the store, or another store
+    return run.info.lifecycle_stage == "active" and run.info.status != "FINISHED"
+
+
+def _system_metrics() -> bool | None:
+    """On when NVIDIA GPUs are visible; otherwise as MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING says (None)."""
+    return True if _nvidia_gpus() else None
+
+
+def logged_epochs(run_id: str) -> set[int]:
+    """Epochs (1-based steps) whose metrics the run already holds."""
+    return {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "loss")}
+
+
+def adopt_run(old_run_id: str) -> None:
+    """Continue an interrupted run inside the active one (`mlflow run` always makes a new run): copy its metric
+    history over, say so in a tag, and delete the old run, so the experiment shows one run with each epoch once."""
+    client = mlflow.MlflowClient()
+    new_run_id = active_run_id()
+    try:
+        old = client.get_run(old_run_id)
+    except MlflowException:
+        return
+    for key in old.data.metrics:
+        history = client.get_metric_history(old_run_id, key)
+        for start in range(0, len(history), 1000):
+            client.log_batch(new_run_id, metrics=history[start : start + 1000])
+    mlflow.set_tag("tftrain.continues_run", old_run_id)
+    client.set_tag(old_run_id, "tftrain.continued_in", new_run_id)
+    client.delete_run(old_run_id)
+    print(f"continuing run {old_run_id} (interrupted) in run {new_run_id}; the old one is deleted")
 
 
 def _nvidia_gpus() -> int:
@@ -134,19 +176,22 @@ def log_params_once(params: dict[str, str]) -> None:
 
 def log_config(cfg: TrainConfig, resolved: dict[str, str]) -> None:
     """Every config field, plus what was resolved at run time (strategy picked, replicas, global batch)."""
-    log_params_once(cfg.as_params())
-    mlflow.log_params({"registered_model_name": cfg.registered_model_name, **resolved})
+    log_params_once({**cfg.as_params(), "registered_model_name": cfg.registered_model_name, **resolved})
     mlflow.log_dict(dataclasses.asdict(cfg), "config.json")
 
 
 class EpochMetrics(mlflow.keras.MlflowCallback):
     """MLflow's Keras callback, with each epoch's metrics at step = epoch number (1-based, as printed), the
     learning rate, the loss scale (mixed_float16) and the epoch's wall time added, and without the stock
-    `validation_*` copies at step 0. With `lr_every_n_steps`, also `learning_rate_step` at optimizer steps."""
+    `validation_*` copies at step 0. With `lr_every_n_steps`, also `learning_rate_step` at optimizer steps.
 
-    def __init__(self, lr_every_n_steps: int = 0):
+    Epoch metrics are logged synchronously, before the epoch's resume backup is written (the callback runs first),
+    and an epoch in `already_logged` (logged before a crash, then replayed) is not logged twice."""
+
+    def __init__(self, lr_every_n_steps: int = 0, already_logged: set[int] | None = None):
         super().__init__()
         self.lr_every_n_steps = lr_every_n_steps
+        self.already_logged = already_logged or set()
         self._last_step = 0
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -158,7 +203,8 @@ class EpochMetrics(mlflow.keras.MlflowCallback):
         metrics["epoch_seconds"] = time.perf_counter() - self._start
         if isinstance(self.model.optimizer, keras.optimizers.LossScaleOptimizer):
             metrics["loss_scale"] = float(keras.ops.convert_to_numpy(self.model.optimizer.dynamic_scale))
-        mlflow.log_metrics(metrics, step=epoch + 1, synchronous=False)
+        if epoch + 1 not in self.already_logged:
+            mlflow.log_metrics(metrics, step=epoch + 1)
 
     def on_train_batch_end(self, batch, logs=None):
         """Batches arrive steps_per_execution at a time: log when a multiple of N was passed."""

@@ -16,14 +16,14 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from tftrain import tracking
+from tftrain import resume, tracking
 from tftrain.callbacks import build_callbacks, checkpoint_dir
 from tftrain.config import TrainConfig
 from tftrain.data import load_dataset, make_dataset, split_validation
 from tftrain.errors import UserError
 from tftrain.loop import fit_custom
 from tftrain.models import build_model
-from tftrain.runtime import Runtime, barrier, build_runtime
+from tftrain.runtime import Runtime, barrier, build_runtime, worker_index
 from tftrain.schedules import build_learning_rate
 
 
@@ -166,7 +166,9 @@ def train(cfg: TrainConfig) -> TrainResult:
             tracking.log_environment()
             tracking.log_config(cfg, _runtime_params(rt, global_batch, spe))
             tracking.set_tags({"dataset_source": data.source, "train_examples": str(len(train_xy[0]))})
-            callbacks.append(tracking.EpochMetrics(cfg.log_lr_every_n_steps))
+            callbacks.append(tracking.EpochMetrics(cfg.log_lr_every_n_steps, tracking.logged_epochs(run_id)))
+        # last: an epoch's metrics are logged before its backup says it is done
+        callbacks.append(resume.backup_callback(cfg, "chief" if rt.is_chief else worker_index()))
         print(
             f"training {cfg.model} ({cfg.engine}, {rt.strategy_name} x{rt.replicas}, {cfg.precision}) on "
             f"{data.source}: {len(train_xy[0])} train / {len(val_xy[0])} validation examples, global batch {global_batch}"
@@ -179,6 +181,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         logged = None
         if run_id:
             logged = tracking.log_keras_model(model, cfg.registered_model_name, val_xy[0][:2], data.class_names)
+            resume.forget(cfg)  # finished: the same command would now start a new run
     barrier(rt)  # no worker exits while the chief still logs
     return TrainResult(run_id, logged, history.history, out_dir, model)
 
@@ -192,5 +195,13 @@ def _run_and_folder(cfg: TrainConfig, rt: Runtime, output_root: Path):
         with tempfile.TemporaryDirectory(prefix="tftrain-worker-") as folder:
             yield None, Path(folder)
         return
-    with tracking.step_run(default_run_name(cfg)) as run:
-        yield run.info.run_id, output_root / run.info.run_id
+    previous = resume.interrupted_run(cfg)
+    with tracking.step_run(default_run_name(cfg), resume_run_id=previous) as run:
+        run_id = run.info.run_id
+        out_dir = output_root / run_id
+        if previous and previous != run_id:  # `mlflow run` made a new run: the interrupted one moves into it
+            tracking.adopt_run(previous)
+            if (output_root / previous).is_dir() and not out_dir.exists():
+                (output_root / previous).rename(out_dir)
+        resume.remember(cfg, run_id)
+        yield run_id, out_dir

@@ -1,0 +1,142 @@
+"""Failures that lose nothing: resume after SIGKILL (one run, every epoch once), a non-finite loss, a tracking
+server that is not there, a model file carrying code."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import mlflow
+import pytest
+
+from conftest import mlflow_store
+from tftrain.serve import free_port
+from tftrain.serving import KerasNetwork
+
+EPOCHS = 6
+
+
+def command(tiny_data, out, engine: str, name: str) -> list[str]:
+    return [sys.executable, "-m", "tftrain", "train", "--data-dir", str(tiny_data), "--epochs", str(EPOCHS),
+            "--engine", engine, "--early-stopping", "false", "--tensorboard", "false", "--batch-size", "4",
+            "--steps-per-execution", "1",  # about 0.4 s an epoch: room to be killed mid-epoch
+            "--output-dir", str(out), "--run-name", name, "--model-name", name]  # fmt: skip
+
+
+def run_killed(args: list[str], cwd, rng: random.Random) -> bool:
+    """Start the command; once it has printed its first epoch, SIGKILL it after a random pause. False if it
+    finished before that (nothing left to kill)."""
+    process = subprocess.Popen(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = threading.Event()
+
+    def watch():
+        for line in process.stdout:
+            if line.startswith("epoch "):
+                seen.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+    deadline = time.monotonic() + 300
+    while not seen.is_set() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if process.poll() is not None:
+        return False
+    time.sleep(rng.uniform(0.0, 0.4))  # anywhere in the next epoch: mid-step, mid-checkpoint, mid-logging
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    return True
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["fit", "custom"])
+def test_killed_three_times_then_finished_is_one_run_with_every_epoch_once(tmp_path, tiny_data, engine):
+    rng = random.Random(f"resume-{engine}")
+    with mlflow_store(tmp_path):
+        subprocess.run(command(tiny_data, tmp_path / "ref", engine, "reference"), cwd=tmp_path, check=True,
+                       capture_output=True, timeout=600)  # fmt: skip
+        args = command(tiny_data, tmp_path / "out", engine, "crashy")
+        kills = sum(run_killed(args, tmp_path, rng) for _ in range(3))
+        assert kills == 3
+        done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+        assert "continuing run" in done.stdout
+
+        runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.mlflow.runName = 'crashy'")
+        assert len(runs) == 1, runs[["run_id", "status"]]  # no second run
+        run_id = runs["run_id"][0]
+        assert runs["status"][0] == "FINISHED"
+        client = mlflow.MlflowClient()
+        for key in ("loss", "val_loss", "val_accuracy", "epoch_seconds"):
+            steps = [m.step for m in client.get_metric_history(run_id, key)]
+            assert sorted(steps) == list(range(1, EPOCHS + 1)), (key, steps)  # every epoch, once
+        reference = mlflow.search_runs(search_all_experiments=True, filter_string="tags.mlflow.runName = 'reference'")
+        final, expected = runs["metrics.val_accuracy"][0], reference["metrics.val_accuracy"][0]
+        assert abs(final - expected) <= 0.05, (final, expected)
+        assert client.get_model_version("crashy", "1").run_id == run_id
+        assert not (tmp_path / "out" / ".resume").exists() or not any((tmp_path / "out" / ".resume").iterdir())
+
+
+def test_a_finished_run_is_not_continued(tmp_path, tiny_data):
+    with mlflow_store(tmp_path):
+        args = command(tiny_data, tmp_path / "out", "fit", "twice")
+        args[args.index("--epochs") + 1] = "1"
+        for _ in range(2):
+            subprocess.run(args, cwd=tmp_path, check=True, capture_output=True, timeout=600)
+        runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.mlflow.runName = 'twice'")
+        assert len(runs) == 2 and set(runs["status"]) == {"FINISHED"}
+
+
+def test_a_non_finite_loss_fails_the_run_and_keeps_the_last_good_epoch(tmp_path, tiny_data):
+    """The learning rate jumps to 1e38 after two epochs (16 steps): the weights overflow and the loss is NaN."""
+    with mlflow_store(tmp_path):
+        args = command(tiny_data, tmp_path / "out", "fit", "diverges")
+        args[args.index("--batch-size") + 1] = "64"
+        args += ["--lr-schedule", "piecewise", "--lr-boundaries", "16", "--lr-values", "0.002,1e38"]
+        done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+        (line,) = [line for line in done.stderr.splitlines() if line.startswith("tftrain: error: ")]
+        assert "the loss became nan in epoch 3" in line and "marked FAILED" in line
+        (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+        assert run.info.status == "FAILED" and "the loss became nan" in run.data.tags["tftrain.failure"]
+        assert [m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")] == [1, 2]
+        assert list((tmp_path / "out" / run.info.run_id / "checkpoints").glob("*.keras"))
+        assert list((tmp_path / "out" / ".resume").glob("*/backup-chief/latest.weights.h5"))
+
+
+def silent_server() -> socket.socket:
+    """A port on 127.0.0.1 that accepts connections and never answers."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    return listener
+
+
+@pytest.mark.parametrize("kind", ["refused", "silent"])
+def test_an_unreachable_tracking_server_is_named_before_training(tmp_path, tiny_data, kind):
+    with silent_server() as listener:
+        port = listener.getsockname()[1] if kind == "silent" else free_port()
+        env = {**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}
+        start = time.monotonic()
+        done = subprocess.run(command(tiny_data, tmp_path / "out", "fit", "nowhere"), cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        seconds = time.monotonic() - start
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr[-2000:]
+    assert done.stderr.startswith(f"tftrain: error: tracking server http://127.0.0.1:{port} is not reachable")
+    assert seconds < 10, seconds
+    assert not (tmp_path / "out").exists()  # nothing was started
+
+
+def test_a_model_file_carrying_code_is_refused(tmp_path):
+    """Served models load with Keras' safe_mode: a Lambda layer (arbitrary Python) is not deserialized."""
+    import keras
+
+    inputs = keras.Input((28, 28))
+    outputs = keras.layers.Lambda(lambda x: keras.ops.sum(x, axis=-1))(inputs)
+    keras.Model(inputs, outputs).save(tmp_path / "model.keras")
+    with pytest.raises(ValueError, match="(?i)lambda"):
+        KerasNetwork(tmp_path / "model.keras")

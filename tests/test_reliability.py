@@ -29,15 +29,17 @@ def command(tiny_data, out, engine: str, name: str) -> list[str]:
             "--output-dir", str(out), "--run-name", name, "--model-name", name]  # fmt: skip
 
 
-def run_killed(args: list[str], cwd, rng: random.Random) -> bool:
-    """Start the command; once it has printed its first epoch, SIGKILL it after a random pause. False if it
+def run_killed(args: list[str], cwd, rng: random.Random, epochs_first: int = 1) -> bool:
+    """Start the command; once it has printed `epochs_first` epochs, SIGKILL it after a random pause. False if it
     finished before that (nothing left to kill)."""
     process = subprocess.Popen(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = threading.Event()
 
     def watch():
+        count = 0
         for line in process.stdout:
-            if line.startswith("epoch "):
+            count += line.startswith("epoch ")
+            if count >= epochs_first:
                 seen.set()
 
     threading.Thread(target=watch, daemon=True).start()
@@ -140,3 +142,30 @@ def test_a_model_file_carrying_code_is_refused(tmp_path):
     keras.Model(inputs, outputs).save(tmp_path / "model.keras")
     with pytest.raises(ValueError, match="(?i)lambda"):
         KerasNetwork(tmp_path / "model.keras")
+
+
+@pytest.mark.slow
+def test_a_corrupt_backup_falls_back_to_the_copy_before_or_is_named(tmp_path, tiny_data):
+    rng = random.Random("corrupt")
+    with mlflow_store(tmp_path):
+        # the latest backup torn: training goes on from the copy before it, each epoch still logged once
+        args = command(tiny_data, tmp_path / "out", "fit", "torn-once")
+        assert run_killed(args, tmp_path, rng, epochs_first=3)
+        (backup,) = (tmp_path / "out" / ".resume").glob("*/backup-chief")
+        (backup / "latest.weights.h5").write_bytes(b"torn by a crash")
+        done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0 and "is corrupt; resuming from the one before it" in done.stdout, done.stderr
+        (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+        steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")]
+        assert run.info.status == "FINISHED" and sorted(steps) == list(range(1, EPOCHS + 1))
+
+        # both copies torn: a one-line error naming the file and what to do
+        args = command(tiny_data, tmp_path / "out", "fit", "torn-twice")
+        args[args.index("--epochs") + 1] = "30"  # long enough to be killed after its third epoch
+        assert run_killed(args, tmp_path, rng, epochs_first=3)
+        (backup,) = (tmp_path / "out" / ".resume").glob("*/backup-chief")
+        (backup / "latest.weights.h5").write_bytes(b"torn by a crash")
+        (backup / "latest.weights.h5.bkp").write_bytes(b"torn as well")
+        done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+        assert f"cannot resume: the backup {backup / 'latest.weights.h5'} is corrupt" in done.stderr

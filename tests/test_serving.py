@@ -8,6 +8,8 @@ import sys
 import mlflow
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from mlflow.exceptions import MlflowException
 
 from conftest import REPO, tiny_images
@@ -163,3 +165,30 @@ def test_latency_script_drives_a_real_server(models):
     rows = [line for line in done.stdout.splitlines() if line.startswith(f"| {models['litert'].uri} | 30 |")]
     assert len(rows) == 2, done.stdout  # as measured, and in the final table
     assert float(rows[-1].split("|")[3]) > 0  # the median
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(10**6), 10**6) | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=30) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=60,
+)
+BODIES = st.one_of(
+    st.fixed_dictionaries({}, optional={k: JSON for k in ("inputs", "instances", "dataframe_split", "params")}),
+    st.builds(
+        lambda rows: {"inputs": rows},
+        st.lists(
+            st.lists(st.lists(st.integers(-300, 300), min_size=28, max_size=28), min_size=27, max_size=29), max_size=3
+        ),
+    ),  # fmt: skip
+    JSON,
+    st.binary(max_size=200),
+)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=BODIES)
+def test_fuzzed_requests_never_get_a_5xx(server, body, images, keras_probabilities):
+    status, _ = post(server, body if isinstance(body, bytes) else json.dumps(body))
+    assert 200 <= status < 500, (status, body)
+    status, answer = post(server, {"inputs": images[:1].tolist()})
+    assert status == 200 and answer["predictions"][0]["class"] == keras_probabilities[0].argmax()

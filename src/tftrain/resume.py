@@ -15,9 +15,11 @@ import json
 import shutil
 from pathlib import Path
 
+import h5py
 import keras
 
 from tftrain.config import TrainConfig
+from tftrain.errors import UserError
 
 STATE_FOLDER = ".resume"
 
@@ -38,6 +40,29 @@ def interrupted_run(cfg: TrainConfig) -> str | None:
         return json.loads((state / "run.json").read_text())["run_id"]
     except (OSError, ValueError, KeyError):
         return None
+
+
+def check_backup(cfg: TrainConfig) -> None:
+    """A backup torn by a crash: Keras falls back to the copy before it; if that one is unreadable too, say which
+    files and what to do, rather than fail inside Keras."""
+    weights = state_dir(cfg) / "backup-chief" / "latest.weights.h5"
+    copies = [p for p in (weights, Path(f"{weights}.bkp")) if p.exists()]
+    readable = [p for p in copies if _readable(p)]
+    if copies and not readable:
+        raise UserError(
+            f"cannot resume: the backup {copies[0]} is corrupt, and so is the copy before it; delete "
+            f"{state_dir(cfg)} to lose it and start afresh, or run with resume=never"
+        )
+    if weights in copies and weights not in readable:
+        print(f"note: the latest backup {weights} is corrupt; resuming from the one before it")
+
+
+def _readable(path: Path) -> bool:
+    try:
+        with h5py.File(path, "r"):
+            return True
+    except OSError:
+        return False
 
 
 def remember(cfg: TrainConfig, run_id: str) -> None:

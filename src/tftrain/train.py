@@ -74,10 +74,9 @@ def check_output_dir(output_dir: str) -> Path:
     path = Path(output_dir)
     try:
         path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(
-            f"invalid value for output_dir: received {output_dir!r}; cannot create it: {e.strerror}"
-        ) from None
+    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
+        reason = e.strerror if isinstance(e, OSError) else str(e)
+        raise UserError(f"invalid value for output_dir: received {output_dir!r}; cannot create it: {reason}") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise UserError(f"invalid value for output_dir: received {output_dir!r}; allowed: a writable folder")
     return path
@@ -196,6 +195,8 @@ def _run_and_folder(cfg: TrainConfig, rt: Runtime, output_root: Path):
             yield None, Path(folder)
         return
     previous = resume.interrupted_run(cfg)
+    if previous:
+        resume.check_backup(cfg)
     with tracking.step_run(default_run_name(cfg), resume_run_id=previous) as run:
         run_id = run.info.run_id
         out_dir = output_root / run_id

@@ -11,11 +11,12 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import mlflow
 import pytest
 
-from conftest import mlflow_store
+from conftest import REPO, mlflow_store
 from tftrain.serve import free_port
 from tftrain.serving import KerasNetwork
 
@@ -169,3 +170,28 @@ def test_a_corrupt_backup_falls_back_to_the_copy_before_or_is_named(tmp_path, ti
         done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
         assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
         assert f"cannot resume: the backup {backup / 'latest.weights.h5'} is corrupt" in done.stderr
+
+
+@pytest.mark.slow
+def test_mlflow_run_killed_then_run_again_continues_in_one_run(tmp_path, tiny_data):
+    """`mlflow run` makes a new run each time: the interrupted run's epochs move into it and the old run goes."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    params = {"data_dir": tiny_data, "epochs": EPOCHS, "early_stopping": "false", "tensorboard": "false",
+              "batch_size": 4, "steps_per_execution": 1, "output_dir": tmp_path / "out", "run_name": "project"}  # fmt: skip
+    args = [sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local", "-e", "train",
+            "--experiment-name", "resume"] + [w for k, v in params.items() for w in ("-P", f"{k}={v}")]  # fmt: skip
+    with mlflow_store(tmp_path):
+        process = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True, start_new_session=True)  # fmt: skip
+        for line in process.stdout:
+            if line.startswith("epoch 3/"):
+                break
+        os.killpg(process.pid, signal.SIGKILL)  # mlflow run and the training process it started
+        process.wait()
+        done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+        runs = mlflow.search_runs(experiment_names=["resume"], output_format="list")
+        assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+        assert "tftrain.continues_run" in runs[0].data.tags
+        steps = [m.step for m in mlflow.MlflowClient().get_metric_history(runs[0].info.run_id, "val_loss")]
+        assert sorted(steps) == list(range(1, EPOCHS + 1))

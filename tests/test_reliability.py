@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -195,3 +196,67 @@ def test_mlflow_run_killed_then_run_again_continues_in_one_run(tmp_path, tiny_da
         assert "tftrain.continues_run" in runs[0].data.tags
         steps = [m.step for m in mlflow.MlflowClient().get_metric_history(runs[0].info.run_id, "val_loss")]
         assert sorted(steps) == list(range(1, EPOCHS + 1))
+
+
+def start_server(folder: Path, port: int) -> subprocess.Popen:
+    """A real `mlflow server` (sqlite store, proxied artifacts) on 127.0.0.1:port, answering /health."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{folder / 'store.db'}",
+         "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                return server
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError("mlflow server did not come up")
+
+
+def stop(server: subprocess.Popen) -> None:
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_a_server_gone_mid_run_loses_nothing_and_sync_uploads_it(tmp_path, tiny_data):
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}", "MLFLOW_EXPERIMENT_NAME": "offline"}
+    server = start_server(tmp_path, port)
+    args = command(tiny_data, tmp_path / "out", "fit", "offline")
+    args[args.index("--epochs") + 1] = "8"
+    training = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in training.stdout:
+        if line.startswith("epoch 2/"):
+            stop(server)  # the server goes away in the middle of the run
+            break
+    rest, errors = training.communicate(timeout=600)
+    assert training.returncode == 1 and "Traceback" not in errors, errors[-3000:]
+    assert "epoch 8/8" in rest  # training went on to the end
+    (journal,) = (tmp_path / "out").glob("*/offline")
+    assert f"upload them with: tftrain sync {journal}" in errors
+    assert (journal / "model.keras").is_file()
+
+    server = start_server(tmp_path, port)
+    try:
+        done = subprocess.run([sys.executable, "-m", "tftrain", "sync", str(journal)], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
+            mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+            (run,) = mlflow.search_runs(experiment_names=["offline"], output_format="list")
+            client = mlflow.MlflowClient()
+            assert run.info.status == "FINISHED"
+            assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_loss")) == list(range(1, 9))
+            assert {"checkpoints", "serving_example.json"} <= {  # (tensorboard is off here)
+                f.path for f in client.list_artifacts(run.info.run_id)
+            }
+            assert client.get_model_version("offline", "1").run_id == run.info.run_id
+            mlflow.set_tracking_uri(None)
+        assert not journal.exists()
+    finally:
+        stop(server)

@@ -188,6 +188,22 @@ def serve_command(model_uri: str, host: str, port: int) -> None:
     serve(model_uri, host, port)
 
 
+@cli.command("sync")
+@click.argument("journal", metavar="FOLDER")
+def sync_command(journal: str) -> None:
+    """Upload what a run kept on local disk while the tracking server was away (the FOLDER training named)."""
+    folder = Path(journal)
+    if (folder / "offline").is_dir():
+        folder = folder / "offline"  # the run's output folder was given
+    if not (folder / "run.json").is_file():
+        raise invalid("FOLDER", journal, "an offline journal folder that training named (with run.json)")
+    check_tracking_store()
+    from tftrain.tracking import replay_journal
+
+    run_id = replay_journal(folder)
+    print(f"uploaded {folder} into run {run_id}")
+
+
 @cli.command("pipeline")
 @config_options(TrainConfig)
 def pipeline_command(**params) -> None:

@@ -23,6 +23,10 @@ def check_tracking_store() -> None:
     uri = tracking_uri()
     parsed = urlparse(uri)
     if parsed.scheme in ("http", "https"):
+        # MLflow retries a failed request 7 times over about 4 minutes; tftrain journals what it cannot log (see
+        # journal.py), so it gives up after about 7 seconds unless told otherwise.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
         try:
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=TIMEOUT_SECONDS) as response:
                 response.read()

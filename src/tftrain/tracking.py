@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
 import time
@@ -31,6 +32,7 @@ from tftrain import serving
 from tftrain.callbacks import current_lr
 from tftrain.config import TrainConfig
 from tftrain.errors import UserError
+from tftrain.journal import Journal, entries, lost_connection
 
 DEFAULT_EXPERIMENT = "tftrain"
 MODEL_ARTIFACT = "model"
@@ -58,6 +60,46 @@ class LoggedModel:
     version: str | None = None
 
 
+_journal: Journal | None = None  # this process's training run, ready to go offline
+
+
+def open_journal(run_dir: Path, run_id: str) -> None:
+    global _journal
+    _journal = Journal(run_dir, run_id)
+
+
+def offline_journal() -> Path | None:
+    """Where this run's unlogged work went, if the tracking server went away during it."""
+    return _journal.folder if _journal and _journal.active else None
+
+
+def _remote(call, entry: dict) -> bool:
+    """Do `call` against the tracking server; if the server is gone (now or before), journal `entry` instead."""
+    if _journal and _journal.active:
+        _journal.add(entry)
+        return False
+    try:
+        call()
+        return True
+    except MlflowException as e:
+        if _journal is None or not lost_connection(e):
+            raise
+        _journal.go_offline(e)
+        _journal.add(entry)
+        return False
+
+
+def _end_run(status: str, failure: str | None = None) -> None:
+    """End the active run; offline, journal how it ended (end_run pops the run before it calls the server)."""
+    if failure:
+        _remote(lambda: mlflow.set_tag("tftrain.failure", failure), {"tags": {"tftrain.failure": failure}})
+    if not _remote(lambda: None, {"end": status}):
+        with contextlib.suppress(MlflowException):
+            mlflow.end_run(status)
+        return
+    mlflow.end_run(status)
+
+
 @contextlib.contextmanager
 def step_run(name: str, resume_run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
     """The active run if there is one (left open), else MLFLOW_RUN_ID's run (`mlflow run` made it), else the
@@ -81,10 +123,9 @@ def step_run(name: str, resume_run_id: str | None = None) -> Iterator[mlflow.Act
     try:
         yield run
     except BaseException as e:
-        mlflow.set_tag("tftrain.failure", f"{type(e).__name__}: {e}"[:5000])
-        mlflow.end_run("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        _end_run("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED", f"{type(e).__name__}: {e}"[:5000])
         raise
-    mlflow.end_run()
+    _end_run("FINISHED")
 
 
 def _continuable(run_id: str) -> bool:
@@ -204,7 +245,7 @@ class EpochMetrics(mlflow.keras.MlflowCallback):
         if isinstance(self.model.optimizer, keras.optimizers.LossScaleOptimizer):
             metrics["loss_scale"] = float(keras.ops.convert_to_numpy(self.model.optimizer.dynamic_scale))
         if epoch + 1 not in self.already_logged:
-            mlflow.log_metrics(metrics, step=epoch + 1)
+            _remote(lambda: mlflow.log_metrics(metrics, step=epoch + 1), {"metrics": metrics, "step": epoch + 1})
 
     def on_train_batch_end(self, batch, logs=None):
         """Batches arrive steps_per_execution at a time: log when a multiple of N was passed."""
@@ -232,23 +273,34 @@ def _logged(info, registered_name: str | None) -> LoggedModel:
 
 def log_keras_model(
     model: keras.Model, registered_name: str | None, example: np.ndarray, class_names: tuple[str, ...]
-) -> LoggedModel:
+) -> LoggedModel | None:
     """Log the model (MLflow's Keras flavor, served by tftrain's pyfunc) with the signature, register it, and log
-    an example request beside the run."""
+    an example request beside the run. With the tracking server gone, the model goes to the journal instead
+    (None back); `tftrain sync` logs it."""
     mlflow.flush_async_logging()
-    info = mlflow.models.Model.log(
-        artifact_path=None,
-        name=MODEL_ARTIFACT,
-        flavor=serving,
-        keras_model=model,
-        class_names=list(class_names),
-        signature=SIGNATURE,
-        registered_model_name=registered_name,
-        pip_requirements=_requirements("tensorflow"),
-    )
-    # input_example= would crash log_model (MLflow #16183), so the example request is a run artifact instead.
-    mlflow.log_dict({"inputs": example.astype(int).tolist()}, "serving_example.json")
-    return _logged(info, registered_name)
+    request = {"inputs": example.astype(int).tolist()}
+    logged: list[LoggedModel] = []
+
+    def log() -> None:
+        info = mlflow.models.Model.log(
+            artifact_path=None,
+            name=MODEL_ARTIFACT,
+            flavor=serving,
+            keras_model=model,
+            class_names=list(class_names),
+            signature=SIGNATURE,
+            registered_model_name=registered_name,
+            pip_requirements=_requirements("tensorflow"),
+        )
+        # input_example= would crash log_model (MLflow #16183), so the example request is a run artifact instead.
+        mlflow.log_dict(request, "serving_example.json")
+        logged.append(_logged(info, registered_name))
+
+    entry = {"model": "model.keras", "registered_name": registered_name, "class_names": list(class_names),
+             "example": request}  # fmt: skip
+    if not _remote(log, entry):
+        model.save(_journal.folder / "model.keras")
+    return logged[0] if logged else None
 
 
 def log_litert_model(tflite: Path, class_names: tuple[str, ...], registered_name: str | None) -> LoggedModel:
@@ -270,11 +322,13 @@ def log_litert_model(tflite: Path, class_names: tuple[str, ...], registered_name
 
 def log_folder(folder: Path, artifact_path: str) -> None:
     if folder.is_dir() and any(folder.iterdir()):
-        mlflow.log_artifacts(str(folder), artifact_path)
+        entry = {"artifacts": str(folder.resolve()), "artifact_path": artifact_path}
+        _remote(lambda: mlflow.log_artifacts(str(folder), artifact_path), entry)
 
 
 def log_file(path: Path, artifact_path: str | None = None) -> None:
-    mlflow.log_artifact(str(path), artifact_path)
+    entry = {"artifact_file": str(path.resolve()), "artifact_path": artifact_path}
+    _remote(lambda: mlflow.log_artifact(str(path), artifact_path), entry)
 
 
 def log_metrics(metrics: dict[str, float], model_id: str | None = None) -> None:
@@ -291,6 +345,40 @@ def log_figure(figure, artifact_file: str) -> None:
 
 def log_dict(data: dict, artifact_file: str) -> None:
     mlflow.log_dict(data, artifact_file)
+
+
+def replay_journal(folder: Path) -> str:
+    """Upload an offline journal into its run (metrics not there yet, artifacts, the model), end the run as it
+    ended offline, and remove the journal. Returns the run id."""
+    record, items = entries(folder)
+    run_id = record["run_id"]
+    client = mlflow.MlflowClient()
+    status = "FAILED"  # unless the journal says how the run ended
+    mlflow.start_run(run_id=run_id)
+    for item in items:
+        if "metrics" in item:  # skip what reached the server after all
+            fresh = {k: v for k, v in item["metrics"].items() if item["step"] not in _steps(client, run_id, k)}
+            mlflow.log_metrics(fresh, step=item["step"])
+        elif "artifacts" in item:
+            mlflow.log_artifacts(item["artifacts"], item["artifact_path"])
+        elif "artifact_file" in item:
+            mlflow.log_artifact(item["artifact_file"], item["artifact_path"])
+        elif "tags" in item:
+            mlflow.set_tags(item["tags"])
+        elif "model" in item:
+            model = keras.saving.load_model(folder / item["model"], safe_mode=True)
+            example = np.asarray(item["example"]["inputs"])
+            logged = log_keras_model(model, item["registered_name"], example, tuple(item["class_names"]))
+            print(f"model {logged.uri}" + (f", registered as version {logged.version}" if logged.version else ""))
+        elif "end" in item:
+            status = item["end"]
+    mlflow.end_run(status)
+    shutil.rmtree(folder)
+    return run_id
+
+
+def _steps(client, run_id: str, key: str) -> set[int]:
+    return {m.step for m in client.get_metric_history(run_id, key)}
 
 
 def resolve_model(uri: str) -> LoggedModel:

@@ -20,7 +20,7 @@ from tftrain import resume, tracking
 from tftrain.callbacks import build_callbacks, checkpoint_dir
 from tftrain.config import TrainConfig
 from tftrain.data import load_dataset, make_dataset, split_validation
-from tftrain.errors import UserError
+from tftrain.errors import TrainingFailed, UserError
 from tftrain.loop import fit_custom
 from tftrain.models import build_model
 from tftrain.runtime import Runtime, barrier, build_runtime, worker_index
@@ -182,6 +182,11 @@ def train(cfg: TrainConfig) -> TrainResult:
             logged = tracking.log_keras_model(model, cfg.registered_model_name, val_xy[0][:2], data.class_names)
             resume.forget(cfg)  # finished: the same command would now start a new run
     barrier(rt)  # no worker exits while the chief still logs
+    if journal := tracking.offline_journal():
+        raise TrainingFailed(
+            f"training finished, but the tracking server went away during the run: its metrics, logs, checkpoints "
+            f"and model are kept in {journal}; when the server is back, upload them with: tftrain sync {journal}"
+        )
     return TrainResult(run_id, logged, history.history, out_dir, model)
 
 
@@ -205,4 +210,5 @@ def _run_and_folder(cfg: TrainConfig, rt: Runtime, output_root: Path):
             if (output_root / previous).is_dir() and not out_dir.exists():
                 (output_root / previous).rename(out_dir)
         resume.remember(cfg, run_id)
+        tracking.open_journal(out_dir, run_id)
         yield run_id, out_dir

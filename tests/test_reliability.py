@@ -260,3 +260,29 @@ def test_a_server_gone_mid_run_loses_nothing_and_sync_uploads_it(tmp_path, tiny_
         assert not journal.exists()
     finally:
         stop(server)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 300 KB filesystem (tmpfs): too small for one checkpoint of the MLP."""
+    folder = tmp_path / "small-disk"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_full_disk_while_checkpointing_is_named_and_leaves_no_broken_model(tmp_path, tiny_data, small_disk):
+    with mlflow_store(tmp_path):
+        args = command(tiny_data, small_disk / "out", "fit", "full")
+        done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+        (line,) = [line for line in done.stderr.splitlines() if line.startswith("tftrain: error: ")]
+        assert "cannot write" in line and "No space left on device" in line and str(small_disk) in line
+        (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+        assert run.info.status == "FAILED" and "No space left" in run.data.tags["tftrain.failure"]
+        assert not list((small_disk / "out").glob("*/checkpoints/*.keras"))  # the cut-short one is set aside

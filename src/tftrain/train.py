@@ -9,6 +9,7 @@ import math
 import os
 import sys
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -87,6 +88,14 @@ def _fit_verbosity(cfg: TrainConfig) -> int:
     if sys.stdout.isatty():
         return 1
     return 0 if cfg.epoch_summary else 2
+
+
+def _set_aside_partial_checkpoints(out_dir: Path) -> None:
+    """A checkpoint cut short by a failed write is not a valid .keras (zip) file: rename it *.keras.partial, so
+    neither the run's artifacts nor a user picks it up as a model."""
+    for path in checkpoint_dir(out_dir).glob("*.keras"):
+        if not zipfile.is_zipfile(path):
+            path.rename(path.with_name(path.name + ".partial"))
 
 
 def _log_outputs(out_dir: Path) -> None:
@@ -174,6 +183,12 @@ def train(cfg: TrainConfig) -> TrainResult:
         )
         try:
             history = _run_engine(cfg, rt, model, train_data, val_data, callbacks, steps_per_epoch, global_batch)
+        except OSError as e:  # a checkpoint, backup or log that could not be written: a full disk, a lost mount
+            _set_aside_partial_checkpoints(out_dir)
+            raise TrainingFailed(
+                f"training stopped: cannot write {e.filename or out_dir}: {e.strerror or e}; files written before "
+                "are kept; make room and run the same command to continue from the last completed epoch"
+            ) from None
         finally:
             if run_id:
                 _log_outputs(out_dir)

@@ -286,3 +286,27 @@ def test_a_full_disk_while_checkpointing_is_named_and_leaves_no_broken_model(tmp
         (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
         assert run.info.status == "FAILED" and "No space left" in run.data.tags["tftrain.failure"]
         assert not list((small_disk / "out").glob("*/checkpoints/*.keras"))  # the cut-short one is set aside
+
+
+@pytest.mark.slow
+def test_two_workers_killed_then_launched_again_continue_their_run(tmp_path, tiny_data):
+    train = ["tftrain", "train", "--data-dir", str(tiny_data), "--engine", "custom", "--strategy", "multi_worker",
+             "--epochs", str(EPOCHS), "--batch-size", "4", "--steps-per-execution", "1", "--early-stopping", "false",
+             "--tensorboard", "false", "--output-dir", str(tmp_path / "out"), "--run-name", "workers"]  # fmt: skip
+    launch = [sys.executable, str(REPO / "scripts" / "launch_workers.py"), "--workers", "2", "--", *train]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    with mlflow_store(tmp_path):
+        process = subprocess.Popen(launch, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True, start_new_session=True)  # fmt: skip
+        for line in process.stdout:
+            if line.startswith("[worker 0] epoch 3/"):
+                break
+        time.sleep(1.0)  # mid-epoch 4, away from the end-of-epoch backups of both workers
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        done = subprocess.run(launch, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-4000:]
+        assert "[worker 0] continuing run" in done.stdout and "[worker 0] epoch 1/" not in done.stdout
+        (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+        steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")]
+        assert run.info.status == "FINISHED" and sorted(steps) == list(range(1, EPOCHS + 1))

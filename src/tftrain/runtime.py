@@ -139,5 +139,12 @@ def barrier(rt: Runtime) -> None:
     """Multi-worker only: wait until every worker gets here (a one-number all-reduce), so that no worker exits
     while the chief is still logging, which the coordination service reports as a crash."""
     if rt.worker_count > 1:
-        ones = tf.function(lambda: rt.strategy.run(lambda: tf.constant(1.0)))()  # in a graph: no eager warning
-        rt.strategy.reduce("SUM", ones, axis=None)
+
+        def one() -> tf.Tensor:
+            return tf.constant(1.0)
+
+        @tf.function  # in a graph: no eager warning; named functions, which AutoGraph can read (lambdas warn)
+        def ones() -> tf.Tensor:
+            return rt.strategy.run(one)
+
+        rt.strategy.reduce("SUM", ones(), axis=None)

@@ -17,7 +17,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from conftest import REPO, mlflow_store
+from conftest import REPO, mlflow_store, tiny_config
 from tftrain.serve import free_port
 from tftrain.serving import KerasNetwork
 
@@ -310,3 +310,34 @@ def test_two_workers_killed_then_launched_again_continue_their_run(tmp_path, tin
         (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
         steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")]
         assert run.info.status == "FINISHED" and sorted(steps) == list(range(1, EPOCHS + 1))
+
+
+def test_callback_counters_survive_a_resume(tmp_path, tiny_data):
+    """Early stopping's patience, the plateau rule's counters and the best checkpoint value come back as saved."""
+    import keras
+
+    from tftrain.callbacks import build_callbacks
+    from tftrain.models import build_model
+    from tftrain.resume import CallbackState
+
+    def fresh():
+        callbacks = build_callbacks(tiny_config(tiny_data, output_dir=str(tmp_path)), tmp_path)
+        model = build_model("mlp", 10)
+        state = CallbackState(tmp_path / "backup", callbacks)
+        for c in [*callbacks, state]:
+            c.set_model(model)
+            c.on_train_begin()
+        by_kind = {type(c): c for c in callbacks}
+        return model, state, by_kind[keras.callbacks.EarlyStopping], by_kind[keras.callbacks.ReduceLROnPlateau]
+
+    model, state, stop, plateau = fresh()
+    stop.wait, stop.best, stop.best_epoch, stop.best_weights = 2, 0.25, 4, model.get_weights()
+    plateau.wait, plateau.best, plateau.cooldown_counter = 1, 0.3, 0
+    state.on_epoch_end(4)  # the backup of epoch 5 (1-based) is written now
+
+    model, state, stop, plateau = fresh()
+    assert (stop.wait, stop.best) == (0, None)  # what a plain restart would have
+    model._initial_epoch = 5  # as BackupAndRestore sets it when it restores epoch 5
+    state.on_train_begin()
+    assert (stop.wait, stop.best, stop.best_epoch) == (2, 0.25, 4)
+    assert (plateau.wait, plateau.best) == (1, 0.3) and len(stop.best_weights) == len(model.get_weights())

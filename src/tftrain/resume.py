@@ -17,6 +17,7 @@ from pathlib import Path
 
 import h5py
 import keras
+import numpy as np
 
 from tftrain.config import TrainConfig
 from tftrain.errors import UserError
@@ -75,10 +76,58 @@ def forget(cfg: TrainConfig) -> None:
     shutil.rmtree(state_dir(cfg), ignore_errors=True)
 
 
-def backup_callback(cfg: TrainConfig, worker: str = "chief") -> keras.callbacks.BackupAndRestore:
-    """Weights, optimizer state and epoch at each epoch's end; restored when training begins. Two copies are kept,
-    so a backup torn by a kill mid-write falls back to the one before."""
+def backup_callbacks(cfg: TrainConfig, callbacks: list, worker: str = "chief") -> list[keras.callbacks.Callback]:
+    """Weights, optimizer state and epoch (Keras' BackupAndRestore, two copies kept, so a backup torn by a kill
+    mid-write falls back to the one before), then the counters of the other callbacks, at each epoch's end;
+    restored when training begins. Go last in the callback list."""
     state = state_dir(cfg)
     # another worker's backup sits beside the chief's state, which the chief removes when it is done
     folder = state / "backup-chief" if worker == "chief" else Path(f"{state}-{worker}")
-    return keras.callbacks.BackupAndRestore(str(folder), double_checkpoint=True)
+    return [keras.callbacks.BackupAndRestore(str(folder), double_checkpoint=True), CallbackState(folder, callbacks)]
+
+
+class CallbackState(keras.callbacks.Callback):
+    """Early stopping's patience and best value (and best weights), the LR-plateau rule's counters and the best
+    checkpoint's value, saved with each epoch's backup and put back on resume: a resumed run stops, cuts the
+    learning rate and keeps checkpoints when an uninterrupted one would."""
+
+    FIELDS = {
+        keras.callbacks.EarlyStopping: ("wait", "best", "best_epoch"),
+        keras.callbacks.ReduceLROnPlateau: ("wait", "best", "cooldown_counter"),
+        keras.callbacks.ModelCheckpoint: ("best",),
+    }
+
+    def __init__(self, folder: Path, callbacks: list):
+        super().__init__()
+        self.folder = folder
+        self.tracked = [c for c in callbacks if type(c) in self.FIELDS]
+
+    def on_train_begin(self, logs=None):
+        """After BackupAndRestore (earlier in the list) set the epoch to go on from."""
+        epoch = getattr(self.model, "_initial_epoch", None) or 0
+        path = self.folder / f"callbacks-{epoch}.json"
+        if not epoch or not path.exists():
+            return
+        for callback, state in zip(self.tracked, json.loads(path.read_text()), strict=True):
+            for name, value in state.items():
+                setattr(callback, name, value)
+            if isinstance(callback, keras.callbacks.EarlyStopping) and callback.restore_best_weights:
+                with np.load(self.folder / "best-weights.npz") as saved:
+                    callback.best_weights = [saved[k] for k in saved.files]
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.folder.mkdir(parents=True, exist_ok=True)
+        states = [{name: _plain(getattr(c, name)) for name in self.FIELDS[type(c)]} for c in self.tracked]
+        path = self.folder / f"callbacks-{epoch + 1}.json"  # named by the epoch the backup will say is done
+        path.write_text(json.dumps(states))
+        for old in self.folder.glob("callbacks-*.json"):
+            if old != path and old.name != f"callbacks-{epoch}.json":
+                old.unlink()  # keep this epoch's and the one before, as the weights backup does
+        for c in self.tracked:
+            if isinstance(c, keras.callbacks.EarlyStopping) and c.best_weights is not None and c.best_epoch == epoch:
+                np.savez(self.folder / "best-weights.npz", *c.best_weights)
+
+
+def _plain(value):
+    """JSON-ready: numpy scalars as Python numbers, None kept."""
+    return value.item() if hasattr(value, "item") else value

@@ -176,7 +176,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             tracking.set_tags({"dataset_source": data.source, "train_examples": str(len(train_xy[0]))})
             callbacks.append(tracking.EpochMetrics(cfg.log_lr_every_n_steps, tracking.logged_epochs(run_id)))
         # last: an epoch's metrics are logged before its backup says it is done
-        callbacks.append(resume.backup_callback(cfg, "chief" if rt.is_chief else worker_index()))
+        callbacks += resume.backup_callbacks(cfg, callbacks, "chief" if rt.is_chief else worker_index())
         print(
             f"training {cfg.model} ({cfg.engine}, {rt.strategy_name} x{rt.replicas}, {cfg.precision}) on "
             f"{data.source}: {len(train_xy[0])} train / {len(val_xy[0])} validation examples, global batch {global_batch}"

@@ -1,7 +1,7 @@
 """The `promote` step: the model registry's gate. A registered version gets an alias (champion by default) only
 when its test accuracy is at least the current holder's and at least a threshold; otherwise the alias stays.
 
-With tracking.py, the only modules that import mlflow: this one for the registry, that one for runs.
+One of the modules that import mlflow (see tracking.py): this one for the registry.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
-"""Everything MLflow: runs, params, the Keras metrics callback, model logging and registration, model loading.
+"""Everything MLflow about runs: starting, resuming and ending them, params, the Keras metrics callback, model
+logging and registration, model loading, and the offline journal's upload.
 
-This is the only module that imports mlflow. Each step (train, evaluate, export) logs into the run that is already
-active (the pipeline's, or the one `mlflow run` created and named in MLFLOW_RUN_ID), or else starts its own.
+The modules that import mlflow are this one, registry.py (the model registry), serving.py (the pyfunc flavor)
+and journal.py (offline logging). Each step (train, evaluate, export) logs into the run that is already active
+(the pipeline's, or the one `mlflow run` created and named in MLFLOW_RUN_ID), or else starts its own.
 """
 
 from __future__ import annotations

@@ -3,18 +3,32 @@ code 2 naming what was wrong; never a traceback."""
 
 import contextlib
 import dataclasses
+import io
+import socket
+import sys
 import tempfile
 
 import click
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tftrain.cli import cli
+from tftrain.cli import cli, main
 from tftrain.config import TrainConfig
 from tftrain.errors import UserError
 from tftrain.train import check_output_dir
 
 FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def _closed_port() -> int:
+    """A port of 127.0.0.1 that nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+CLOSED_PORT = _closed_port()
 VALUES = st.one_of(
     st.text(max_size=30),
     st.integers(-(10**12), 10**12).map(str),
@@ -55,3 +69,46 @@ def test_any_combination(values):
     message = outcome(args)
     if message is not None:
         assert message.strip() and "\n" not in message, message
+
+
+OTHER_COMMANDS = {
+    "evaluate": ["--model-uri", "--dataset", "--data-dir"],
+    "export": ["--model-uri", "--dataset", "--data-dir", "--output-dir", "--litert-quantization"],
+    "promote": ["--model-uri", "--alias", "--min-accuracy"],
+    "predict": ["--model-uri", "--output", "--format"],
+    "serve": ["--model-uri", "--host", "--port"],
+    "sync": [],
+}
+URIS = st.sampled_from(["models:/m/1", "models:/m@champion", "runs:/0123456789abcdef0123456789abcdef/model", "x"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    command=st.sampled_from(sorted(OTHER_COMMANDS)),
+    options=st.lists(st.tuples(st.integers(0, 4), VALUES), max_size=4),
+    uri=URIS,
+    argument=VALUES,
+)
+def test_any_value_for_the_other_commands(command, options, uri, argument):
+    """Whatever is given, the command ends in one line and exit code 2 before any model or data is touched: by
+    refusing a value, or (values being fine) by finding no tracking server on a closed port."""
+    args = [command] + (["--model-uri", uri] if "--model-uri" in OTHER_COMMANDS[command] else [])
+    names = OTHER_COMMANDS[command]
+    for index, value in options:
+        if names:
+            args += [names[index % len(names)], value]
+    if command in ("predict", "sync"):
+        args.append(argument)
+    stderr = io.StringIO()
+    with (
+        pytest.MonkeyPatch.context() as mp,
+        contextlib.redirect_stderr(stderr),
+        contextlib.redirect_stdout(io.StringIO()),
+        pytest.raises(SystemExit) as exited,
+    ):
+        mp.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{CLOSED_PORT}")
+        mp.setattr(sys, "argv", ["tftrain", *args])
+        main()
+    lines = stderr.getvalue().splitlines()
+    assert exited.value.code == 2 and len(lines) == 1, (args, stderr.getvalue())
+    assert lines[0].startswith("tftrain: error: ") or lines[0].startswith("Usage:"), lines

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import os
 import struct
+import sys
 from pathlib import Path
 
 import mlflow
@@ -79,6 +81,18 @@ def trained(tmp_path_factory, tiny_data):
     folder = tmp_path_factory.mktemp("trained")
     with mlflow_store(folder):
         yield train(tiny_config(tiny_data, epochs=3, early_stopping=False)), folder
+
+
+def activated_env() -> dict[str, str]:
+    """This process's environment with its python's bin folder first on PATH, as an activated venv has it."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+def mlflow_run_args(entry_point: str, params: dict, experiment: str) -> list[str]:
+    """`mlflow run` of this project with --env-manager local, as users run it."""
+    args = [sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local", "-e", entry_point,
+            "--experiment-name", experiment]  # fmt: skip
+    return args + [word for key, value in params.items() for word in ("-P", f"{key}={value}")]
 
 
 def artifact(run_id: str, path: str) -> Path:

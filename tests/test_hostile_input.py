@@ -4,7 +4,6 @@ code 2 naming what was wrong; never a traceback."""
 import contextlib
 import dataclasses
 import io
-import socket
 import sys
 import tempfile
 
@@ -16,19 +15,12 @@ from hypothesis import strategies as st
 from tftrain.cli import cli, main
 from tftrain.config import TrainConfig
 from tftrain.errors import UserError
+from tftrain.serve import free_port
 from tftrain.train import check_output_dir
 
 FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
 
-
-def _closed_port() -> int:
-    """A port of 127.0.0.1 that nothing listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-CLOSED_PORT = _closed_port()
+CLOSED_PORT = free_port()  # bound, then released: nothing listens on it
 VALUES = st.one_of(
     st.text(max_size=30),
     st.integers(-(10**12), 10**12).map(str),

@@ -1,27 +1,22 @@
 """End to end through `mlflow run . --env-manager local`, the way users run the project."""
 
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
 import pytest
 
-from conftest import REPO, mlflow_store
+from conftest import activated_env, mlflow_run_args, mlflow_store
 
 pytestmark = pytest.mark.slow
 
 
 def mlflow_run(entry_point: str, params: dict, cwd: Path, experiment: str) -> subprocess.CompletedProcess:
     """`mlflow run` with this environment's python first on PATH, as an activated venv would have it."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = activated_env()
     env.pop("MLFLOW_RUN_ID", None)
-    args = [sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local", "-e", entry_point,
-            "--experiment-name", experiment]  # fmt: skip
-    for key, value in params.items():
-        args += ["-P", f"{key}={value}"]
+    args = mlflow_run_args(entry_point, params, experiment)
     done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     return done

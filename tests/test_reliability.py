@@ -11,14 +11,13 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
 import pytest
 
-from conftest import REPO, mlflow_store, tiny_config
-from tftrain.serve import free_port
+from conftest import REPO, activated_env, mlflow_run_args, mlflow_store, tiny_config
+from tftrain.serve import free_port, responds
 from tftrain.serving import KerasNetwork
 
 EPOCHS = 6
@@ -54,6 +53,19 @@ def run_killed(args: list[str], cwd, rng: random.Random, epochs_first: int = 1) 
     process.send_signal(signal.SIGKILL)
     process.wait()
     return True
+
+
+def kill_group_after(args: list[str], cwd, env: dict, prefix: str, pause: float = 0.0) -> None:
+    """Start `args` in a process group of its own; when a line starting with `prefix` is printed, wait `pause`
+    seconds and SIGKILL the whole group (the launcher or `mlflow run`, and the processes they started)."""
+    process = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)  # fmt: skip
+    for line in process.stdout:
+        if line.startswith(prefix):
+            break
+    time.sleep(pause)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 @pytest.mark.slow
@@ -176,19 +188,12 @@ def test_a_corrupt_backup_falls_back_to_the_copy_before_or_is_named(tmp_path, ti
 @pytest.mark.slow
 def test_mlflow_run_killed_then_run_again_continues_in_one_run(tmp_path, tiny_data):
     """`mlflow run` makes a new run each time: the interrupted run's epochs move into it and the old run goes."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = activated_env()
     params = {"data_dir": tiny_data, "epochs": EPOCHS, "early_stopping": "false", "tensorboard": "false",
               "batch_size": 4, "steps_per_execution": 1, "output_dir": tmp_path / "out", "run_name": "project"}  # fmt: skip
-    args = [sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local", "-e", "train",
-            "--experiment-name", "resume"] + [w for k, v in params.items() for w in ("-P", f"{k}={v}")]  # fmt: skip
+    args = mlflow_run_args("train", params, "resume")
     with mlflow_store(tmp_path):
-        process = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   text=True, start_new_session=True)  # fmt: skip
-        for line in process.stdout:
-            if line.startswith("epoch 3/"):
-                break
-        os.killpg(process.pid, signal.SIGKILL)  # mlflow run and the training process it started
-        process.wait()
+        kill_group_after(args, tmp_path, env, "epoch 3/")  # mlflow run and the training process it started
         done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
         runs = mlflow.search_runs(experiment_names=["resume"], output_format="list")
@@ -207,13 +212,10 @@ def start_server(folder: Path, port: int) -> subprocess.Popen:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                return server
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError("mlflow server did not come up")
+    while not responds(f"http://127.0.0.1:{port}/health"):
+        assert server.poll() is None and time.monotonic() < deadline, "mlflow server did not come up"
+        time.sleep(0.5)
+    return server
 
 
 def stop(server: subprocess.Popen) -> None:
@@ -294,16 +296,10 @@ def test_two_workers_killed_then_launched_again_continue_their_run(tmp_path, tin
              "--epochs", str(EPOCHS), "--batch-size", "4", "--steps-per-execution", "1", "--early-stopping", "false",
              "--tensorboard", "false", "--output-dir", str(tmp_path / "out"), "--run-name", "workers"]  # fmt: skip
     launch = [sys.executable, str(REPO / "scripts" / "launch_workers.py"), "--workers", "2", "--", *train]
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = activated_env()
     with mlflow_store(tmp_path):
-        process = subprocess.Popen(launch, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   text=True, start_new_session=True)  # fmt: skip
-        for line in process.stdout:
-            if line.startswith("[worker 0] epoch 3/"):
-                break
-        time.sleep(1.0)  # mid-epoch 4, away from the end-of-epoch backups of both workers
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        # a second after epoch 3 is mid-epoch 4, away from the end-of-epoch backups of both workers
+        kill_group_after(launch, tmp_path, env, "[worker 0] epoch 3/", pause=1.0)
         done = subprocess.run(launch, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stdout[-4000:]
         assert "[worker 0] continuing run" in done.stdout and "[worker 0] epoch 1/" not in done.stdout

@@ -14,7 +14,6 @@ import sys
 import tempfile
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import psycopg2
 import pytest
 
 from conftest import REPO
-from tftrain.serve import free_port
+from tftrain.serve import free_port, responds
 
 pytestmark = pytest.mark.slow
 ADMIN = "admin"
@@ -64,14 +63,6 @@ def postgres():
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _health(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url + "/health", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def team_server(postgres, tmp_path_factory):
     """scripts/team_server.sh on a free port: PostgreSQL backend, proxied artifacts, basic auth."""
@@ -93,7 +84,7 @@ def team_server(postgres, tmp_path_factory):
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
-        while not _health(url):
+        while not responds(url + "/health"):
             assert server.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.5)
         yield {"url": url, "password": password, "artifacts": folder / "artifacts", "postgres": postgres}

@@ -19,7 +19,6 @@ from tftrain.data import read_idx
 from tftrain.errors import UserError
 from tftrain.serving import IMAGE_SHAPE, MAX_BATCH
 
-FORMATS = ("csv", "json")
 CSV_COLUMNS = ("input", "class", "class_name", "probability")
 
 

@@ -92,12 +92,13 @@ def _remote(call, entry: dict) -> bool:
 
 
 def _end_run(status: str, failure: str | None = None) -> None:
-    """End the active run; offline, journal how it ended (end_run pops the run before it calls the server)."""
+    """End the active run; offline, journal how it ended."""
     if failure:
         _remote(lambda: mlflow.set_tag("tftrain.failure", failure), {"tags": {"tftrain.failure": failure}})
-    if not _remote(lambda: None, {"end": status}):
+    if _journal and _journal.active:
+        _journal.add({"end": status})
         with contextlib.suppress(MlflowException):
-            mlflow.end_run(status)
+            mlflow.end_run(status)  # pops the run; the server it then tells is gone
         return
     mlflow.end_run(status)
 
@@ -143,9 +144,9 @@ def _system_metrics() -> bool | None:
     return True if _nvidia_gpus() else None
 
 
-def logged_epochs(run_id: str) -> set[int]:
-    """Epochs (1-based steps) whose metrics the run already holds."""
-    return {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "loss")}
+def logged_steps(run_id: str, key: str = "loss") -> set[int]:
+    """Steps at which the run already holds metric `key`: for epoch metrics, the (1-based) epochs."""
+    return {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, key)}
 
 
 def adopt_run(old_run_id: str) -> None:
@@ -354,12 +355,11 @@ def replay_journal(folder: Path) -> str:
     ended offline, and remove the journal. Returns the run id."""
     record, items = entries(folder)
     run_id = record["run_id"]
-    client = mlflow.MlflowClient()
     status = "FAILED"  # unless the journal says how the run ended
     mlflow.start_run(run_id=run_id)
     for item in items:
         if "metrics" in item:  # skip what reached the server after all
-            fresh = {k: v for k, v in item["metrics"].items() if item["step"] not in _steps(client, run_id, k)}
+            fresh = {k: v for k, v in item["metrics"].items() if item["step"] not in logged_steps(run_id, k)}
             mlflow.log_metrics(fresh, step=item["step"])
         elif "artifacts" in item:
             mlflow.log_artifacts(item["artifacts"], item["artifact_path"])
@@ -377,10 +377,6 @@ def replay_journal(folder: Path) -> str:
     mlflow.end_run(status)
     shutil.rmtree(folder)
     return run_id
-
-
-def _steps(client, run_id: str, key: str) -> set[int]:
-    return {m.step for m in client.get_metric_history(run_id, key)}
 
 
 def resolve_model(uri: str) -> LoggedModel:

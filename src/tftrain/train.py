@@ -174,7 +174,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             tracking.log_environment()
             tracking.log_config(cfg, _runtime_params(rt, global_batch, spe))
             tracking.set_tags({"dataset_source": data.source, "train_examples": str(len(train_xy[0]))})
-            callbacks.append(tracking.EpochMetrics(cfg.log_lr_every_n_steps, tracking.logged_epochs(run_id)))
+            callbacks.append(tracking.EpochMetrics(cfg.log_lr_every_n_steps, tracking.logged_steps(run_id)))
         # last: an epoch's metrics are logged before its backup says it is done
         callbacks += resume.backup_callbacks(cfg, callbacks, "chief" if rt.is_chief else worker_index())
         print(

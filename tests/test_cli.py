@@ -60,6 +60,10 @@ def tftrain(*args, cwd=None, env=None):
         (["predict", "--model-uri", "models:/m/1", ".", "--format", "xml"], "'xml' is not one of 'auto', 'csv'"),
         (["serve", "--port", "70000"], "70000 is not in the range 1<=x<=65535"),
         (["serve", "--model-uri", "latest"], "invalid value for model_uri: received 'latest'"),
+        (["bench", "--only", "recipe-mlp,fast"], "invalid value for --only: received 'recipe-mlp,fast'; allowed:"),
+        (["bench", "--repeat", "0"], "0 is not in the range 1<=x<=20"),
+        (["bench", "--json", "/no/dir/b.json"], "invalid value for --json: received '/no/dir/b.json'"),
+        (["bench", "--data-dir", "/no/such/dir"], "invalid value for data_dir: received '/no/such/dir'"),
     ],
 )
 def test_usage_errors_are_one_line_and_exit_2(args, expected):

@@ -116,9 +116,26 @@ def test_pipeline_batches_float_images_and_shuffles_reproducibly():
     first = [b.numpy() for _, b in make_dataset(x, y, 32, shuffle=True, seed=5)]
     again = [b.numpy() for _, b in make_dataset(x, y, 32, shuffle=True, seed=5)]
     images, labels = next(iter(make_dataset(x, y, 32, shuffle=False)))
-    assert images.dtype.name == "float32" and images.shape == (32, 28, 28)
-    assert float(images.numpy().max()) > 1.0  # raw pixels: the model scales them
+    assert images.dtype.name == "uint8" and images.shape == (32, 28, 28)  # raw pixels: the model scales them
+    assert labels.dtype.name == "int32"
     assert labels.numpy().tolist() == y[:32].tolist()
     assert [len(b) for b in first] == [32, 32, 32, 4]
     assert np.array_equal(np.concatenate(first), np.concatenate(again))
     assert not np.array_equal(np.concatenate(first), y)
+
+
+def test_pipeline_keeps_each_image_with_its_label_once_per_epoch_and_shards_split_the_examples():
+    x, y = tiny_images(100, seed=3)
+    x = x.copy()
+    x[:, 0, 0] = np.arange(100)  # each image carries its own index
+    y = np.arange(100, dtype=np.uint8)
+    ds = make_dataset(x, y, 16, shuffle=True, seed=1)
+    for _ in range(2):  # two epochs, each a fresh order
+        batches = list(ds)
+        ids = np.concatenate([images.numpy()[:, 0, 0] for images, _ in batches]).astype(int)
+        labels = np.concatenate([labels.numpy() for _, labels in batches])
+        assert ids.tolist() == labels.tolist() and sorted(ids.tolist()) == list(range(100))
+    shards = [
+        np.concatenate([lab.numpy() for _, lab in make_dataset(x, y, 8, shuffle=True, shard=(2, i))]) for i in (0, 1)
+    ]
+    assert sorted(np.concatenate(shards).tolist()) == list(range(100)) and len(shards[0]) == 50

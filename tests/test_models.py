@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 
-from tftrain.models import build_model
+from tftrain.models import FusedBatchNormalization, build_model, portable_copy
 
 # Flatten 784 -> Dense 128 (100,480) -> Dense 10 (1,290)
 MLP_PARAMS = 784 * 128 + 128 + 128 * 10 + 10
@@ -15,7 +15,7 @@ def test_parameter_count_is_the_write_ups(name, params):
     assert build_model(name).count_params() == params
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn"])
+@pytest.mark.parametrize("name", ["mlp", "cnn", "cnn_bn"])
 def test_raw_pixels_in_float32_probabilities_out(name):
     model = build_model(name)
     pixels = np.random.default_rng(0).integers(0, 256, size=(5, 28, 28)).astype(np.float32)
@@ -31,3 +31,30 @@ def test_mlp_layers_follow_the_write_up():
     kinds = [type(layer).__name__ for layer in build_model("mlp").layers]
     assert kinds == ["InputLayer", "Rescaling", "Flatten", "Dense", "Dropout", "Dense", "Activation"]
     assert build_model("mlp").layers[4].rate == 0.2
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+def test_fused_batch_norm_trains_like_keras_batch_norm(policy):
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        x = np.random.default_rng(0).normal(2, 3, size=(64, 7, 7, 5)).astype(np.float32)
+        stock, fused = keras.layers.BatchNormalization(), FusedBatchNormalization()
+        for layer in (stock, fused):
+            layer.build(x.shape)
+        outs = [keras.ops.convert_to_numpy(layer(x, training=True)).astype(np.float32) for layer in (stock, fused)]
+        tolerance = 1e-5 if policy == "float32" else 0.05  # bfloat16 keeps about 3 significant digits
+        np.testing.assert_allclose(outs[0], outs[1], atol=tolerance)
+        for name in ("moving_mean", "moving_variance"):
+            np.testing.assert_allclose(getattr(stock, name).numpy(), getattr(fused, name).numpy(), rtol=1e-5)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_cnn_bn_is_logged_with_stock_layers_that_predict_the_same():
+    model = build_model("cnn_bn")
+    copy = portable_copy(model)
+    kinds = {type(layer).__name__ for layer in copy.layers}
+    assert "BatchNormalization" in kinds and "FusedBatchNormalization" not in kinds
+    assert {"RandomFlip", "RandomTranslation"} <= kinds  # augmentation: active in training only
+    pixels = np.random.default_rng(1).integers(0, 256, size=(4, 28, 28)).astype(np.float32)
+    np.testing.assert_array_equal(model.predict(pixels, verbose=0), copy.predict(pixels, verbose=0))

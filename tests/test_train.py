@@ -55,6 +55,15 @@ def test_epoch_metrics_at_steps_one_to_n(run):
     assert history_loss == pytest.approx(result.history["val_loss"], rel=1e-6)
 
 
+def test_fit_time_and_the_share_spent_tracking_are_logged(run):
+    result, r = run
+    assert 0 < result.tracking_seconds < result.fit_seconds
+    assert r.data.metrics["fit_seconds"] == pytest.approx(result.fit_seconds)
+    assert r.data.metrics["tracking_seconds"] == pytest.approx(result.tracking_seconds)
+    epochs = sum(v for _, v in metric_steps(result.run_id, "epoch_seconds"))
+    assert epochs <= result.fit_seconds
+
+
 def test_no_stock_validation_metrics_at_step_zero(run):
     _, r = run
     assert not [k for k in r.data.metrics if k.startswith("validation_")]

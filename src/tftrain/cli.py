@@ -20,7 +20,7 @@ from tftrain.config import (
     check_output_file,
     parse_version_uri,
 )
-from tftrain.errors import UserError, invalid
+from tftrain.errors import TrainingFailed, UserError, invalid
 from tftrain.store import check_tracking_store
 
 _TYPES = {"int": int, "float": float, "str": str, "bool": click.BOOL}
@@ -213,6 +213,48 @@ def pipeline_command(**params) -> None:
     from tftrain.pipeline import pipeline
 
     pipeline(cfg)
+
+
+@cli.command("bench")
+@click.option(
+    "--only",
+    default="",
+    help="Comma-separated configurations (default: all but the long cnn_bn one): "
+    "recipe-mlp, tftrain-mlp, tftrain-mlp-defaults, recipe-cnn, tftrain-cnn, tftrain-cnn_bn.",
+)
+@click.option("--full", is_flag=True, help="Also the stronger cnn_bn preset (about 15 minutes).")
+@click.option(
+    "--repeat",
+    type=click.IntRange(1, 20),
+    default=1,
+    show_default=True,
+    help="Run everything this many times; the table shows medians.",
+)
+@click.option(
+    "--epochs",
+    type=click.IntRange(0, 1000),
+    default=0,
+    show_default=True,
+    help="Cap every configuration at this many epochs; 0: each one's own (quick checks only).",
+)
+@data_dir_option
+@click.option("--log-mlflow", is_flag=True, help="Log the figures to the tracking store, experiment tftrain-bench.")
+@click.option("--json", "json_out", default="", help="Also write every repeat's raw figures to this JSON file.")
+def bench_command(only: str, full: bool, repeat: int, epochs: int, data_dir: str, log_mlflow: bool, json_out: str):
+    """Time the write-up's recipes against tftrain's engines on Fashion-MNIST, each in a fresh process; print a
+    table (s/epoch, samples/s, GFLOP/s, time to accuracy, test accuracy, tracking share, peak memory)."""
+    from tftrain.bench import select
+
+    select(only, full)
+    data_dir = check_data_dir(data_dir)
+    if json_out:
+        check_output_file(json_out, "--json")
+    if log_mlflow:
+        check_tracking_store()
+    from tftrain.bench import bench
+
+    if not bench(only, full, repeat, data_dir, epochs, log_mlflow, json_out):
+        raise TrainingFailed("bench: some configurations failed (named above); the table has the others")
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from tftrain.errors import UserError, invalid
 
 DATASETS = ("fashion_mnist", "mnist")
-MODELS = ("mlp", "cnn")
+MODELS = ("mlp", "cnn", "cnn_bn")
 MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
 ENGINES = ("fit", "custom")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
@@ -41,7 +41,11 @@ class TrainConfig:
         0.2, "Fraction of the training split held out for validation (its last part, as Keras does)."
     )
     # model and optimizer
-    model: str = _opt("mlp", "Architecture: the write-up's MLP or CNN.", MODELS)
+    model: str = _opt(
+        "mlp",
+        "Architecture: the write-up's MLP or CNN; cnn_bn: a stronger CNN (batch norm, flip/shift augmentation).",
+        MODELS,
+    )
     epochs: int = _opt(20, "Maximum number of epochs (early stopping may end sooner).")
     batch_size: int = _opt(128, "Examples per step per replica; the global batch is this times the replicas.")
     learning_rate: float = _opt(0.002, "Adam's learning rate; the peak of a schedule.")
@@ -213,12 +217,14 @@ def check_data_dir(data_dir: str) -> str:
     return data_dir
 
 
-def check_output_file(output: str) -> str:
+def check_output_file(output: str, name: str = "output") -> str:
     """A file that can be (over)written: its folder exists and is writable, and it is not a folder itself."""
     path = Path(output)
     folder = path.parent
     if path.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise invalid("output", output, "a file path in an existing, writable folder, or '-'")
+        raise invalid(
+            name, output, "a file path in an existing, writable folder" + (", or '-'" if name == "output" else "")
+        )
     return output
 
 

@@ -224,24 +224,45 @@ def log_config(cfg: TrainConfig, resolved: dict[str, str]) -> None:
     mlflow.log_dict(dataclasses.asdict(cfg), "config.json")
 
 
+@contextlib.contextmanager
+def _timed(callback):
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        callback.seconds += time.perf_counter() - start
+
+
+def log_timings(fit_seconds: float, tracking_seconds: float) -> None:
+    """The engine's wall time and the part of it spent logging epochs to MLflow."""
+    metrics = {"fit_seconds": fit_seconds, "tracking_seconds": tracking_seconds}
+    _remote(lambda: mlflow.log_metrics(metrics), {"metrics": metrics, "step": 0})
+
+
 class EpochMetrics(mlflow.keras.MlflowCallback):
     """MLflow's Keras callback, with each epoch's metrics at step = epoch number (1-based, as printed), the
     learning rate, the loss scale (mixed_float16) and the epoch's wall time added, and without the stock
     `validation_*` copies at step 0. With `lr_every_n_steps`, also `learning_rate_step` at optimizer steps.
 
     Epoch metrics are logged synchronously, before the epoch's resume backup is written (the callback runs first),
-    and an epoch in `already_logged` (logged before a crash, then replayed) is not logged twice."""
+    and an epoch in `already_logged` (logged before a crash, then replayed) is not logged twice. `seconds` adds up
+    the time spent in this callback: what tracking costs the training."""
 
     def __init__(self, lr_every_n_steps: int = 0, already_logged: set[int] | None = None):
         super().__init__()
         self.lr_every_n_steps = lr_every_n_steps
         self.already_logged = already_logged or set()
         self._last_step = 0
+        self.seconds = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
+        with _timed(self):
+            self._log_epoch(epoch, logs)
+
+    def _log_epoch(self, epoch, logs):
         metrics = {k: float(v) for k, v in (logs or {}).items()}
         metrics["learning_rate"] = current_lr(self.model)
         metrics["epoch_seconds"] = time.perf_counter() - self._start
@@ -255,10 +276,11 @@ class EpochMetrics(mlflow.keras.MlflowCallback):
         n = self.lr_every_n_steps
         if not n:
             return
-        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
-        if step // n > self._last_step // n:
-            mlflow.log_metric("learning_rate_step", current_lr(self.model), step=step, synchronous=False)
-        self._last_step = step
+        with _timed(self):
+            step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+            if step // n > self._last_step // n:
+                mlflow.log_metric("learning_rate_step", current_lr(self.model), step=step, synchronous=False)
+            self._last_step = step
 
     def on_test_end(self, logs=None):
         pass  # validation metrics arrive in on_epoch_end's logs as val_*, at the right step

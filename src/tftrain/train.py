@@ -9,6 +9,7 @@ import math
 import os
 import sys
 import tempfile
+import time
 import zipfile
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,7 +24,7 @@ from tftrain.config import TrainConfig
 from tftrain.data import load_dataset, make_dataset, split_validation
 from tftrain.errors import TrainingFailed, UserError
 from tftrain.loop import fit_custom
-from tftrain.models import build_model
+from tftrain.models import build_model, portable_copy
 from tftrain.runtime import Runtime, barrier, build_runtime, worker_index
 from tftrain.schedules import build_learning_rate
 
@@ -35,6 +36,8 @@ class TrainResult:
     history: dict[str, list[float]]
     out_dir: Path  # a non-chief worker's was temporary and is gone
     keras_model: keras.Model
+    fit_seconds: float  # the engine's wall time: every epoch, its validation and every callback
+    tracking_seconds: float  # of which in MLflow's epoch logging
 
     @property
     def epochs_run(self) -> int:
@@ -153,7 +156,8 @@ def _runtime_params(rt: Runtime, global_batch: int, spe: int) -> dict[str, str]:
     }
 
 
-def train(cfg: TrainConfig) -> TrainResult:
+def train(cfg: TrainConfig, extra_callbacks: tuple[keras.callbacks.Callback, ...] = ()) -> TrainResult:
+    """Train as `cfg` says; `extra_callbacks` (the benchmark's) run after all of tftrain's own."""
     output_root = check_output_dir(cfg.output_dir)
     rt = build_runtime(cfg)  # first: devices and strategy must be set up before TensorFlow runs any op
     data = load_dataset(cfg.dataset, cfg.data_dir)
@@ -170,17 +174,21 @@ def train(cfg: TrainConfig) -> TrainResult:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
         callbacks = build_callbacks(cfg, out_dir)
+        epoch_metrics = None
         if run_id:
             tracking.log_environment()
             tracking.log_config(cfg, _runtime_params(rt, global_batch, spe))
             tracking.set_tags({"dataset_source": data.source, "train_examples": str(len(train_xy[0]))})
-            callbacks.append(tracking.EpochMetrics(cfg.log_lr_every_n_steps, tracking.logged_steps(run_id)))
+            epoch_metrics = tracking.EpochMetrics(cfg.log_lr_every_n_steps, tracking.logged_steps(run_id))
+            callbacks.append(epoch_metrics)
         # last: an epoch's metrics are logged before its backup says it is done
         callbacks += resume.backup_callbacks(cfg, callbacks, "chief" if rt.is_chief else worker_index())
+        callbacks += extra_callbacks
         print(
             f"training {cfg.model} ({cfg.engine}, {rt.strategy_name} x{rt.replicas}, {cfg.precision}) on "
             f"{data.source}: {len(train_xy[0])} train / {len(val_xy[0])} validation examples, global batch {global_batch}"
         )
+        started = time.perf_counter()
         try:
             history = _run_engine(cfg, rt, model, train_data, val_data, callbacks, steps_per_epoch, global_batch)
         except OSError as e:  # a checkpoint, backup or log that could not be written: a full disk, a lost mount
@@ -192,9 +200,14 @@ def train(cfg: TrainConfig) -> TrainResult:
         finally:
             if run_id:
                 _log_outputs(out_dir)
+        fit_seconds = time.perf_counter() - started
+        tracking_seconds = epoch_metrics.seconds if epoch_metrics else 0.0
         logged = None
         if run_id:
-            logged = tracking.log_keras_model(model, cfg.registered_model_name, val_xy[0][:2], data.class_names)
+            tracking.log_timings(fit_seconds, tracking_seconds)
+            logged = tracking.log_keras_model(
+                portable_copy(model), cfg.registered_model_name, val_xy[0][:2], data.class_names
+            )
             resume.forget(cfg)  # finished: the same command would now start a new run
     barrier(rt)  # no worker exits while the chief still logs
     if journal := tracking.offline_journal():
@@ -202,7 +215,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             f"training finished, but the tracking server went away during the run: its metrics, logs, checkpoints "
             f"and model are kept in {journal}; when the server is back, upload them with: tftrain sync {journal}"
         )
-    return TrainResult(run_id, logged, history.history, out_dir, model)
+    return TrainResult(run_id, logged, history.history, out_dir, model, fit_seconds, tracking_seconds)
 
 
 @contextlib.contextmanager

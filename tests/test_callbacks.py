@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from tftrain.callbacks import EpochSummary, StopOnNonFiniteLoss, build_callbacks
+from tftrain.callbacks import BestCheckpoint, EpochSummary, SaveClock, StopOnNonFiniteLoss, build_callbacks
 from tftrain.models import build_model
 
 KINDS = {
     "early_stopping": keras.callbacks.EarlyStopping,
-    "checkpoint": keras.callbacks.ModelCheckpoint,
+    "checkpoint": BestCheckpoint,
     "reduce_lr_on_plateau": keras.callbacks.ReduceLROnPlateau,
     "tensorboard": keras.callbacks.TensorBoard,
     "epoch_summary": EpochSummary,
@@ -18,19 +18,19 @@ KINDS = {
 
 
 def kinds(callbacks):
-    """The switchable ones: the non-finite-loss guard is always there, first."""
-    assert isinstance(callbacks[0], StopOnNonFiniteLoss)
-    return {type(c) for c in callbacks[1:]}
+    """The switchable ones: the save clock and the non-finite-loss guard are always there, first."""
+    assert isinstance(callbacks[0], SaveClock) and isinstance(callbacks[1], StopOnNonFiniteLoss)
+    return {type(c) for c in callbacks[2:]}
 
 
 def test_all_write_up_callbacks_are_on_by_default(tmp_path):
-    assert kinds(build_callbacks(tiny_config(tmp_path), tmp_path)) == set(KINDS.values())
+    assert kinds(build_callbacks(tiny_config(tmp_path), tmp_path, SaveClock(0))) == set(KINDS.values())
 
 
 @pytest.mark.parametrize("switch", list(KINDS))
 def test_each_callback_can_be_switched_off(tmp_path, switch):
     off = "false" if switch == "reduce_lr_on_plateau" else False  # a three-way switch: auto, true, false
-    callbacks = build_callbacks(tiny_config(tmp_path, **{switch: off}), tmp_path)
+    callbacks = build_callbacks(tiny_config(tmp_path, **{switch: off}), tmp_path, SaveClock(0))
     assert kinds(callbacks) == set(KINDS.values()) - {KINDS[switch]}
 
 
@@ -39,13 +39,13 @@ def test_callbacks_get_their_parameters(tmp_path):
         tmp_path, early_stopping_monitor="val_accuracy", early_stopping_patience=7, restore_best_weights=False,
         plateau_factor=0.5, plateau_patience=4, plateau_min_lr=1e-5, histogram_freq=3, checkpoint_monitor="val_loss",
     )  # fmt: skip
-    by_kind = {type(c): c for c in build_callbacks(cfg, tmp_path / "run")}
+    by_kind = {type(c): c for c in build_callbacks(cfg, tmp_path / "run", SaveClock(0))}
     stop = by_kind[keras.callbacks.EarlyStopping]
     assert (stop.monitor, stop.patience, stop.restore_best_weights) == ("val_accuracy", 7, False)
     plateau = by_kind[keras.callbacks.ReduceLROnPlateau]
     assert (plateau.factor, plateau.patience, plateau.min_lr) == (0.5, 4, 1e-5)
     assert by_kind[keras.callbacks.TensorBoard].histogram_freq == 3
-    checkpoint = by_kind[keras.callbacks.ModelCheckpoint]
+    checkpoint = by_kind[BestCheckpoint]
     assert checkpoint.monitor == "val_loss" and checkpoint.save_best_only
     assert checkpoint.filepath.endswith("run/checkpoints/model_{epoch:02d}_{val_accuracy:.4f}.keras")
 
@@ -56,10 +56,44 @@ def test_checkpoint_and_summary_during_a_real_fit(tmp_path):
     x = np.random.default_rng(0).integers(0, 256, size=(64, 28, 28)).astype(np.float32)
     y = np.arange(64) % 10
     out = io.StringIO()
-    callbacks = build_callbacks(tiny_config(tmp_path, epochs=2, tensorboard=False, epoch_summary=False), tmp_path)
+    cfg = tiny_config(tmp_path, epochs=2, tensorboard=False, epoch_summary=False)
+    callbacks = build_callbacks(cfg, tmp_path, SaveClock(0))
     model.fit(x, y, validation_data=(x, y), epochs=2, verbose=0, callbacks=[*callbacks, EpochSummary(2, out)])
     lines = out.getvalue().splitlines()
     assert len(lines) == 2 and lines[1].startswith("epoch 2/2  accuracy ")
     assert "val_loss" in lines[0] and "lr 1.00e-03" in lines[0]
     saved = list((tmp_path / "checkpoints").glob("model_0*_*.keras"))
     assert saved and all(p.stat().st_size > 100_000 for p in saved)
+
+
+def _drive(clock: SaveClock, checkpoint: BestCheckpoint, model, epochs: list[tuple[float, float]]):
+    """Epoch ends as fit would call them: (val_accuracy, a value every weight is set to before the epoch ends)."""
+    for c in (clock, checkpoint):
+        c.set_model(model)
+        c.on_train_begin()
+    for epoch, (accuracy, value) in enumerate(epochs):
+        model.set_weights([np.full_like(w, value) for w in model.get_weights()])
+        for c in (clock, checkpoint):
+            c.on_epoch_end(epoch, {"val_accuracy": accuracy})
+
+
+def test_best_checkpoint_between_save_points_is_written_at_the_end_with_the_best_weights(tmp_path):
+    model = build_model("mlp")
+    clock = SaveClock(3600.0)  # no save point during these epochs
+    checkpoint = BestCheckpoint(str(tmp_path / "model_{epoch:02d}_{val_accuracy:.4f}.keras"), clock,
+                                monitor="val_accuracy", mode="max")  # fmt: skip
+    _drive(clock, checkpoint, model, [(0.5, 1.0), (0.7, 2.0), (0.6, 3.0)])
+    assert not list(tmp_path.glob("*.keras"))  # nothing written yet
+    checkpoint.on_train_end()
+    (saved,) = tmp_path.glob("*.keras")
+    assert saved.name == "model_02_0.7000.keras"  # the best epoch, not the last
+    assert all((w == 2.0).all() for w in keras.models.load_model(saved).get_weights())
+    assert all((w == 3.0).all() for w in model.get_weights())  # training's own weights are left as they were
+
+
+def test_every_improvement_is_written_when_every_epoch_is_a_save_point(tmp_path):
+    model = build_model("mlp")
+    clock = SaveClock(0.0)
+    checkpoint = BestCheckpoint(str(tmp_path / "model_{epoch:02d}.keras"), clock, monitor="val_accuracy", mode="max")
+    _drive(clock, checkpoint, model, [(0.5, 1.0), (0.7, 2.0), (0.6, 3.0)])
+    assert sorted(p.name for p in tmp_path.glob("*.keras")) == ["model_01.keras", "model_02.keras"]

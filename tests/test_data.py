@@ -130,11 +130,14 @@ def test_pipeline_keeps_each_image_with_its_label_once_per_epoch_and_shards_spli
     x[:, 0, 0] = np.arange(100)  # each image carries its own index
     y = np.arange(100, dtype=np.uint8)
     ds = make_dataset(x, y, 16, shuffle=True, seed=1)
+    orders = []
     for _ in range(2):  # two epochs, each a fresh order
         batches = list(ds)
         ids = np.concatenate([images.numpy()[:, 0, 0] for images, _ in batches]).astype(int)
         labels = np.concatenate([labels.numpy() for _, labels in batches])
         assert ids.tolist() == labels.tolist() and sorted(ids.tolist()) == list(range(100))
+        orders.append(ids.tolist())
+    assert orders[0] != orders[1]
     shards = [
         np.concatenate([lab.numpy() for _, lab in make_dataset(x, y, 8, shuffle=True, shard=(2, i))]) for i in (0, 1)
     ]

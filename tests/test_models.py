@@ -58,3 +58,33 @@ def test_cnn_bn_is_logged_with_stock_layers_that_predict_the_same():
     assert {"RandomFlip", "RandomTranslation"} <= kinds  # augmentation: active in training only
     pixels = np.random.default_rng(1).integers(0, 256, size=(4, 28, 28)).astype(np.float32)
     np.testing.assert_array_equal(model.predict(pixels, verbose=0), copy.predict(pixels, verbose=0))
+
+
+def _write_up_cnn() -> keras.Model:
+    """The write-up's CNN layer for layer: Conv2D(32, 3, activation="relu") -> MaxPooling2D -> Flatten -> Dense."""
+    inputs = keras.Input((28, 28))
+    x = keras.layers.Rescaling(1.0 / 255)(inputs)
+    x = keras.layers.Reshape((28, 28, 1))(x)
+    x = keras.layers.MaxPooling2D()(keras.layers.Conv2D(32, 3, activation="relu")(x))
+    x = keras.layers.Dense(64, activation="relu")(keras.layers.Flatten()(x))
+    return keras.Model(inputs, keras.layers.Activation("softmax")(keras.layers.Dense(10)(x)))
+
+
+def test_cnn_computes_the_write_ups_function_and_gradients():
+    """tftrain's CNN pools before its ReLU; with the same weights it gives the same outputs and gradients."""
+    import tensorflow as tf
+
+    ours, theirs = build_model("cnn"), _write_up_cnn()
+    theirs.set_weights(ours.get_weights())
+    rng = np.random.default_rng(2)
+    pixels = tf.constant(rng.integers(0, 256, size=(16, 28, 28)).astype(np.float32))
+    labels = tf.constant(rng.integers(0, 10, size=16))
+    results = []
+    for model in (ours, theirs):
+        with tf.GradientTape() as tape:
+            probs = model(pixels, training=True)
+            loss = keras.losses.sparse_categorical_crossentropy(labels, probs)
+        results.append((probs.numpy(), [g.numpy() for g in tape.gradient(loss, model.trainable_variables)]))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-6, atol=1e-7)
+    for mine, write_up in zip(results[0][1], results[1][1], strict=True):
+        np.testing.assert_allclose(mine, write_up, rtol=1e-5, atol=1e-7)

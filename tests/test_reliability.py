@@ -27,6 +27,7 @@ def command(tiny_data, out, engine: str, name: str) -> list[str]:
     return [sys.executable, "-m", "tftrain", "train", "--data-dir", str(tiny_data), "--epochs", str(EPOCHS),
             "--engine", engine, "--early-stopping", "false", "--tensorboard", "false", "--batch-size", "4",
             "--steps-per-execution", "1",  # about 0.4 s an epoch: room to be killed mid-epoch
+            "--save-interval", "0",  # a backup every epoch: the kills below land between any two
             "--output-dir", str(out), "--run-name", name, "--model-name", name]  # fmt: skip
 
 
@@ -190,7 +191,8 @@ def test_mlflow_run_killed_then_run_again_continues_in_one_run(tmp_path, tiny_da
     """`mlflow run` makes a new run each time: the interrupted run's epochs move into it and the old run goes."""
     env = activated_env()
     params = {"data_dir": tiny_data, "epochs": EPOCHS, "early_stopping": "false", "tensorboard": "false",
-              "batch_size": 4, "steps_per_execution": 1, "output_dir": tmp_path / "out", "run_name": "project"}  # fmt: skip
+              "batch_size": 4, "steps_per_execution": 1, "save_interval": 0, "output_dir": tmp_path / "out",
+              "run_name": "project"}  # fmt: skip
     args = mlflow_run_args("train", params, "resume")
     with mlflow_store(tmp_path):
         kill_group_after(args, tmp_path, env, "epoch 3/")  # mlflow run and the training process it started
@@ -312,14 +314,15 @@ def test_callback_counters_survive_a_resume(tmp_path, tiny_data):
     """Early stopping's patience, the plateau rule's counters and the best checkpoint value come back as saved."""
     import keras
 
-    from tftrain.callbacks import build_callbacks
+    from tftrain.callbacks import SaveClock, build_callbacks
     from tftrain.models import build_model
     from tftrain.resume import CallbackState
 
     def fresh():
-        callbacks = build_callbacks(tiny_config(tiny_data, output_dir=str(tmp_path)), tmp_path)
+        clock = SaveClock(0.0)
+        callbacks = build_callbacks(tiny_config(tiny_data, output_dir=str(tmp_path)), tmp_path, clock)
         model = build_model("mlp", 10)
-        state = CallbackState(tmp_path / "backup", callbacks)
+        state = CallbackState(tmp_path / "backup", callbacks, clock)
         for c in [*callbacks, state]:
             c.set_model(model)
             c.on_train_begin()

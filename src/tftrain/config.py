@@ -87,6 +87,11 @@ class TrainConfig:
     tensorboard: bool = _opt(True, "Write TensorBoard logs (logged to MLflow as artifacts).")
     histogram_freq: int = _opt(1, "TensorBoard weight histograms every N epochs; 0: none.")
     epoch_summary: bool = _opt(True, "Print one summary line per epoch.")
+    save_interval: float = _opt(
+        10.0,
+        "Seconds of training between writes of the best checkpoint, the resume backup and epoch metrics (each "
+        "also written when training ends or fails); 0: every epoch.",
+    )
     # outputs and tracking
     output_dir: str = _opt("outputs", "Local folder for checkpoints, TensorBoard logs and exports.")
     model_name: str = _opt("auto", "Registered model name; auto: tftrain-<dataset>.")
@@ -122,8 +127,9 @@ class TrainConfig:
         _open_interval(self, "validation_split", 0.0, 1.0)
         _open_interval(self, "plateau_factor", 0.0, 1.0)
         _open_interval(self, "learning_rate", 0.0, math.inf)
-        if not (math.isfinite(self.plateau_min_lr) and self.plateau_min_lr >= 0):
-            raise invalid("plateau_min_lr", self.plateau_min_lr, "a number >= 0")
+        for name in ("plateau_min_lr", "save_interval"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise invalid(name, getattr(self, name), "a number >= 0")
         if self.data_dir and not Path(self.data_dir).is_dir():
             raise invalid("data_dir", self.data_dir, "an existing folder, or empty")
         if not self.output_dir:

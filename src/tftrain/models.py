@@ -21,9 +21,13 @@ def _mlp(x):
 
 
 def _cnn(x):
+    """The write-up's Conv2D(32, 3, relu) -> MaxPooling2D, with the ReLU moved after the pooling: ReLU and max
+    commute, so outputs and gradients are the same, and ReLU with its gradient runs on a quarter of the values
+    (on this CPU they were 14% of the CNN's step)."""
     x = keras.layers.Reshape((*IMAGE_SHAPE, 1))(x)
-    x = keras.layers.Conv2D(32, 3, activation="relu")(x)
+    x = keras.layers.Conv2D(32, 3)(x)
     x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.Activation("relu")(x)
     x = keras.layers.Flatten()(x)
     x = keras.layers.Dense(64, activation="relu")(x)
     return x
@@ -56,9 +60,13 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         return outputs
 
 
-def _conv_bn(x, filters: int):
+def _conv_bn(x, filters: int, pool: bool = False):
+    """3x3 convolution, batch norm, ReLU; with `pool`, 2x2 max pooling before the ReLU (the same values as after
+    it, on a quarter of the elements)."""
     x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
     x = FusedBatchNormalization()(x)
+    if pool:
+        x = keras.layers.MaxPooling2D()(x)
     return keras.layers.Activation("relu")(x)
 
 
@@ -68,8 +76,8 @@ def _cnn_bn(x):
     x = keras.layers.Reshape((*IMAGE_SHAPE, 1))(x)
     x = keras.layers.RandomFlip("horizontal")(x)
     x = keras.layers.RandomTranslation(0.07, 0.07, fill_mode="constant")(x)
-    x = keras.layers.MaxPooling2D()(_conv_bn(x, 32))
-    x = keras.layers.MaxPooling2D()(_conv_bn(_conv_bn(x, 64), 64))
+    x = _conv_bn(x, 32, pool=True)
+    x = _conv_bn(_conv_bn(x, 64), 64, pool=True)
     x = keras.layers.Flatten()(_conv_bn(x, 128))
     x = keras.layers.Dropout(0.25)(x)
     x = keras.layers.Dense(256, activation="relu")(x)

@@ -2,7 +2,8 @@
 
 A command's state lives in <output_dir>/.resume/<key>/, where the key is a digest of every config value but
 `resume` itself: run.json names its MLflow run, and backup/ holds Keras' BackupAndRestore files (weights,
-optimizer state and the number of completed epochs), rewritten at the end of every epoch. Training that ends
+optimizer state and the number of completed epochs), rewritten at each save point (an epoch's end, at most every
+`save_interval` seconds). Training that ends
 (finished, or stopped early) removes the state, so a finished run is never continued by accident; one that was
 killed, interrupted or failed leaves it, and the same command picks it up.
 """
@@ -19,6 +20,7 @@ import h5py
 import keras
 import numpy as np
 
+from tftrain.callbacks import SaveClock
 from tftrain.config import TrainConfig
 from tftrain.errors import UserError
 
@@ -76,20 +78,36 @@ def forget(cfg: TrainConfig) -> None:
     shutil.rmtree(state_dir(cfg), ignore_errors=True)
 
 
-def backup_callbacks(cfg: TrainConfig, callbacks: list, worker: str = "chief") -> list[keras.callbacks.Callback]:
+def backup_callbacks(
+    cfg: TrainConfig, callbacks: list, clock: SaveClock, worker: str = "chief"
+) -> list[keras.callbacks.Callback]:
     """Weights, optimizer state and epoch (Keras' BackupAndRestore, two copies kept, so a backup torn by a kill
-    mid-write falls back to the one before), then the counters of the other callbacks, at each epoch's end;
-    restored when training begins. Go last in the callback list."""
+    mid-write falls back to the one before), then the counters of the other callbacks, at each save point;
+    restored when training begins. Go last in the callback list: the epoch metrics before them are logged by then."""
     state = state_dir(cfg)
     # another worker's backup sits beside the chief's state, which the chief removes when it is done
     folder = state / "backup-chief" if worker == "chief" else Path(f"{state}-{worker}")
-    return [keras.callbacks.BackupAndRestore(str(folder), double_checkpoint=True), CallbackState(folder, callbacks)]
+    return [Backup(str(folder), clock), CallbackState(folder, callbacks, clock)]
+
+
+class Backup(keras.callbacks.BackupAndRestore):
+    """Keras' BackupAndRestore (two copies kept), written at save points rather than every epoch."""
+
+    def __init__(self, folder: str, clock: SaveClock):
+        super().__init__(folder, double_checkpoint=True)
+        self.clock = clock
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._current_epoch = epoch + 1
+        self._last_batch_seen = 0
+        if self.clock.due:
+            self._save_model()
 
 
 class CallbackState(keras.callbacks.Callback):
     """Early stopping's patience and best value (and best weights), the LR-plateau rule's counters and the best
-    checkpoint's value, saved with each epoch's backup and put back on resume: a resumed run stops, cuts the
-    learning rate and keeps checkpoints when an uninterrupted one would."""
+    checkpoint's value, saved with each backup and put back on resume: a resumed run stops, cuts the learning rate
+    and keeps checkpoints when an uninterrupted one would."""
 
     FIELDS = {
         keras.callbacks.EarlyStopping: ("wait", "best", "best_epoch"),
@@ -97,10 +115,12 @@ class CallbackState(keras.callbacks.Callback):
         keras.callbacks.ModelCheckpoint: ("best",),
     }
 
-    def __init__(self, folder: Path, callbacks: list):
+    def __init__(self, folder: Path, callbacks: list, clock: SaveClock):
         super().__init__()
         self.folder = folder
-        self.tracked = [c for c in callbacks if type(c) in self.FIELDS]
+        self.clock = clock
+        self.tracked = [(c, _fields(c)) for c in callbacks if _fields(c)]
+        self._saved_best_epoch = None
 
     def on_train_begin(self, logs=None):
         """After BackupAndRestore (earlier in the list) set the epoch to go on from."""
@@ -108,7 +128,7 @@ class CallbackState(keras.callbacks.Callback):
         path = self.folder / f"callbacks-{epoch}.json"
         if not epoch or not path.exists():
             return
-        for callback, state in zip(self.tracked, json.loads(path.read_text()), strict=True):
+        for (callback, _), state in zip(self.tracked, json.loads(path.read_text()), strict=True):
             for name, value in state.items():
                 setattr(callback, name, value)
             if isinstance(callback, keras.callbacks.EarlyStopping) and callback.restore_best_weights:
@@ -116,16 +136,25 @@ class CallbackState(keras.callbacks.Callback):
                     callback.best_weights = [saved[k] for k in saved.files]
 
     def on_epoch_end(self, epoch, logs=None):
+        if not self.clock.due:
+            return
         self.folder.mkdir(parents=True, exist_ok=True)
-        states = [{name: _plain(getattr(c, name)) for name in self.FIELDS[type(c)]} for c in self.tracked]
+        states = [{name: _plain(getattr(c, name)) for name in fields} for c, fields in self.tracked]
         path = self.folder / f"callbacks-{epoch + 1}.json"  # named by the epoch the backup will say is done
         path.write_text(json.dumps(states))
-        for old in self.folder.glob("callbacks-*.json"):
-            if old != path and old.name != f"callbacks-{epoch}.json":
-                old.unlink()  # keep this epoch's and the one before, as the weights backup does
-        for c in self.tracked:
-            if isinstance(c, keras.callbacks.EarlyStopping) and c.best_weights is not None and c.best_epoch == epoch:
+        written = sorted(self.folder.glob("callbacks-*.json"), key=lambda p: (p == path, p.stat().st_mtime_ns))
+        for old in written[:-2]:
+            old.unlink()  # keep this backup's and the one written before it, as the weights backup does
+        for c, _ in self.tracked:
+            stopping = isinstance(c, keras.callbacks.EarlyStopping) and c.best_weights is not None
+            if stopping and c.best_epoch != self._saved_best_epoch:
                 np.savez(self.folder / "best-weights.npz", *c.best_weights)
+                self._saved_best_epoch = c.best_epoch
+
+
+def _fields(callback) -> tuple[str, ...]:
+    """The counters of `callback` that a resume restores (none for callbacks without any)."""
+    return next((names for kind, names in CallbackState.FIELDS.items() if isinstance(callback, kind)), ())
 
 
 def _plain(value):

@@ -26,6 +26,7 @@ import keras
 import mlflow
 import numpy as np
 import tensorflow as tf
+from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types.schema import Array, ColSpec, Schema, TensorSpec
@@ -75,20 +76,19 @@ def offline_journal() -> Path | None:
     return _journal.folder if _journal and _journal.active else None
 
 
-def _remote(call, entry: dict) -> bool:
-    """Do `call` against the tracking server; if the server is gone (now or before), journal `entry` instead."""
-    if _journal and _journal.active:
+def _remote(call, *entries: dict) -> bool:
+    """Do `call` against the tracking server; if the server is gone (now or before), journal `entries` instead."""
+    if not (_journal and _journal.active):
+        try:
+            call()
+            return True
+        except MlflowException as e:
+            if _journal is None or not lost_connection(e):
+                raise
+            _journal.go_offline(e)
+    for entry in entries:
         _journal.add(entry)
-        return False
-    try:
-        call()
-        return True
-    except MlflowException as e:
-        if _journal is None or not lost_connection(e):
-            raise
-        _journal.go_offline(e)
-        _journal.add(entry)
-        return False
+    return False
 
 
 def _end_run(status: str, failure: str | None = None) -> None:
@@ -244,15 +244,18 @@ class EpochMetrics(mlflow.keras.MlflowCallback):
     learning rate, the loss scale (mixed_float16) and the epoch's wall time added, and without the stock
     `validation_*` copies at step 0. With `lr_every_n_steps`, also `learning_rate_step` at optimizer steps.
 
-    Epoch metrics are logged synchronously, before the epoch's resume backup is written (the callback runs first),
-    and an epoch in `already_logged` (logged before a crash, then replayed) is not logged twice. `seconds` adds up
-    the time spent in this callback: what tracking costs the training."""
+    Epoch metrics wait for a save point (`clock`), the end of training or a failure (`flush`), then go to MLflow
+    in one synchronous call, before the save point's resume backup is written (this callback runs first): every
+    epoch a backup says is done is logged. An epoch in `already_logged` (logged before a crash, then replayed) is
+    not logged twice. `seconds` adds up the time spent in this callback: what tracking costs the training."""
 
-    def __init__(self, lr_every_n_steps: int = 0, already_logged: set[int] | None = None):
+    def __init__(self, clock, lr_every_n_steps: int = 0, already_logged: set[int] | None = None):
         super().__init__()
+        self.clock = clock
         self.lr_every_n_steps = lr_every_n_steps
         self.already_logged = already_logged or set()
         self._last_step = 0
+        self._pending: list[dict] = []
         self.seconds = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -260,16 +263,34 @@ class EpochMetrics(mlflow.keras.MlflowCallback):
 
     def on_epoch_end(self, epoch, logs=None):
         with _timed(self):
-            self._log_epoch(epoch, logs)
+            metrics = {k: float(v) for k, v in (logs or {}).items()}
+            metrics["learning_rate"] = current_lr(self.model)
+            metrics["epoch_seconds"] = time.perf_counter() - self._start
+            if isinstance(self.model.optimizer, keras.optimizers.LossScaleOptimizer):
+                metrics["loss_scale"] = float(keras.ops.convert_to_numpy(self.model.optimizer.dynamic_scale))
+            if epoch + 1 not in self.already_logged:
+                self._pending.append({"metrics": metrics, "step": epoch + 1})
+            if self.clock.due:
+                self.flush()
 
-    def _log_epoch(self, epoch, logs):
-        metrics = {k: float(v) for k, v in (logs or {}).items()}
-        metrics["learning_rate"] = current_lr(self.model)
-        metrics["epoch_seconds"] = time.perf_counter() - self._start
-        if isinstance(self.model.optimizer, keras.optimizers.LossScaleOptimizer):
-            metrics["loss_scale"] = float(keras.ops.convert_to_numpy(self.model.optimizer.dynamic_scale))
-        if epoch + 1 not in self.already_logged:
-            _remote(lambda: mlflow.log_metrics(metrics, step=epoch + 1), {"metrics": metrics, "step": epoch + 1})
+    def on_train_end(self, logs=None):
+        with _timed(self):
+            self.flush()
+
+    def flush(self) -> None:
+        """Log the epochs waiting for a save point, in one call."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        stamp = int(time.time() * 1000)
+        batch = [Metric(k, v, stamp, e["step"]) for e in pending for k, v in e["metrics"].items()]
+        client, run_id = mlflow.MlflowClient(), active_run_id()
+
+        def log():
+            for start in range(0, len(batch), 1000):  # MLflow takes up to 1000 metrics a call
+                client.log_batch(run_id, metrics=batch[start : start + 1000])
+
+        _remote(log, *pending)
 
     def on_train_batch_end(self, batch, logs=None):
         """Batches arrive steps_per_execution at a time: log when a multiple of N was passed."""

@@ -19,7 +19,7 @@ import keras
 import tensorflow as tf
 
 from tftrain import resume, tracking
-from tftrain.callbacks import build_callbacks, checkpoint_dir
+from tftrain.callbacks import SaveClock, build_callbacks, checkpoint_dir, flush_pending
 from tftrain.config import TrainConfig
 from tftrain.data import load_dataset, make_dataset, split_validation
 from tftrain.errors import TrainingFailed, UserError
@@ -173,16 +173,18 @@ def train(cfg: TrainConfig, extra_callbacks: tuple[keras.callbacks.Callback, ...
     with _run_and_folder(cfg, rt, output_root) as (run_id, out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
-        callbacks = build_callbacks(cfg, out_dir)
+        # every worker of a multi-worker job must back up the same epochs: their own clocks would not agree
+        clock = SaveClock(cfg.save_interval if rt.worker_count == 1 else 0.0)
+        callbacks = build_callbacks(cfg, out_dir, clock)
         epoch_metrics = None
         if run_id:
             tracking.log_environment()
             tracking.log_config(cfg, _runtime_params(rt, global_batch, spe))
             tracking.set_tags({"dataset_source": data.source, "train_examples": str(len(train_xy[0]))})
-            epoch_metrics = tracking.EpochMetrics(cfg.log_lr_every_n_steps, tracking.logged_steps(run_id))
+            epoch_metrics = tracking.EpochMetrics(clock, cfg.log_lr_every_n_steps, tracking.logged_steps(run_id))
             callbacks.append(epoch_metrics)
         # last: an epoch's metrics are logged before its backup says it is done
-        callbacks += resume.backup_callbacks(cfg, callbacks, "chief" if rt.is_chief else worker_index())
+        callbacks += resume.backup_callbacks(cfg, callbacks, clock, "chief" if rt.is_chief else worker_index())
         callbacks += extra_callbacks
         print(
             f"training {cfg.model} ({cfg.engine}, {rt.strategy_name} x{rt.replicas}, {cfg.precision}) on "
@@ -190,7 +192,11 @@ def train(cfg: TrainConfig, extra_callbacks: tuple[keras.callbacks.Callback, ...
         )
         started = time.perf_counter()
         try:
-            history = _run_engine(cfg, rt, model, train_data, val_data, callbacks, steps_per_epoch, global_batch)
+            try:
+                history = _run_engine(cfg, rt, model, train_data, val_data, callbacks, steps_per_epoch, global_batch)
+            except BaseException:
+                flush_pending(callbacks)  # the best checkpoint and epoch metrics not yet written
+                raise
         except OSError as e:  # a checkpoint, backup or log that could not be written: a full disk, a lost mount
             _set_aside_partial_checkpoints(out_dir)
             raise TrainingFailed(

@@ -1,14 +1,16 @@
 """`tftrain bench`: real training in worker processes on tiny data, its arithmetic, and its MLflow log."""
 
 import json
+import re
 import subprocess
 import sys
 
 import mlflow
 import pytest
 
-from conftest import mlflow_store
-from tftrain.bench import seconds_to, summarize, train_flops_per_example
+from conftest import REPO, mlflow_store
+from tftrain.bench.report import seconds_to, summarize
+from tftrain.bench.worker import train_flops_per_example
 from tftrain.models import build_model
 
 
@@ -66,3 +68,17 @@ def test_bench_trains_the_recipe_and_tftrain_in_workers_and_logs_the_figures(tmp
     logged = by_name["tftrain-mlp"].data.metrics
     assert logged["samples_per_second"] == pytest.approx(ours["samples_per_second"])
     assert logged["test_accuracy"] == pytest.approx(ours["test_accuracy"])
+
+
+def test_profile_script_sums_one_epoch_by_op_and_by_what_bounds_it(tiny_data):
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "profile_epoch.py"), "--model", "cnn", "--batch-size", "64",
+         "--precision", "float32", "--data-dir", str(tiny_data)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "cnn, batch 64, float32: one warm epoch of 512 examples" in done.stdout
+    shares = re.findall(r"^\| (arithmetic|memory \(elementwise, pooling\)|input pipeline) \| \d+ \| ([\d.]+)%",
+                        done.stdout, re.MULTILINE)  # fmt: skip
+    assert {kind for kind, _ in shares} >= {"arithmetic", "memory (elementwise, pooling)"}
+    assert "Conv2D" in done.stdout and sum(float(s) for _, s in shares) == pytest.approx(100, abs=0.5)

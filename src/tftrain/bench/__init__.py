@@ -1,0 +1,92 @@
+"""`tftrain bench`: the write-up's recipes against tftrain's engines, on the same data, in one invocation.
+
+Every configuration trains in a process of its own (`worker.py`: a clean TensorFlow, and a peak memory that is its
+own), on the same Fashion-MNIST split: the training set's first 80% to train, its last 20% to validate, as the
+write-up's `validation_split=0.2` does. `setups.py` says what runs, `report.py` how the figures compare.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tftrain.bench.report import summarize, table, targets, with_comparisons
+from tftrain.bench.setups import Setup, select
+
+
+def _in_worker(setup: Setup, data_dir: str, epochs: int) -> dict | None:
+    """One configuration in a fresh Python process; its output goes to stderr, its figures come back (None if it
+    failed, which the table then says)."""
+    with tempfile.TemporaryDirectory(prefix="tftrain-bench-") as folder:
+        out = Path(folder, "figures.json")
+        command = [sys.executable, "-m", "tftrain.bench.worker", setup.name, data_dir, str(epochs), str(out)]
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+        code = subprocess.run(command, stdout=sys.stderr, env=env, check=False).returncode
+        return json.loads(out.read_text()) if code == 0 and out.is_file() else None
+
+
+def machine() -> str:
+    import tensorflow as tf
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()  # fmt: skip
+    return f"{cpu}, {os.cpu_count()} cores, {platform.machine()}, TensorFlow {tf.__version__}, Python {platform.python_version()}"
+
+
+def log_to_mlflow(rows: list[dict], report: str) -> str:
+    """One run per configuration in the experiment `tftrain-bench` of the current tracking store."""
+    import mlflow
+
+    mlflow.set_experiment("tftrain-bench")
+    numeric = ("epochs", "seconds_per_epoch", "samples_per_second", "speedup", "gflops", "seconds_to_target",
+               "seconds_to_recipe_accuracy", "fit_seconds", "test_accuracy", "tracking_share", "peak_rss_mb")  # fmt: skip
+    with mlflow.start_run(run_name="bench") as parent:
+        mlflow.log_text(report, "bench.md")
+        for r in rows:
+            with mlflow.start_run(run_name=r["name"], nested=True):
+                mlflow.log_params({"configuration": r["describe"][:500], "target_accuracy": r["target"]})
+                mlflow.log_metrics({k: float(r[k]) for k in numeric if r.get(k) is not None})
+    return parent.info.run_id
+
+
+def bench(only: str, full: bool, repeat: int, data_dir: str, epochs: int, log: bool, json_out: str) -> bool:
+    """Run the configurations `repeat` times, print the table and the targets; True if every configuration ran."""
+    from tftrain.data import load_dataset
+
+    setups = select(only, full)
+    load_dataset("fashion_mnist", data_dir)  # a missing or corrupt dataset: one line now, not one per worker
+    repeats, failed = [], []
+    for i in range(repeat):
+        results = []
+        for j, setup in enumerate(setups, 1):
+            print(
+                f"[repeat {i + 1}/{repeat}, {j}/{len(setups)}] {setup.name}: {setup.describe}",
+                file=sys.stderr,
+                flush=True,
+            )
+            started = time.perf_counter()
+            figures = _in_worker(setup, data_dir, epochs)
+            if figures is None:
+                failed.append(setup.name)
+                print(f"tftrain: {setup.name} failed (its output is above); going on", file=sys.stderr, flush=True)
+                continue
+            results.append(figures)
+            print(f"  done in {time.perf_counter() - started:.0f} s: test accuracy {figures['test_accuracy']:.4f}",
+                  file=sys.stderr, flush=True)  # fmt: skip
+        repeats.append(with_comparisons(results))
+    rows = summarize(repeats)
+    report = "\n\n".join([f"Fashion-MNIST; {machine()}; medians of {repeat} repeat(s)", table(rows), targets(rows)])
+    print(report)
+    if failed:
+        print(f"failed: {', '.join(failed)}")
+    if json_out:
+        Path(json_out).write_text(json.dumps({"machine": machine(), "repeats": repeats}, indent=1))
+    if log and rows:
+        print(f"logged to MLflow: experiment tftrain-bench, run {log_to_mlflow(rows, report)}")
+    return not failed

@@ -1,0 +1,150 @@
+"""One benchmark configuration, trained in a process of its own: `python -m tftrain.bench.worker NAME DATA_DIR
+EPOCHS OUT.json` writes its figures to OUT.json.
+
+The test set is scored after every epoch for the "time to accuracy" columns, with the clock stopped; nothing
+learned or selected ever sees it (early stopping and checkpoints watch the validation split).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tftrain.bench.setups import BY_NAME, RECIPE_EPOCHS, Setup
+
+
+def train_flops_per_example(model) -> float:
+    """Floating-point operations to train on one example: 3x the forward pass's multiply-adds of its Dense and
+    Conv2D layers, times 2 (the usual estimate: forward, plus gradients for inputs and for weights)."""
+    import keras
+
+    macs = 0
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.Dense):
+            macs += layer.kernel.shape[0] * layer.kernel.shape[1]
+        elif isinstance(layer, keras.layers.Conv2D):
+            height, width = layer.output.shape[1:3]
+            macs += (
+                height
+                * width
+                * int(layer.kernel.shape[0] * layer.kernel.shape[1] * layer.kernel.shape[2])
+                * layer.filters
+            )
+    return 2.0 * 3.0 * macs
+
+
+def _clock_callback(x_test, y_test):
+    """Times each epoch and the whole fit, and scores the test set after each epoch with the clock stopped."""
+    import keras
+    import numpy as np
+
+    class Clock(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.start, self.paused, self.epochs = time.perf_counter(), 0.0, []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch_start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            now = time.perf_counter()
+            probs = self.model.predict(x_test, batch_size=2048, verbose=0)
+            accuracy = float((np.asarray(probs).argmax(axis=1) == y_test).mean())
+            self.epochs.append({"seconds": now - self.epoch_start, "elapsed": now - self.start - self.paused,
+                                "test_accuracy": accuracy, "val_accuracy": float((logs or {}).get("val_accuracy", 0))})  # fmt: skip
+            self.paused += time.perf_counter() - now
+
+    return Clock()
+
+
+def _accuracy(model, images, labels) -> float:
+    import numpy as np
+
+    return float((np.asarray(model.predict(images, batch_size=2048, verbose=0)).argmax(axis=1) == labels).mean())
+
+
+def _recipe(setup: Setup, data, epochs: int) -> dict:
+    """The write-up's listing: model.fit on numpy arrays scaled to 0..1, its batch size, validation_split=0.2."""
+    import keras
+
+    keras.utils.set_random_seed(42)
+    x_train, x_test = data.x_train / 255.0, data.x_test / 255.0
+    if setup.model == "mlp":  # the write-up's first listing
+        model = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(128, activation="relu"),
+                                  keras.layers.Dropout(0.2), keras.layers.Dense(10, activation="softmax")])  # fmt: skip
+        loss, batch = "sparse_categorical_crossentropy", 32
+    else:  # its multi-GPU listing's CNN
+        x_train, x_test = x_train[..., None], x_test[..., None]
+        model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Conv2D(32, 3, activation="relu"),
+                                  keras.layers.MaxPooling2D(), keras.layers.Flatten(),
+                                  keras.layers.Dense(64, activation="relu"), keras.layers.Dense(10)])  # fmt: skip
+        loss, batch = keras.losses.SparseCategoricalCrossentropy(from_logits=True), 64
+    model.compile(optimizer="adam", loss=loss, metrics=["accuracy"])
+    clock = _clock_callback(x_test, data.y_test)
+    model.fit(x_train, data.y_train, epochs=epochs or RECIPE_EPOCHS, batch_size=batch, validation_split=0.2,
+              callbacks=[clock], verbose=0)  # fmt: skip
+    return {"clock": clock.epochs, "fit_seconds": time.perf_counter() - clock.start - clock.paused,
+            "tracking_seconds": None, "model": model, "train_examples": len(x_train) - round(len(x_train) * 0.2),
+            "test_accuracy": _accuracy(model, x_test, data.y_test)}  # fmt: skip
+
+
+def _tftrain(setup: Setup, data, data_dir: str, epochs: int) -> dict:
+    """tftrain's `train`, every callback on, tracked into a throwaway sqlite MLflow store."""
+    import mlflow
+
+    from tftrain.config import TrainConfig
+    from tftrain.train import train
+
+    settings = {**setup.settings, "model": setup.model, "data_dir": data_dir}
+    if epochs:
+        settings["epochs"] = epochs
+    clock = _clock_callback(data.x_test.astype("float32"), data.y_test)
+    with tempfile.TemporaryDirectory(prefix="tftrain-bench-") as folder:
+        mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
+        cfg = TrainConfig(output_dir=folder, model_name="bench", run_name=setup.name, resume="never", **settings)
+        result = train(cfg, extra_callbacks=(clock,))
+    validation = round(len(data.x_train) * cfg.validation_split)
+    # fit_seconds without the clock's own test scoring, which ran inside the fit
+    return {"clock": clock.epochs, "fit_seconds": result.fit_seconds - clock.paused,
+            "tracking_seconds": result.tracking_seconds,
+            "model": result.keras_model, "train_examples": len(data.x_train) - validation,
+            "test_accuracy": _accuracy(result.keras_model, data.x_test.astype("float32"), data.y_test)}  # fmt: skip
+
+
+def measure(setup: Setup, data_dir: str, epochs: int) -> dict:
+    """Train one configuration in this process; its figures as a dict."""
+    from tftrain.data import load_dataset
+
+    data = load_dataset("fashion_mnist", data_dir)
+    out = _recipe(setup, data, epochs) if setup.recipe else _tftrain(setup, data, data_dir, epochs)
+    clock = out["clock"]
+    warm = [e["seconds"] for e in clock[1:]] or [clock[0]["seconds"]]  # the first epoch traces the graphs
+    seconds_per_epoch = statistics.median(warm)
+    flops = train_flops_per_example(out["model"])
+    samples = out["train_examples"] / seconds_per_epoch
+    return {
+        "name": setup.name,
+        "describe": setup.describe,
+        "model": setup.model,
+        "recipe": setup.recipe,
+        "target": setup.target,
+        "epochs": len(clock),
+        "seconds_per_epoch": seconds_per_epoch,
+        "samples_per_second": samples,
+        "gflop_per_example": flops / 1e9,
+        "gflops": samples * flops / 1e9,
+        "fit_seconds": out["fit_seconds"],
+        "tracking_share": None if out["tracking_seconds"] is None else out["tracking_seconds"] / out["fit_seconds"],
+        "test_accuracy": out["test_accuracy"],
+        "curve": [(e["elapsed"], e["test_accuracy"]) for e in clock],
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+if __name__ == "__main__":
+    name, data_dir, epochs, out = sys.argv[1:]
+    Path(out).write_text(json.dumps(measure(BY_NAME[name], data_dir, int(epochs))))

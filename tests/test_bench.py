@@ -9,7 +9,7 @@ import mlflow
 import pytest
 
 from conftest import REPO, mlflow_store
-from tftrain.bench.report import seconds_to, summarize
+from tftrain.bench.report import seconds_to, summarize, table, with_comparisons
 from tftrain.bench.worker import train_flops_per_example
 from tftrain.models import build_model
 
@@ -36,6 +36,25 @@ def test_summary_takes_medians_across_repeats_and_keeps_missing_as_missing():
     assert summary["samples_per_second"] == 200 and summary["speedup"] == 2.0
     assert summary["seconds_to_target"] == 5.0  # the median of the repeats that reached it
     assert summary["seconds_to_recipe_accuracy"] is None and summary["repeats"] == 3
+
+
+def test_speed_ups_compare_a_model_with_its_own_recipe_only():
+    def row(name, model, samples, accuracy, curve):
+        return {"name": name, "model": model, "samples_per_second": samples, "test_accuracy": accuracy,
+                "fit_seconds": 10.0, "target": 0.9, "curve": curve}  # fmt: skip
+
+    recipe, cnn, strong = with_comparisons([
+        row("recipe-cnn", "cnn", 100.0, 0.90, [(5.0, 0.90)]),
+        row("tftrain-cnn", "cnn", 400.0, 0.91, [(1.0, 0.85), (2.0, 0.91)]),
+        row("tftrain-cnn_bn", "cnn_bn", 50.0, 0.94, [(3.0, 0.92)]),
+    ])  # fmt: skip
+    assert (recipe["speedup"], cnn["speedup"], strong["speedup"]) == (1.0, 4.0, None)
+    assert cnn["seconds_to_recipe_accuracy"] == 2.0 and strong["seconds_to_recipe_accuracy"] == 3.0
+    assert cnn["seconds_to_target"] == 2.0 and strong["seconds_to_target"] == 3.0
+    for r in (recipe, cnn, strong):
+        r.update(epochs=1, seconds_per_epoch=1.0, gflops=1.0, gflop_per_example=0.001, tracking_share=None,
+                 peak_rss_mb=1.0, describe="d")  # fmt: skip
+    assert "| tftrain-cnn_bn | 1 | 1.000 | 50 | - |" in table([recipe, cnn, strong])
 
 
 @pytest.mark.slow

@@ -30,6 +30,8 @@ def test_defaults_are_valid_and_match_the_write_up():
         ("learning_rate", float("nan"), "a number > 0"),
         ("plateau_factor", 1.5, "strictly between 0 and 1"),
         ("plateau_min_lr", -1e-3, "a number >= 0"),
+        ("save_interval", -1.0, "a number >= 0"),
+        ("save_interval", float("inf"), "a number >= 0"),
         ("early_stopping_patience", -1, "an integer >= 0"),
         ("histogram_freq", -1, "an integer >= 0"),
         ("data_dir", "/no/such/folder", "an existing folder"),

@@ -148,3 +148,12 @@ def test_param_already_logged_by_mlflow_run_in_another_spelling(store, tiny_data
         tracking.log_params_once({"learning_rate": "0.002", "epochs": "1"})
         params = mlflow.get_run(active.info.run_id).data.params
     assert params["learning_rate"] == "2e-3" and params["epochs"] == "1"
+
+
+def test_between_save_points_only_the_best_checkpoint_is_written_once_at_the_end(run):
+    """A 3-epoch run takes under the default save_interval of 10 s: one checkpoint file, the best epoch's."""
+    result, _ = run
+    (saved,) = (result.out_dir / "checkpoints").glob("*.keras")
+    accuracies = result.history["val_accuracy"]
+    best = accuracies.index(max(accuracies)) + 1
+    assert saved.name == f"model_{best:02d}_{max(accuracies):.4f}.keras"

@@ -17,12 +17,13 @@ def _recipe_of(model: str) -> str:
 
 
 def with_comparisons(results: list[dict]) -> list[dict]:
-    """Add to each row of one repeat: its speed-up over the recipe of its model family, and how long it took to
-    reach the target and the recipe's own final accuracy."""
+    """Add to each row of one repeat: its speed-up over the recipe of the same model (another model's samples/s
+    are no yardstick), and how long it took to reach the target and the final accuracy of its family's recipe."""
     by_name = {r["name"]: r for r in results}
     for r in results:
         recipe = by_name.get(_recipe_of(r["model"]))
-        r["speedup"] = recipe and r["samples_per_second"] / recipe["samples_per_second"]
+        same_model = recipe is not None and recipe["model"] == r["model"]
+        r["speedup"] = r["samples_per_second"] / recipe["samples_per_second"] if same_model else None
         r["recipe_accuracy"] = recipe and recipe["test_accuracy"]
         r["recipe_fit_seconds"] = recipe and recipe["fit_seconds"]
         r["seconds_to_target"] = seconds_to(r["curve"], r["target"])
@@ -55,8 +56,8 @@ def summarize(repeats: list[list[dict]]) -> list[dict]:
     return rows
 
 
-def _fmt(value, spec: str, missing: str = "-") -> str:
-    return missing if value is None else format(value, spec)
+def _fmt(value, spec: str, missing: str = "-", unit: str = "") -> str:
+    return missing if value is None else format(value, spec) + unit
 
 
 def table(rows: list[dict]) -> str:
@@ -68,10 +69,10 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         lines.append(
             f"| {r['name']} | {r['epochs']:.0f} | {r['seconds_per_epoch']:.3f} | {r['samples_per_second']:,.0f} "
-            f"| {_fmt(r['speedup'], '.1f')}x | {r['gflops']:.1f} ({r['gflop_per_example'] * 1000:.2f}) "
+            f"| {_fmt(r['speedup'], '.1f', unit='x')} | {r['gflops']:.1f} ({r['gflop_per_example'] * 1000:.2f}) "
             f"| {_fmt(r['seconds_to_target'], '.1f', 'not reached')} (to {r['target']}) "
             f"| {_fmt(r['seconds_to_recipe_accuracy'], '.1f', 'not reached')} | {r['fit_seconds']:.1f} "
-            f"| {r['test_accuracy']:.4f} | {_fmt(r['tracking_share'] and 100 * r['tracking_share'], '.2f')}% "
+            f"| {r['test_accuracy']:.4f} | {_fmt(r['tracking_share'] and 100 * r['tracking_share'], '.2f', unit='%')} "
             f"| {r['peak_rss_mb']:,.0f} |"
         )
     return "\n".join(lines + [""] + [f"- {r['name']}: {r['describe']}" for r in rows])

@@ -31,7 +31,7 @@ class Setup:
 
 # The tuned settings: what measured fastest to each target on a 2-core CPU (README, "Measured figures"). Every
 # callback stays on but early stopping (pointless under a cosine decay to zero) and TensorBoard's histograms. The
-# custom engine: 10-15% faster per epoch than fit here, which the *-fit rows show.
+# custom engine: 3-15% faster per epoch than fit here, which the *-fit rows show.
 FAST_MLP = {"engine": "custom", "batch_size": 4096, "learning_rate": 0.005, "steps_per_execution": 50,
             "epochs": 80, "precision": "mixed_bfloat16", "lr_schedule": "warmup_cosine", "early_stopping": False,
             "histogram_freq": 0}  # fmt: skip

@@ -108,11 +108,15 @@ def test_a_finished_run_is_not_continued(tmp_path, tiny_data):
         assert len(runs) == 2 and set(runs["status"]) == {"FINISHED"}
 
 
-def test_a_non_finite_loss_fails_the_run_and_keeps_the_last_good_epoch(tmp_path, tiny_data):
-    """The learning rate jumps to 1e38 after two epochs (16 steps): the weights overflow and the loss is NaN."""
+@pytest.mark.parametrize("save_interval", ["0", "10"])
+def test_a_non_finite_loss_fails_the_run_and_keeps_the_last_good_epoch(tmp_path, tiny_data, save_interval):
+    """The learning rate jumps to 1e38 after two epochs (16 steps): the weights overflow and the loss is NaN.
+    With save points 10 s apart, none has come yet: the failure itself writes the epochs' metrics and the best
+    checkpoint."""
     with mlflow_store(tmp_path):
         args = command(tiny_data, tmp_path / "out", "fit", "diverges")
         args[args.index("--batch-size") + 1] = "64"
+        args[args.index("--save-interval") + 1] = save_interval
         args += ["--lr-schedule", "piecewise", "--lr-boundaries", "16", "--lr-values", "0.002,1e38"]
         done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
         assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
@@ -122,7 +126,8 @@ def test_a_non_finite_loss_fails_the_run_and_keeps_the_last_good_epoch(tmp_path,
         assert run.info.status == "FAILED" and "the loss became nan" in run.data.tags["tftrain.failure"]
         assert [m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")] == [1, 2]
         assert list((tmp_path / "out" / run.info.run_id / "checkpoints").glob("*.keras"))
-        assert list((tmp_path / "out" / ".resume").glob("*/backup-chief/latest.weights.h5"))
+        backups = list((tmp_path / "out" / ".resume").glob("*/backup-chief/latest.weights.h5"))
+        assert len(backups) == (1 if save_interval == "0" else 0)
 
 
 def silent_server() -> socket.socket:

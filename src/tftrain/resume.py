@@ -3,9 +3,9 @@
 A command's state lives in <output_dir>/.resume/<key>/, where the key is a digest of every config value but
 `resume` itself: run.json names its MLflow run, and backup/ holds Keras' BackupAndRestore files (weights,
 optimizer state and the number of completed epochs), rewritten at each save point (an epoch's end, at most every
-`save_interval` seconds). Training that ends
-(finished, or stopped early) removes the state, so a finished run is never continued by accident; one that was
-killed, interrupted or failed leaves it, and the same command picks it up.
+`save_interval` seconds). Training that ends (finished, or stopped early) removes the state, so a finished run is
+never continued by accident; one that was killed, interrupted or failed leaves it, and the same command picks it
+up.
 """
 
 from __future__ import annotations

@@ -195,7 +195,10 @@ def train(cfg: TrainConfig, extra_callbacks: tuple[keras.callbacks.Callback, ...
             try:
                 history = _run_engine(cfg, rt, model, train_data, val_data, callbacks, steps_per_epoch, global_batch)
             except BaseException:
-                flush_pending(callbacks)  # the best checkpoint and epoch metrics not yet written
+                # the best checkpoint and epoch metrics not yet written; if that fails too (a full disk), the
+                # first failure is the one to report
+                with contextlib.suppress(OSError):
+                    flush_pending(callbacks)
                 raise
         except OSError as e:  # a checkpoint, backup or log that could not be written: a full disk, a lost mount
             _set_aside_partial_checkpoints(out_dir)

@@ -14,10 +14,11 @@ from tftrain.bench.worker import train_flops_per_example
 from tftrain.models import build_model
 
 
-def test_flops_are_the_dense_and_conv_multiply_adds_times_six():
-    assert train_flops_per_example(build_model("mlp")) == 6 * (784 * 128 + 128 * 10)
+def test_flops_are_six_per_multiply_add_but_four_in_the_first_layer():
+    """The first layer needs no gradient for its input (the image): forward and weight gradient only."""
+    assert train_flops_per_example(build_model("mlp")) == 4 * 784 * 128 + 6 * 128 * 10
     conv = 26 * 26 * 9 * 32  # 3x3 kernel, one input channel, 32 filters, 26x26 outputs
-    assert train_flops_per_example(build_model("cnn")) == 6 * (conv + 13 * 13 * 32 * 64 + 64 * 10)
+    assert train_flops_per_example(build_model("cnn")) == 4 * conv + 6 * (13 * 13 * 32 * 64 + 64 * 10)
 
 
 def test_seconds_to_is_the_first_epoch_at_or_above_the_accuracy():
@@ -53,7 +54,7 @@ def test_speed_ups_compare_a_model_with_its_own_recipe_only():
     assert cnn["seconds_to_target"] == 2.0 and strong["seconds_to_target"] == 3.0
     for r in (recipe, cnn, strong):
         r.update(epochs=1, seconds_per_epoch=1.0, gflops=1.0, gflop_per_example=0.001, tracking_share=None,
-                 peak_rss_mb=1.0, describe="d")  # fmt: skip
+                 model_logging_seconds=None, peak_rss_mb=1.0, describe="d")  # fmt: skip
     assert "| tftrain-cnn_bn | 1 | 1.000 | 50 | - |" in table([recipe, cnn, strong])
 
 
@@ -68,6 +69,8 @@ def test_bench_trains_the_recipe_and_tftrain_in_workers_and_logs_the_figures(tmp
         )  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]
         runs = mlflow.search_runs(experiment_names=["tftrain-bench"], output_format="list")
+        experiments = {e.name for e in mlflow.search_experiments()}
+    assert experiments == {"Default", "tftrain-bench"}  # the workers' training runs went to stores of their own
     assert "| recipe-mlp | 3 |" in done.stdout and "| tftrain-mlp | 3 |" in done.stdout
     assert "MLP samples/s over the write-up's recipe" in done.stdout
     assert "[repeat 1/1, 2/2] tftrain-mlp" in done.stderr  # progress goes to stderr
@@ -77,7 +80,8 @@ def test_bench_trains_the_recipe_and_tftrain_in_workers_and_logs_the_figures(tmp
     assert ours["speedup"] == pytest.approx(ours["samples_per_second"] / recipe["samples_per_second"])
     assert ours["gflops"] == pytest.approx(ours["samples_per_second"] * ours["gflop_per_example"])
     assert ours["samples_per_second"] == pytest.approx(512 / ours["seconds_per_epoch"])  # 640 train, 20% validation
-    assert 0 < ours["tracking_share"] < 1 and ours["peak_rss_mb"] > 100
+    assert 0 < ours["tracking_share"] < 1 and ours["model_logging_seconds"] > 0 and ours["peak_rss_mb"] > 100
+    assert recipe["model_logging_seconds"] is None
     for r in results:
         assert r["epochs"] == 3 and len(r["curve"]) == 3 and 0 <= r["test_accuracy"] <= 1
         elapsed = [t for t, _ in r["curve"]]

@@ -222,7 +222,7 @@ def pipeline_command(**params) -> None:
     default="",
     help="Comma-separated configurations (default: all but the long cnn_bn one): " + ", ".join(BENCH_SETUPS) + ".",
 )
-@click.option("--full", is_flag=True, help="Also the stronger cnn_bn preset (about 10 minutes more).")
+@click.option("--full", is_flag=True, help="Also the stronger cnn_bn preset (about 12 minutes more).")
 @click.option(
     "--repeat",
     type=click.IntRange(1, 20),

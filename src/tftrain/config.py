@@ -129,7 +129,7 @@ class TrainConfig:
         _open_interval(self, "learning_rate", 0.0, math.inf)
         for name in ("plateau_min_lr", "save_interval"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
-                raise invalid(name, getattr(self, name), "a number >= 0")
+                raise invalid(name, getattr(self, name), "a finite number >= 0")
         if self.data_dir and not Path(self.data_dir).is_dir():
             raise invalid("data_dir", self.data_dir, "an existing folder, or empty")
         if not self.output_dir:

@@ -233,9 +233,10 @@ def _timed(callback):
         callback.seconds += time.perf_counter() - start
 
 
-def log_timings(fit_seconds: float, tracking_seconds: float) -> None:
-    """The engine's wall time and the part of it spent logging epochs to MLflow."""
-    metrics = {"fit_seconds": fit_seconds, "tracking_seconds": tracking_seconds}
+def log_timings(fit_seconds: float, tracking_seconds: float, model_logging_seconds: float) -> None:
+    """The training's wall time, the part of it spent in MLflow calls, and the time to log the model after."""
+    metrics = {"fit_seconds": fit_seconds, "tracking_seconds": tracking_seconds,
+               "model_logging_seconds": model_logging_seconds}  # fmt: skip
     _remote(lambda: mlflow.log_metrics(metrics), {"metrics": metrics, "step": 0})
 
 
@@ -269,7 +270,7 @@ class EpochMetrics(mlflow.keras.MlflowCallback):
             if isinstance(self.model.optimizer, keras.optimizers.LossScaleOptimizer):
                 metrics["loss_scale"] = float(keras.ops.convert_to_numpy(self.model.optimizer.dynamic_scale))
             if epoch + 1 not in self.already_logged:
-                self._pending.append({"metrics": metrics, "step": epoch + 1})
+                self._pending.append({"metrics": metrics, "step": epoch + 1, "timestamp": int(time.time() * 1000)})
             if self.clock.due:
                 self.flush()
 
@@ -282,8 +283,7 @@ class EpochMetrics(mlflow.keras.MlflowCallback):
         pending, self._pending = self._pending, []
         if not pending:
             return
-        stamp = int(time.time() * 1000)
-        batch = [Metric(k, v, stamp, e["step"]) for e in pending for k, v in e["metrics"].items()]
+        batch = [Metric(k, v, e["timestamp"], e["step"]) for e in pending for k, v in e["metrics"].items()]
         client, run_id = mlflow.MlflowClient(), active_run_id()
 
         def log():

@@ -36,8 +36,9 @@ class TrainResult:
     history: dict[str, list[float]]
     out_dir: Path  # a non-chief worker's was temporary and is gone
     keras_model: keras.Model
-    fit_seconds: float  # the engine's wall time: every epoch, its validation and every callback
-    tracking_seconds: float  # of which in MLflow's epoch logging
+    fit_seconds: float  # the engine's wall time (every epoch, its validation, every callback) and the uploads
+    tracking_seconds: float  # of which in MLflow calls: epoch metrics, TensorBoard logs and checkpoint uploads
+    model_logging_seconds: float  # after training: logging and registering the model
 
     @property
     def epochs_run(self) -> int:
@@ -207,16 +208,19 @@ def train(cfg: TrainConfig, extra_callbacks: tuple[keras.callbacks.Callback, ...
                 "are kept; make room and run the same command to continue from the last completed epoch"
             ) from None
         finally:
+            uploading = time.perf_counter()
             if run_id:
                 _log_outputs(out_dir)
-        fit_seconds = time.perf_counter() - started
-        tracking_seconds = epoch_metrics.seconds if epoch_metrics else 0.0
-        logged = None
+            uploaded = time.perf_counter()
+        fit_seconds = uploaded - started
+        tracking_seconds = (epoch_metrics.seconds if epoch_metrics else 0.0) + uploaded - uploading
+        logged, model_logging_seconds = None, 0.0
         if run_id:
-            tracking.log_timings(fit_seconds, tracking_seconds)
             logged = tracking.log_keras_model(
                 portable_copy(model), cfg.registered_model_name, val_xy[0][:2], data.class_names
             )
+            model_logging_seconds = time.perf_counter() - uploaded
+            tracking.log_timings(fit_seconds, tracking_seconds, model_logging_seconds)
             resume.forget(cfg)  # finished: the same command would now start a new run
     barrier(rt)  # no worker exits while the chief still logs
     if journal := tracking.offline_journal():
@@ -224,7 +228,9 @@ def train(cfg: TrainConfig, extra_callbacks: tuple[keras.callbacks.Callback, ...
             f"training finished, but the tracking server went away during the run: its metrics, logs, checkpoints "
             f"and model are kept in {journal}; when the server is back, upload them with: tftrain sync {journal}"
         )
-    return TrainResult(run_id, logged, history.history, out_dir, model, fit_seconds, tracking_seconds)
+    return TrainResult(
+        run_id, logged, history.history, out_dir, model, fit_seconds, tracking_seconds, model_logging_seconds
+    )
 
 
 @contextlib.contextmanager

@@ -26,8 +26,11 @@ def _in_worker(setup: Setup, data_dir: str, epochs: int) -> dict | None:
     with tempfile.TemporaryDirectory(prefix="tftrain-bench-") as folder:
         out = Path(folder, "figures.json")
         command = [sys.executable, "-m", "tftrain.bench.worker", setup.name, data_dir, str(epochs), str(out)]
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
-        code = subprocess.run(command, stdout=sys.stderr, env=env, check=False).returncode
+        # the worker tracks into a throwaway store in its own folder (its working directory, where MLflow puts
+        # artifacts), never the user's
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        env["TF_CPP_MIN_LOG_LEVEL"] = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")
+        code = subprocess.run(command, stdout=sys.stderr, env=env, cwd=folder, check=False).returncode
         return json.loads(out.read_text()) if code == 0 and out.is_file() else None
 
 
@@ -45,7 +48,8 @@ def log_to_mlflow(rows: list[dict], report: str) -> str:
 
     mlflow.set_experiment("tftrain-bench")
     numeric = ("epochs", "seconds_per_epoch", "samples_per_second", "speedup", "gflops", "seconds_to_target",
-               "seconds_to_recipe_accuracy", "fit_seconds", "test_accuracy", "tracking_share", "peak_rss_mb")  # fmt: skip
+               "seconds_to_recipe_accuracy", "fit_seconds", "test_accuracy", "tracking_share", "model_logging_seconds",
+               "peak_rss_mb")  # fmt: skip
     with mlflow.start_run(run_name="bench") as parent:
         mlflow.log_text(report, "bench.md")
         for r in rows:
@@ -61,6 +65,7 @@ def bench(only: str, full: bool, repeat: int, data_dir: str, epochs: int, log: b
 
     setups = select(only, full)
     load_dataset("fashion_mnist", data_dir)  # a missing or corrupt dataset: one line now, not one per worker
+    data_dir = str(Path(data_dir).resolve()) if data_dir else ""  # workers run in folders of their own
     repeats, failed = [], []
     for i in range(repeat):
         results = []

@@ -63,8 +63,8 @@ def _fmt(value, spec: str, missing: str = "-", unit: str = "") -> str:
 def table(rows: list[dict]) -> str:
     lines = [
         "| configuration | epochs | warm s/epoch | samples/s | vs recipe | GFLOP/s (MFLOP/example) "
-        "| s to target | s to recipe's accuracy | train s | test accuracy | tracking | peak MB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| s to target | s to recipe's accuracy | train s | test accuracy | tracking | model logging s | peak MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
@@ -73,7 +73,7 @@ def table(rows: list[dict]) -> str:
             f"| {_fmt(r['seconds_to_target'], '.1f', 'not reached')} (to {r['target']}) "
             f"| {_fmt(r['seconds_to_recipe_accuracy'], '.1f', 'not reached')} | {r['fit_seconds']:.1f} "
             f"| {r['test_accuracy']:.4f} | {_fmt(r['tracking_share'] and 100 * r['tracking_share'], '.2f', unit='%')} "
-            f"| {r['peak_rss_mb']:,.0f} |"
+            f"| {_fmt(r['model_logging_seconds'], '.1f')} | {r['peak_rss_mb']:,.0f} |"
         )
     return "\n".join(lines + [""] + [f"- {r['name']}: {r['describe']}" for r in rows])
 

@@ -119,7 +119,7 @@ class CallbackState(keras.callbacks.Callback):
         super().__init__()
         self.folder = folder
         self.clock = clock
-        self.tracked = [(c, _fields(c)) for c in callbacks if _fields(c)]
+        self.tracked = [(c, fields) for c in callbacks if (fields := _fields(c))]
         self._saved_best_epoch = None
 
     def on_train_begin(self, logs=None):

@@ -85,13 +85,13 @@ def bench(only: str, full: bool, repeat: int, data_dir: str, epochs: int, log: b
             print(f"  done in {time.perf_counter() - started:.0f} s: test accuracy {figures['test_accuracy']:.4f}",
                   file=sys.stderr, flush=True)  # fmt: skip
         repeats.append(with_comparisons(results))
-    rows = summarize(repeats)
-    report = "\n\n".join([f"Fashion-MNIST; {machine()}; medians of {repeat} repeat(s)", table(rows), targets(rows)])
+    rows, host = summarize(repeats), machine()
+    report = "\n\n".join([f"Fashion-MNIST; {host}; medians of {repeat} repeat(s)", table(rows), targets(rows)])
     print(report)
     if failed:
         print(f"failed: {', '.join(failed)}")
     if json_out:
-        Path(json_out).write_text(json.dumps({"machine": machine(), "repeats": repeats}, indent=1))
+        Path(json_out).write_text(json.dumps({"machine": host, "repeats": repeats}, indent=1))
     if log and rows:
         print(f"logged to MLflow: experiment tftrain-bench, run {log_to_mlflow(rows, report)}")
     return not failed

@@ -36,21 +36,20 @@ def _median(values: list):
     return statistics.median(present) if present else None
 
 
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def summarize(repeats: list[list[dict]]) -> list[dict]:
-    """One row per configuration: each figure's median over the repeats (speed-ups are taken within a repeat)."""
+    """One row per configuration: the median over the repeats of each figure any repeat measured (None where
+    none did; speed-ups are taken within a repeat), the first repeat's value of anything else."""
     rows = []
     for name in dict.fromkeys(r["name"] for repeat in repeats for r in repeat):
         runs = [r for repeat in repeats for r in repeat if r["name"] == name]
-        row = {k: (_median([r[k] for r in runs]) if isinstance(runs[0][k], (int, float)) and not isinstance(runs[0][k], bool)
-                   else runs[0][k]) for k in runs[0] if k != "curve"}  # fmt: skip
-        for k in (
-            "speedup",
-            "seconds_to_target",
-            "seconds_to_recipe_accuracy",
-            "recipe_accuracy",
-            "recipe_fit_seconds",
-        ):
-            row[k] = _median([r[k] for r in runs])
+        row = {}
+        for k in runs[0].keys() - {"curve"}:
+            values = [r[k] for r in runs]
+            row[k] = _median(values) if any(_number(v) for v in values) else values[0]
         row["repeats"] = len(runs)
         rows.append(row)
     return rows

@@ -1,5 +1,6 @@
 """One benchmark configuration, trained in a process of its own: `python -m tftrain.bench.worker NAME DATA_DIR
-EPOCHS OUT.json` writes its figures to OUT.json.
+EPOCHS OUT.json` writes its figures to OUT.json. It runs in a throwaway folder (`tftrain bench` makes one per
+worker), which holds its MLflow store, artifacts and checkpoints.
 
 The test set is scored after every epoch for the "time to accuracy" columns, with the clock stopped; nothing
 learned or selected ever sees it (early stopping and checkpoints watch the validation split).
@@ -11,7 +12,6 @@ import json
 import resource
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -56,7 +56,7 @@ def _clock_callback(x_test, y_test):
             probs = self.model.predict(x_test, batch_size=2048, verbose=0)
             accuracy = float((np.asarray(probs).argmax(axis=1) == y_test).mean())
             self.epochs.append({"seconds": now - self.epoch_start, "elapsed": now - self.start - self.paused,
-                                "test_accuracy": accuracy, "val_accuracy": float((logs or {}).get("val_accuracy", 0))})  # fmt: skip
+                                "test_accuracy": accuracy})  # fmt: skip
             self.paused += time.perf_counter() - now
 
     return Clock()
@@ -94,7 +94,7 @@ def _recipe(setup: Setup, data, epochs: int) -> dict:
 
 
 def _tftrain(setup: Setup, data, data_dir: str, epochs: int) -> dict:
-    """tftrain's `train`, every callback on, tracked into a throwaway sqlite MLflow store."""
+    """tftrain's `train`, every callback on, tracked into a sqlite MLflow store in the working folder."""
     import mlflow
 
     from tftrain.config import TrainConfig
@@ -104,10 +104,9 @@ def _tftrain(setup: Setup, data, data_dir: str, epochs: int) -> dict:
     if epochs:
         settings["epochs"] = epochs
     clock = _clock_callback(data.x_test.astype("float32"), data.y_test)
-    with tempfile.TemporaryDirectory(prefix="tftrain-bench-") as folder:
-        mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
-        cfg = TrainConfig(output_dir=folder, model_name="bench", run_name=setup.name, resume="never", **settings)
-        result = train(cfg, extra_callbacks=(clock,))
+    mlflow.set_tracking_uri("sqlite:///mlflow.db")
+    cfg = TrainConfig(output_dir="outputs", model_name="bench", run_name=setup.name, resume="never", **settings)
+    result = train(cfg, extra_callbacks=(clock,))
     validation = round(len(data.x_train) * cfg.validation_split)
     # fit_seconds without the clock's own test scoring, which ran inside the fit
     return {"clock": clock.epochs, "fit_seconds": result.fit_seconds - clock.paused,

@@ -97,3 +97,24 @@ def test_every_improvement_is_written_when_every_epoch_is_a_save_point(tmp_path)
     checkpoint = BestCheckpoint(str(tmp_path / "model_{epoch:02d}.keras"), clock, monitor="val_accuracy", mode="max")
     _drive(clock, checkpoint, model, [(0.5, 1.0), (0.7, 2.0), (0.6, 3.0)])
     assert sorted(p.name for p in tmp_path.glob("*.keras")) == ["model_01.keras", "model_02.keras"]
+
+
+def test_a_metrics_write_the_store_refuses_stops_training_instead_of_vanishing(store):
+    """mlflow.keras.MlflowCallback would turn this into a warning and drop the epoch; tftrain's callback does not."""
+    import mlflow
+
+    from tftrain.errors import TrainingFailed
+    from tftrain.tracking import EpochMetrics
+
+    model = build_model("mlp")
+    model.compile(optimizer=keras.optimizers.Adam(name="adam"), loss="sparse_categorical_crossentropy")
+    callback = EpochMetrics(SaveClock(0))
+    callback.set_model(model)
+    with mlflow.start_run() as run:
+        callback.on_train_begin()
+        callback.on_epoch_begin(0)
+        with pytest.raises(TrainingFailed, match=r"^training stopped: the tracking store refused to log \(.*bad key"):
+            callback.on_epoch_end(0, {"loss": 0.5, "bad key!?": 1.0})  # '!' and '?' are not allowed in metric names
+    logged = mlflow.get_run(run.info.run_id)
+    assert logged.data.params["optimizer_name"] == "adam"
+    assert "model_summary.txt" in [a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)]

@@ -21,8 +21,18 @@ def test_defaults_are_valid_and_match_the_write_up():
         ("epochs", 0, "an integer >= 1"),
         ("batch_size", -5, "an integer >= 1"),
         ("steps_per_execution", 0, "an integer >= 1"),
-        ("model", "resnet", "one of mlp, cnn"),
-        ("dataset", "cifar10", "one of fashion_mnist, mnist"),
+        ("model", "resnet", "mlp, cnn, cnn_bn, mobilenet_v2"),
+        ("dataset", "cifar10", "fashion_mnist, mnist, an existing folder of class folders, tfds:NAME"),
+        ("dataset", "tfds:Not A Name", "tfds:NAME or tfds:NAME:VERSION"),
+        ("dataset", "no/such/loader.py:load", "(no file no/such/loader.py)"),
+        ("test_split", 1.0, "strictly between 0 and 1"),
+        ("image_size", "28", "auto, or HEIGHTxWIDTH"),
+        ("image_size", "0x28", "auto, or HEIGHTxWIDTH"),
+        ("channels", "2", "one of auto, 1, 3"),
+        ("bad_images", "ignore", "one of fail, skip"),
+        ("model", "missing.keras", "(no file missing.keras)"),
+        ("model", "no/such/builder.py:build", "(no file no/such/builder.py)"),
+        ("weights", "/no/such.weights.h5", "empty with model=mlp"),
         ("early_stopping_monitor", "val_acc", "one of val_loss"),
         ("validation_split", 1.0, "strictly between 0 and 1"),
         ("validation_split", 0.0, "strictly between 0 and 1"),
@@ -88,3 +98,29 @@ def test_malformed_model_uris_rejected(uri):
 def test_local_model_folder_accepted(tmp_path):
     (tmp_path / "MLmodel").write_text("flavors: {}\n")
     assert check_model_uri(str(tmp_path)) == str(tmp_path)
+
+
+def test_dataset_and_model_forms_resolve_before_any_data_is_read(tmp_path):
+    from tftrain.config import dataset_kind, model_kind, model_label, resolved_dataset
+
+    folder = tmp_path / "My Flowers"
+    folder.mkdir()
+    (tmp_path / "loader.py").write_text("def load(): pass\n")
+    (tmp_path / "net.keras").write_bytes(b"")
+    assert [dataset_kind(v) for v in ("mnist", str(folder), "tfds:mnist:3.0.1", f"{tmp_path}/loader.py:load",
+                                      "pkg.data:load")] == ["builtin", "folder", "tfds", "function", "function"]  # fmt: skip
+    assert [model_kind(v) for v in ("cnn", "resnet50", f"{tmp_path}/net.keras", "pkg.nets:build")] == [
+        "builtin", "application", "file", "builder"
+    ]  # fmt: skip
+    cfg = TrainConfig(dataset=str(folder), model=f"{tmp_path}/net.keras")
+    assert cfg.registered_model_name == "tftrain-my-flowers"
+    assert model_label(cfg.model) == "net"
+    assert resolved_dataset(str(folder)) == str(folder.resolve())
+    assert TrainConfig(model="resnet50", weights=f"{tmp_path}/net.keras", freeze_backbone=True).freeze_backbone
+
+
+def test_backbone_options_only_go_with_keras_applications():
+    with pytest.raises(
+        UserError, match="invalid value for freeze_backbone: received True; allowed: false with model=cnn"
+    ):
+        TrainConfig(model="cnn", freeze_backbone=True)

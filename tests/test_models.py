@@ -88,3 +88,160 @@ def test_cnn_computes_the_write_ups_function_and_gradients():
     np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-6, atol=1e-7)
     for mine, write_up in zip(results[0][1], results[1][1], strict=True):
         np.testing.assert_allclose(mine, write_up, rtol=1e-5, atol=1e-7)
+
+
+# --- every kind of model, for any task shape -------------------------------------------------------------------
+
+from tftrain.errors import UserError  # noqa: E402
+from tftrain.models import build_application, build_from_builder, load_keras_file  # noqa: E402
+
+
+def _probabilities(model, shape, classes):
+    pixels = np.random.default_rng(3).integers(0, 256, size=(3, *shape)).astype(np.float32)
+    probs = keras.ops.convert_to_numpy(model(pixels, training=False))
+    assert probs.shape == (3, classes) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    assert (probs >= 0).all()
+    return probs
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "cnn_bn"])
+@pytest.mark.parametrize("shape", [(40, 30, 3), (17, 23)])
+def test_built_ins_take_any_shape_and_class_count(name, shape):
+    model = build_model(name, 5, shape)
+    assert model.input_shape == (None, *shape)
+    _probabilities(model, shape, 5)
+
+
+@pytest.mark.parametrize("shape", [(32, 40, 3), (36, 32)])
+def test_a_keras_application_takes_gray_or_colour_raw_pixels(shape):
+    model = build_application("mobilenet_v3_small", 4, shape)
+    assert model.input_shape == (None, *shape)
+    _probabilities(model, shape, 4)
+
+
+def test_a_keras_application_refuses_images_smaller_than_it_can_take():
+    with pytest.raises(UserError, match="model=resnet50 with images of 28x28; allowed: images of at least 32x32"):
+        build_application("resnet50", 10, (28, 28))
+
+
+@pytest.mark.parametrize("name, preprocess", [("resnet50", "resnet50"), ("mobilenet_v2", "mobilenet_v2")])
+def test_application_preprocessing_is_keras_own_in_stock_layers(name, preprocess):
+    model = build_application(name, 3, (32, 32, 3))
+    layer = model.get_layer("preprocess")
+    pixels = np.random.default_rng(4).integers(0, 256, size=(2, 32, 32, 3)).astype(np.float32)
+    expected = getattr(keras.applications, preprocess).preprocess_input(pixels.copy())
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(pixels)), expected, rtol=1e-5, atol=1e-3)
+
+
+def test_a_weights_file_starts_the_backbone_and_freezing_trains_the_head_only(tmp_path):
+    source = keras.applications.MobileNetV3Small(
+        include_top=False, weights=None, input_shape=(32, 32, 3), pooling="avg"
+    )
+    source.set_weights([w + 0.01 for w in source.get_weights()])  # not what a fresh init gives
+    path = tmp_path / "backbone.weights.h5"
+    source.save_weights(path)
+    model = build_application("mobilenet_v3_small", 3, (32, 32, 3), weights=str(path), freeze_backbone=True)
+    backbone = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+    for mine, theirs in zip(backbone.get_weights(), source.get_weights(), strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+    assert {v.path.split("/")[0] for v in model.trainable_variables} == {"logits"}
+
+
+def test_a_weights_file_of_another_architecture_is_named(tmp_path):
+    other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    path = tmp_path / "other.weights.h5"
+    other.save_weights(path)
+    with pytest.raises(UserError, match=f"invalid value for weights: received '{path}'; cannot load it into"):
+        build_application("mobilenet_v3_small", 3, (32, 32, 3), weights=str(path))
+
+
+BUILDERS = """
+import keras
+
+def logits(input_shape, num_classes):
+    inputs = keras.Input(input_shape)
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inputs))
+    return keras.Model(inputs, keras.layers.Dense(num_classes)(x), name="mine")
+
+def probabilities(input_shape, num_classes):
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Flatten()(inputs)
+    return keras.Model(inputs, keras.layers.Dense(num_classes, activation="softmax")(x))
+
+def raises(input_shape, num_classes):
+    raise RuntimeError("no GPU today")
+
+def not_a_model(input_shape, num_classes):
+    return "a string"
+
+def wrong_units(input_shape, num_classes):
+    inputs = keras.Input(input_shape)
+    return keras.Model(inputs, keras.layers.Dense(num_classes + 1)(keras.layers.Flatten()(inputs)))
+
+def seen(input_shape, num_classes):
+    inputs = keras.Input(input_shape)
+    scaled_max = keras.layers.GlobalMaxPooling2D()(inputs)
+    return keras.Model(inputs, keras.layers.Activation("softmax")(keras.layers.Dense(num_classes)(scaled_max)))
+"""
+
+
+@pytest.fixture
+def builders(tmp_path):
+    path = tmp_path / "builders.py"
+    path.write_text(BUILDERS)
+    return str(path)
+
+
+def test_a_user_builder_gets_h_w_c_and_pixels_scaled_to_one(builders):
+    model = build_from_builder(f"{builders}:logits", 3, (20, 16))
+    assert model.input_shape == (None, 20, 16) and model.get_layer("mine").input_shape == (None, 20, 16, 1)
+    probs = _probabilities(model, (20, 16), 3)
+    pixels = np.random.default_rng(3).integers(0, 256, size=(3, 20, 16)).astype(np.float32)  # as _probabilities
+    logits = model.get_layer("mine")(pixels[..., None] / 255.0)
+    np.testing.assert_allclose(probs, keras.ops.convert_to_numpy(keras.ops.softmax(logits)), rtol=1e-5)
+
+
+def test_a_builder_ending_in_softmax_is_not_softmaxed_twice(builders):
+    model = build_from_builder(f"{builders}:probabilities", 4, (8, 8, 3))
+    inner = model.layers[-2]
+    pixels = np.random.default_rng(5).integers(0, 256, size=(2, 8, 8, 3)).astype(np.float32)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(model(pixels)), keras.ops.convert_to_numpy(inner(pixels / 255.0)), rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize(
+    "function, message",
+    [
+        ("raises", "model builder {}:raises raised RuntimeError: no GPU today"),
+        ("not_a_model", "model builder {}:not_a_model returned str, not a keras.Model"),
+        ("wrong_units", "model builder {}:wrong_units: its output has shape (None, 4); allowed: (None, 3)"),
+        ("missing", "model builder {}:missing: {} has no function 'missing'"),
+    ],
+)
+def test_a_builder_that_fails_is_named_in_one_line(builders, function, message):
+    with pytest.raises(UserError) as info:
+        build_from_builder(f"{builders}:{function}", 3, (8, 8, 3))
+    assert str(info.value).startswith(message.format(builders, builders)) and "\n" not in str(info.value)
+
+
+def test_a_keras_file_is_taken_as_it_is_and_checked_against_the_task(tmp_path):
+    path = tmp_path / "trained.keras"
+    build_model("cnn", 4, (12, 12, 3)).save(path)
+    model = load_keras_file(str(path), 4, (12, 12, 3))
+    assert model.layers[1].name == "scale"  # its own raw-pixel input, not wrapped again
+    _probabilities(model, (12, 12, 3), 4)
+    with pytest.raises(UserError, match=r"takes images of shape \(12, 12, 3\); the data has \(28, 28\)"):
+        load_keras_file(str(path), 4, (28, 28))
+    with pytest.raises(UserError, match=r"its output has shape \(None, 4\); allowed: \(None, 10\)"):
+        load_keras_file(str(path), 10, (12, 12, 3))
+
+
+def test_a_keras_file_with_code_in_it_is_refused(tmp_path):
+    inputs = keras.Input((4, 4))
+    outputs = keras.layers.Lambda(lambda x: x * 2)(keras.layers.Flatten()(inputs))
+    path = tmp_path / "lambda.keras"
+    keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(outputs)).save(path)
+    with pytest.raises(UserError, match="invalid value for model: .*a .keras file that loads with safe_mode"):
+        load_keras_file(str(path), 2, (4, 4))

@@ -17,7 +17,7 @@ from mlflow.projects._project_spec import load_project
 
 from conftest import REPO
 from tftrain.cli import cli
-from tftrain.config import TrainConfig
+from tftrain.config import TrainConfig, grouped_fields
 
 RUN = "0123456789abcdef0123456789abcdef"
 
@@ -76,11 +76,60 @@ def test_conda_env_pins_match_pyproject():
     assert "tensorflow==2.21.0" in pip and "mlflow==3.17.2" in pip and "tensorboard==2.21.*" in pip
 
 
-def test_readme_parameter_table_lists_every_parameter_with_its_default():
+def test_config_fields_stand_together_by_group():
+    """The class order is the CLI's --help order and the MLproject's: each group's fields in one run."""
+    assert [f for fields in grouped_fields().values() for f in fields] == list(dataclasses.fields(TrainConfig))
+
+
+def readme_parameter_tables() -> list[list[str]]:
+    """The rows of each table between the README's params markers, one list per table."""
     readme = (REPO / "README.md").read_text()
-    for f in dataclasses.fields(TrainConfig):
-        default = str(f.default).lower() if isinstance(f.default, bool) else (f.default if f.default != "" else '""')
-        assert f"| `{f.name}` | `{default}` |" in readme, f.name
+    block = readme.split("<!-- params:begin -->\n")[1].split("<!-- params:end -->")[0]
+    tables = [section.split("\n\n", 1)[1] for section in block.split("\n#### ")[1:]]
+    return [[row for row in table.splitlines() if row.startswith("| `")] for table in tables]
+
+
+def test_readme_parameter_tables_list_every_parameter_by_group_with_its_default():
+    tables = readme_parameter_tables()
+    assert len(tables) == len(grouped_fields())
+    for rows, fields in zip(tables, grouped_fields().values(), strict=True):
+        assert len(rows) == len(fields)
+        for row, f in zip(rows, fields, strict=True):
+            default = (
+                str(f.default).lower() if isinstance(f.default, bool) else (f.default if f.default != "" else '""')
+            )
+            assert row.startswith(f"| `{f.name}` | `{default}` | "), (f.name, row)
+
+
+def params_script(*args: str) -> subprocess.CompletedProcess:
+    script = REPO / "scripts" / "params.py"
+    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=60)
+
+
+def test_generated_mlproject_and_readme_are_up_to_date():
+    done = params_script("--check")
+    assert done.returncode == 0, done.stderr
+
+
+def test_params_check_names_stale_files_and_a_rewrite_touches_only_the_generated_blocks(tmp_path):
+    """One field dropped from each copy: --check fails naming both; a rewrite restores them and keeps the rest."""
+    originals = {
+        name: (REPO / name).read_text() + "\n<!-- not generated: stays -->\n" for name in ("MLproject", "README.md")
+    }
+    (tmp_path / "MLproject").write_text(
+        originals["MLproject"].replace("      test_split: {type: float, default: 0.1}\n", "")
+    )
+    readme = re.sub(r"^\| `test_split` \|.*\n", "", originals["README.md"], flags=re.MULTILINE)
+    (tmp_path / "README.md").write_text(readme)
+    assert readme != originals["README.md"] and (tmp_path / "MLproject").read_text() != originals["MLproject"]
+
+    done = params_script("--check", "--root", str(tmp_path))
+    assert done.returncode == 1 and len(done.stderr.splitlines()) == 1, done.stderr
+    assert "stale: MLproject (+1 -0 lines" in done.stderr and "README.md (+1 -0 lines" in done.stderr
+
+    assert params_script("--root", str(tmp_path)).returncode == 0
+    assert {name: (tmp_path / name).read_text() for name in originals} == originals
+    assert params_script("--check", "--root", str(tmp_path)).returncode == 0
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:

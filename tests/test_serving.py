@@ -1,10 +1,14 @@
 """Serving: tftrain's pyfunc models in-process, and behind a real `mlflow models serve` on 127.0.0.1."""
 
+import contextlib
 import http.client
 import json
 import subprocess
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
+import keras
 import mlflow
 import numpy as np
 import pytest
@@ -12,11 +16,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mlflow.exceptions import MlflowException
 
-from conftest import REPO, tiny_images
+from conftest import REPO, mlflow_store, tiny_images
+from tftrain import tracking
 from tftrain.data import CLASS_NAMES
-from tftrain.export import export
+from tftrain.export import convert, export
 from tftrain.serve import running_server
-from tftrain.serving import MAX_BATCH, check_images
+from tftrain.serving import MAX_BATCH, Classifier, KerasNetwork, LiteRTNetwork, check_images
 
 NAMES = list(CLASS_NAMES["fashion_mnist"])
 
@@ -62,7 +67,12 @@ def test_litert_model_is_registered_with_its_accuracy(models):
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        (np.zeros((2, 28, 27)), r"shape \(N, 28, 28\); received \(2, 28, 27\)"),
+        (
+            np.zeros((2, 28, 27)),
+            r"^images must have shape \(N, 28, 28\) \(float32 or integer pixels 0..255\); received \(2, 28, 27\)$",
+        ),
+        (np.zeros((2, 28, 28, 3)), r"shape \(N, 28, 28\) .*; received \(2, 28, 28, 3\)"),
+        (np.zeros(5), r"shape \(N, 28, 28\) .*; received \(5,\)"),
         (np.full((1, 28, 28), "a"), r"numbers from 0 to 255; received values of type <U1"),
         (np.zeros((0, 28, 28)), "the batch is empty"),
         (np.zeros((MAX_BATCH + 1, 28, 28)), f"{MAX_BATCH + 1} images is over the limit of {MAX_BATCH}"),
@@ -74,13 +84,15 @@ def test_litert_model_is_registered_with_its_accuracy(models):
 )
 def test_bad_images_are_refused_with_the_reason(value, message):
     with pytest.raises(MlflowException, match=message) as caught:
-        check_images(value)
+        check_images(value, (28, 28))
     assert caught.value.get_http_status_code() == 400
 
 
 def test_images_are_accepted_as_float32():
-    images = check_images(np.full((3, 28, 28), 255, dtype=np.uint8))
+    images = check_images(np.full((3, 28, 28), 255, dtype=np.uint8), (28, 28))
     assert images.dtype == np.float32 and images.shape == (3, 28, 28) and images.max() == 255
+    images = check_images(np.zeros((2, 40, 30, 3), dtype=np.int64), (40, 30, 3))
+    assert images.dtype == np.float32 and images.shape == (2, 40, 30, 3)
 
 
 @pytest.fixture(scope="module", params=["keras", "litert"])
@@ -192,3 +204,126 @@ def test_fuzzed_requests_never_get_a_5xx(server, body, images, keras_probabiliti
     assert 200 <= status < 500, (status, body)
     status, answer = post(server, {"inputs": images[:1].tolist()})
     assert status == 200 and answer["predictions"][0]["class"] == keras_probabilities[0].argmax()
+
+
+# A colour, non-square task of three classes, built and logged here: nothing of it is 28x28 or ten classes.
+COLOUR_SHAPE = (40, 30, 3)
+COLOUR_NAMES = ("red", "green", "blue")
+
+
+def colour_images(labels: list[int], seed: int = 0, shape: tuple[int, ...] = COLOUR_SHAPE) -> np.ndarray:
+    """uint8 images, each with the channel of its label bright over dim noise."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 60, size=(len(labels), *shape))
+    for image, label in zip(images, labels, strict=True):
+        image[..., label] += 150
+    return images.astype(np.uint8)
+
+
+def colour_model() -> keras.Model:
+    """The brief's small colour network, its weights set by hand so that it answers the brightest channel:
+    filter c of the convolution averages channel c, the dense layer scales each average to its class's logit."""
+    inputs = keras.Input(COLOUR_SHAPE)
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(4, 3)(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dense(3)(x)
+    outputs = keras.layers.Activation("softmax", dtype="float32")(x)
+    model = keras.Model(inputs, outputs)
+    kernel = np.zeros((3, 3, 3, 4), np.float32)
+    for c in range(3):
+        kernel[:, :, c, c] = 1 / 9
+    model.set_weights([kernel, np.zeros(4), 10 * np.eye(4, 3), np.zeros(3)])
+    return model
+
+
+@dataclass(frozen=True)
+class Colour:
+    """The colour model, and its Keras and LiteRT models logged in a store of their own: a test enters
+    `mlflow_store(colour.store)` around what uses their URIs, so other module-wide stores stay as they were."""
+
+    keras_model: keras.Model
+    store: Path
+    uris: dict[str, str]
+
+
+def log_colour_models(folder: Path) -> Colour:
+    """The colour model logged with tftrain's tracking as Keras and as LiteRT, in a store in `folder`."""
+    model = colour_model()
+    with mlflow_store(folder):
+        with mlflow.start_run():
+            keras_logged = tracking.log_keras_model(model, "colour-test", colour_images([0, 1]), COLOUR_NAMES)
+        model.export(str(folder / "saved_model"), format="tf_saved_model", verbose=False)
+        (folder / "model.tflite").write_bytes(convert(folder / "saved_model", "float32"))
+        with mlflow.start_run():
+            litert = tracking.log_litert_model(
+                folder / "model.tflite", COLOUR_NAMES, "colour-test-litert", COLOUR_SHAPE
+            )
+    return Colour(model, folder, {"keras": keras_logged.uri, "litert": litert.uri})
+
+
+@pytest.fixture(scope="module")
+def colour(tmp_path_factory) -> Colour:
+    return log_colour_models(tmp_path_factory.mktemp("colour"))
+
+
+COLOUR_LABELS = [2, 0, 1, 1, 0]
+
+
+@pytest.mark.parametrize("kind", ["keras", "litert"])
+def test_a_colour_model_answers_its_own_classes_in_process(colour, kind):
+    images = colour_images(COLOUR_LABELS, seed=1)
+    with mlflow_store(colour.store):
+        model = mlflow.pyfunc.load_model(colour.uris[kind])
+    assert model.metadata.get_input_schema().inputs[0].shape == (-1, *COLOUR_SHAPE)
+    rows = model.predict(images.astype(np.float32))
+    assert [row["class_name"] for row in rows] == [COLOUR_NAMES[label] for label in COLOUR_LABELS]
+    assert [row["class"] for row in rows] == COLOUR_LABELS
+    expected = colour.keras_model.predict(images.astype(np.float32), verbose=0)
+    np.testing.assert_allclose([row["probabilities"] for row in rows], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["keras", "litert"])
+def test_a_wrong_shape_behind_no_schema_is_refused_with_the_networks_shape(colour, kind, tmp_path):
+    """Classifier without MLflow's schema check in front: the shape it names comes from the network itself."""
+    with mlflow_store(colour.store):
+        local = Path(mlflow.artifacts.download_artifacts(colour.uris[kind], dst_path=str(tmp_path)))
+    (path,) = local.rglob("model.keras" if kind == "keras" else "model.tflite")
+    network = KerasNetwork(path) if kind == "keras" else LiteRTNetwork(path)
+    assert network.input_shape == COLOUR_SHAPE and network.classes == 3
+    with pytest.raises(MlflowException) as caught:
+        Classifier(network, list(COLOUR_NAMES)).predict(np.zeros((2, 28, 28), np.float32))
+    assert str(caught.value) == (
+        "images must have shape (N, 40, 30, 3) (float32 or integer pixels 0..255); received (2, 28, 28)"
+    )
+    with pytest.raises(ValueError, match="the network answers 3 classes; class_names.json names 10"):
+        Classifier(network, NAMES)
+
+
+@pytest.fixture(scope="module", params=["keras", "litert"])
+def colour_server(request, colour, tmp_path_factory):
+    log = tmp_path_factory.mktemp("colour-server") / "server.log"
+    with contextlib.ExitStack() as stack:
+        with mlflow_store(colour.store):  # the server keeps the store's address; the tests need not
+            url = stack.enter_context(running_server(colour.uris[request.param], log))
+        connection = http.client.HTTPConnection(*url.removeprefix("http://").split(":"), timeout=60)
+        stack.callback(connection.close)
+        yield connection
+
+
+@pytest.mark.slow
+def test_a_served_colour_model_names_its_classes_and_refuses_gray_28x28(colour_server):
+    status, answer = post(colour_server, {"inputs": colour_images(COLOUR_LABELS, seed=2).tolist()})
+    assert status == 200, answer
+    assert [row["class_name"] for row in answer["predictions"]] == [COLOUR_NAMES[c] for c in COLOUR_LABELS]
+    assert all(len(row["probabilities"]) == 3 for row in answer["predictions"])
+    # MLflow enforces the signature before tftrain's check runs: its message starts with a dump of the data it
+    # received ("Failed to predict data '[[[0. 0. ...") and names the expected shape only at its end, in its own
+    # spelling (-1, 40, 30, 3); tftrain's "(N, 40, 30, 3)" never shows behind a server.
+    status, answer = post(colour_server, {"inputs": np.zeros((1, 28, 28)).tolist()})
+    assert status == 400, answer
+    assert answer["message"].endswith(
+        "Error: Shape of input (1, 28, 28) does not match expected shape (-1, 40, 30, 3)."
+    ), answer["message"][-500:]
+    status, answer = post(colour_server, {"inputs": colour_images([1], seed=3).tolist()})
+    assert status == 200 and answer["predictions"][0]["class_name"] == "green"

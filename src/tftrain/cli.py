@@ -11,14 +11,13 @@ import click
 
 from tftrain.bench.setups import BY_NAME as BENCH_SETUPS
 from tftrain.config import (
-    DATASETS,
     QUANTIZATIONS,
     TrainConfig,
     check_alias,
-    check_choice,
     check_data_dir,
     check_model_uri,
     check_output_file,
+    dataset_kind,
     parse_version_uri,
 )
 from tftrain.errors import TrainingFailed, UserError, invalid
@@ -49,14 +48,26 @@ model_uri_option = click.option(
     help="runs:/<run_id>/model, models:/<name>/<version>, models:/<name>@<alias>, models:/m-<id> or a local model folder.",
 )
 dataset_option = click.option(
-    "--dataset", default="", help="Test data to use; empty: the dataset the model was trained on."
+    "--dataset",
+    default="",
+    help="Test data to use (any form `train` takes); empty: the dataset the model was trained on, split the same way.",
 )
-data_dir_option = click.option("--data-dir", default="", help="Folder with the four IDX .gz files; empty: look it up.")
+data_dir_option = click.option(
+    "--data-dir", default="", help="Folder with the IDX .gz files, or the tfds data folder; empty: look it up."
+)
+
+
+def _check_data(dataset: str) -> None:
+    """The dataset's form, and an image folder's structure, checked before TensorFlow loads."""
+    if dataset_kind(dataset) == "folder":
+        from tftrain.folders import scan
+
+        scan(dataset)
 
 
 def _data_args(dataset: str, data_dir: str) -> tuple[str, str]:
     if dataset:
-        check_choice("dataset", dataset, DATASETS)
+        _check_data(dataset)
     return dataset, check_data_dir(data_dir)
 
 
@@ -71,6 +82,7 @@ def cli() -> None:
 def train_command(**params) -> None:
     """Train (model.fit or the custom loop, any strategy and precision); log and register the model in MLflow."""
     cfg = TrainConfig(**params)
+    _check_data(cfg.dataset)
     check_tracking_store()
     from tftrain.train import train
 
@@ -151,11 +163,12 @@ def promote_command(model_uri: str, alias: str, min_accuracy: float) -> None:
     help="auto: JSON when the output file ends in .json, else CSV (and CSV on standard output).",
 )
 def predict_command(model_uri: str, inputs: tuple[str, ...], output: str, fmt: str) -> None:
-    """Predict the class of each image in INPUT: PNG files (28x28), folders of them, or IDX image files."""
+    """Predict the class of each image in INPUT: image files (PNG, JPEG, BMP, GIF), folders of them (searched
+    recursively), or IDX image files; each is resized and converted to the model's input size and channels."""
     check_model_uri(model_uri)
     for given in inputs:
         if not Path(given).exists():
-            raise invalid("INPUT", given, "existing PNG files, folders of them, or IDX image files")
+            raise invalid("INPUT", given, "existing image files (PNG, JPEG, BMP, GIF), folders of them, or IDX files")
     if fmt == "auto":
         fmt = "json" if output.lower().endswith(".json") else "csv"
     if output != "-":
@@ -210,6 +223,7 @@ def sync_command(journal: str) -> None:
 def pipeline_command(**params) -> None:
     """The main job: train, evaluate and export in one MLflow run, then say where to look."""
     cfg = TrainConfig(**params)
+    _check_data(cfg.dataset)
     check_tracking_store()
     from tftrain.pipeline import pipeline
 

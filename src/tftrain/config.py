@@ -15,8 +15,14 @@ from pathlib import Path
 
 from tftrain.errors import UserError, invalid
 
-DATASETS = ("fashion_mnist", "mnist")
-MODELS = ("mlp", "cnn", "cnn_bn")
+DATASETS = ("fashion_mnist", "mnist")  # built in; also an image folder, tfds:NAME[:VERSION] or a user function
+MODELS = ("mlp", "cnn", "cnn_bn")  # built in; also a keras.applications name, a user builder or a .keras file
+# keras.applications architectures by snake-case name (models.py maps them to their constructors)
+APPLICATIONS = (
+    "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "efficientnet_v2_b0", "resnet50",
+)  # fmt: skip
+CHANNELS = ("auto", "1", "3")
+BAD_IMAGES = ("fail", "skip")
 MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
 ENGINES = ("fit", "custom")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
@@ -28,78 +34,153 @@ RESUME = ("auto", "never")
 DEFAULT_BOUNDARY_FRACTIONS = (0.5, 0.75)  # piecewise without lr_boundaries: drop at 50% and 75% of all steps
 
 
-def _opt(default, help: str, choices: tuple[str, ...] | None = None):
-    return field(default=default, metadata={"help": help, "choices": choices})
+# Each field's group, by concern; scripts/params.py writes the MLproject's main/train parameters and the README's
+# parameter tables from the fields, a table per group in this order (the class keeps each group's fields together).
+GROUPS = ("data", "model", "trainer", "runtime", "tracking")
+
+
+def _opt(default, help: str, choices: tuple[str, ...] | None = None, *, group: str):
+    if group not in GROUPS:
+        raise ValueError(f"group must be one of {', '.join(GROUPS)}; received: group={group!r}")
+    return field(default=default, metadata={"help": help, "choices": choices, "group": group})
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    # data
-    dataset: str = _opt("fashion_mnist", "Dataset to train on.", DATASETS)
-    data_dir: str = _opt("", "Folder with the four IDX .gz files; empty: look in known places, then download.")
-    validation_split: float = _opt(
-        0.2, "Fraction of the training split held out for validation (its last part, as Keras does)."
+    # data: what to train on
+    dataset: str = _opt(
+        "fashion_mnist",
+        "fashion_mnist or mnist; a folder of class folders (PATH/<class>/<images>, or PATH/train/<class>/... with "
+        "PATH/test/ and PATH/val/); tfds:NAME[:VERSION] (prepared in data_dir); or a function, module:function or "
+        "file.py:function, returning (train, test, class_names).",
+        group="data",
     )
-    # model and optimizer
+    data_dir: str = _opt(
+        "",
+        "fashion_mnist/mnist: folder with the four IDX .gz files (empty: look in known places, then download); "
+        "tfds: the tensorflow-datasets data folder.",
+        group="data",
+    )
+    validation_split: float = _opt(
+        0.2,
+        "Fraction of the training data held out for validation (built-ins: its last part, as Keras does; folders: "
+        "stratified; ignored when the folder has val/).",
+        group="data",
+    )
+    test_split: float = _opt(
+        0.1,
+        "Image folders without test/: the fraction of each class held out as the test split (fixed, seedless).",
+        group="data",
+    )
+    image_size: str = _opt(
+        "auto", "HxW the model sees (every image is resized to it); auto: the most common size.", group="data"
+    )
+    channels: str = _opt(
+        "auto", "Colour channels the model sees; auto: 1 if every image is gray, else 3.", CHANNELS, group="data"
+    )
+    bad_images: str = _opt(
+        "fail",
+        "An unreadable image in a folder: fail names it and stops; skip leaves it out.",
+        BAD_IMAGES,
+        group="data",
+    )
+    # model: what is trained
     model: str = _opt(
         "mlp",
-        "Architecture: the write-up's MLP or CNN; cnn_bn: a stronger CNN (batch norm, flip/shift augmentation).",
-        MODELS,
+        "mlp, cnn (the write-up's), cnn_bn (batch norm, flip/shift augmentation); a keras.applications name ("
+        + ", ".join(APPLICATIONS)
+        + "); a builder, module:function or file.py:function, called as "
+        "build(input_shape, num_classes); or a .keras file to continue training.",
+        group="model",
     )
-    epochs: int = _opt(20, "Maximum number of epochs (early stopping may end sooner).")
-    batch_size: int = _opt(128, "Examples per step per replica; the global batch is this times the replicas.")
-    learning_rate: float = _opt(0.002, "Adam's learning rate; the peak of a schedule.")
-    steps_per_execution: int = _opt(10, "Training steps per graph call: fewer Python round trips, same updates.")
-    seed: int = _opt(42, "Seed for weights, dropout and shuffling.")
-    # engine and runtime
+    weights: str = _opt(
+        "",
+        "keras.applications models: a local weights file for the backbone, or imagenet (downloads); empty: none.",
+        group="model",
+    )
+    freeze_backbone: bool = _opt(
+        False, "keras.applications models: train the new head only (fine-tuning).", group="model"
+    )
+    # trainer: how long and how fast, the learning-rate schedule (steps are optimizer steps), the write-up's callbacks
+    epochs: int = _opt(20, "Maximum number of epochs (early stopping may end sooner).", group="trainer")
+    batch_size: int = _opt(
+        128, "Examples per step per replica; the global batch is this times the replicas.", group="trainer"
+    )
+    learning_rate: float = _opt(0.002, "Adam's learning rate; the peak of a schedule.", group="trainer")
+    steps_per_execution: int = _opt(
+        10, "Training steps per graph call: fewer Python round trips, same updates.", group="trainer"
+    )
+    lr_schedule: str = _opt("constant", "Learning-rate schedule.", LR_SCHEDULES, group="trainer")
+    lr_boundaries: str = _opt(
+        "", "piecewise: comma-separated step boundaries; empty: 50% and 75% of all steps.", group="trainer"
+    )
+    lr_values: str = _opt(
+        "", "piecewise: one more value than boundaries; empty: learning_rate x 1, 0.1, 0.01, ...", group="trainer"
+    )
+    decay_steps: int = _opt(0, "cosine, warmup_cosine: steps of the decay; 0: all training steps.", group="trainer")
+    warmup_steps: int = _opt(0, "warmup_cosine: steps from 0 up to learning_rate; 0: one epoch.", group="trainer")
+    cosine_alpha: float = _opt(
+        0.0, "cosine, warmup_cosine: the final learning rate as a fraction of the peak.", group="trainer"
+    )
+    early_stopping: bool = _opt(True, "Stop when the monitored metric stops improving.", group="trainer")
+    early_stopping_monitor: str = _opt("val_loss", "Metric early stopping watches.", MONITORS, group="trainer")
+    early_stopping_patience: int = _opt(3, "Epochs without improvement before stopping.", group="trainer")
+    restore_best_weights: bool = _opt(True, "On early stop, go back to the best epoch's weights.", group="trainer")
+    checkpoint: bool = _opt(True, "Save the best model as model_{epoch}_{val_accuracy}.keras.", group="trainer")
+    checkpoint_monitor: str = _opt(
+        "val_accuracy", "Metric that decides the best checkpoint.", MONITORS, group="trainer"
+    )
+    reduce_lr_on_plateau: str = _opt(
+        "auto",
+        "Cut the learning rate when the monitored metric stalls; auto: on unless lr_schedule is set.",
+        SWITCH,
+        group="trainer",
+    )
+    plateau_monitor: str = _opt("val_loss", "Metric the plateau rule watches.", MONITORS, group="trainer")
+    plateau_factor: float = _opt(0.2, "Multiply the learning rate by this on a plateau.", group="trainer")
+    plateau_patience: int = _opt(2, "Epochs without improvement before cutting the learning rate.", group="trainer")
+    plateau_min_lr: float = _opt(1e-6, "Lower bound for the learning rate.", group="trainer")
+    # runtime: where and how the steps run
     engine: str = _opt(
-        "fit", "fit: Keras model.fit; custom: the write-up's GradientTape loop under tf.function.", ENGINES
+        "fit",
+        "fit: Keras model.fit; custom: the write-up's GradientTape loop under tf.function.",
+        ENGINES,
+        group="runtime",
     )
     strategy: str = _opt(
         "auto",
         "tf.distribute strategy; auto: multi_worker under TF_CONFIG, mirrored on several devices, else TF's default.",
         STRATEGIES,
+        group="runtime",
     )
-    cpu_replicas: int = _opt(0, "On a CPU-only host, split the CPU into N logical devices for mirrored; 0: no split.")
-    precision: str = _opt("float32", "Keras dtype policy; mixed_* keep the output layer float32.", PRECISIONS)
-    # learning-rate schedule (steps are optimizer steps)
-    lr_schedule: str = _opt("constant", "Learning-rate schedule.", LR_SCHEDULES)
-    lr_boundaries: str = _opt("", "piecewise: comma-separated step boundaries; empty: 50% and 75% of all steps.")
-    lr_values: str = _opt("", "piecewise: one more value than boundaries; empty: learning_rate x 1, 0.1, 0.01, ...")
-    decay_steps: int = _opt(0, "cosine, warmup_cosine: steps of the decay; 0: all training steps.")
-    warmup_steps: int = _opt(0, "warmup_cosine: steps from 0 up to learning_rate; 0: one epoch.")
-    cosine_alpha: float = _opt(0.0, "cosine, warmup_cosine: the final learning rate as a fraction of the peak.")
-    log_lr_every_n_steps: int = _opt(0, "Also log the learning rate every N optimizer steps; 0: once per epoch.")
-    # callbacks (the write-up's list)
-    early_stopping: bool = _opt(True, "Stop when the monitored metric stops improving.")
-    early_stopping_monitor: str = _opt("val_loss", "Metric early stopping watches.", MONITORS)
-    early_stopping_patience: int = _opt(3, "Epochs without improvement before stopping.")
-    restore_best_weights: bool = _opt(True, "On early stop, go back to the best epoch's weights.")
-    checkpoint: bool = _opt(True, "Save the best model as model_{epoch}_{val_accuracy}.keras.")
-    checkpoint_monitor: str = _opt("val_accuracy", "Metric that decides the best checkpoint.", MONITORS)
-    reduce_lr_on_plateau: str = _opt(
-        "auto", "Cut the learning rate when the monitored metric stalls; auto: on unless lr_schedule is set.", SWITCH
+    cpu_replicas: int = _opt(
+        0, "On a CPU-only host, split the CPU into N logical devices for mirrored; 0: no split.", group="runtime"
     )
-    plateau_monitor: str = _opt("val_loss", "Metric the plateau rule watches.", MONITORS)
-    plateau_factor: float = _opt(0.2, "Multiply the learning rate by this on a plateau.")
-    plateau_patience: int = _opt(2, "Epochs without improvement before cutting the learning rate.")
-    plateau_min_lr: float = _opt(1e-6, "Lower bound for the learning rate.")
-    tensorboard: bool = _opt(True, "Write TensorBoard logs (logged to MLflow as artifacts).")
-    histogram_freq: int = _opt(1, "TensorBoard weight histograms every N epochs; 0: none.")
-    epoch_summary: bool = _opt(True, "Print one summary line per epoch.")
+    precision: str = _opt(
+        "float32", "Keras dtype policy; mixed_* keep the output layer float32.", PRECISIONS, group="runtime"
+    )
+    seed: int = _opt(42, "Seed for weights, dropout and shuffling.", group="runtime")
+    # tracking: what is logged and kept, where, and how an interrupted run continues
+    tensorboard: bool = _opt(True, "Write TensorBoard logs (logged to MLflow as artifacts).", group="tracking")
+    histogram_freq: int = _opt(1, "TensorBoard weight histograms every N epochs; 0: none.", group="tracking")
+    epoch_summary: bool = _opt(True, "Print one summary line per epoch.", group="tracking")
+    log_lr_every_n_steps: int = _opt(
+        0, "Also log the learning rate every N optimizer steps; 0: once per epoch.", group="tracking"
+    )
     save_interval: float = _opt(
         10.0,
         "Seconds of training between writes of the best checkpoint, the resume backup and epoch metrics (each "
         "also written when training ends or fails); 0: every epoch.",
+        group="tracking",
     )
-    # outputs and tracking
-    output_dir: str = _opt("outputs", "Local folder for checkpoints, TensorBoard logs and exports.")
-    model_name: str = _opt("auto", "Registered model name; auto: tftrain-<dataset>.")
-    run_name: str = _opt("auto", "MLflow run name; auto: built from model, dataset and batch size.")
+    output_dir: str = _opt("outputs", "Local folder for checkpoints, TensorBoard logs and exports.", group="tracking")
+    model_name: str = _opt("auto", "Registered model name; auto: tftrain-<dataset>.", group="tracking")
+    run_name: str = _opt("auto", "MLflow run name; auto: built from model, dataset and batch size.", group="tracking")
     resume: str = _opt(
         "auto",
         "auto: continue this same command's interrupted run from its last completed epoch; never: start afresh.",
         RESUME,
+        group="tracking",
     )
 
     def __post_init__(self) -> None:
@@ -132,6 +213,20 @@ class TrainConfig:
                 raise invalid(name, getattr(self, name), "a finite number >= 0")
         if self.data_dir and not Path(self.data_dir).is_dir():
             raise invalid("data_dir", self.data_dir, "an existing folder, or empty")
+        dataset_kind(self.dataset)
+        parse_image_size(self.image_size)
+        _open_interval(self, "test_split", 0.0, 1.0)
+        kind = model_kind(self.model)
+        if self.weights and kind != "application":
+            raise invalid(
+                "weights", self.weights, f"empty with model={self.model}; weights go with keras.applications models"
+            )
+        if self.freeze_backbone and kind != "application":
+            raise invalid(
+                "freeze_backbone", True, f"false with model={self.model}; it freezes a keras.applications backbone"
+            )
+        if self.weights not in ("", "imagenet") and not Path(self.weights).is_file():
+            raise invalid("weights", self.weights, "an existing weights file (.weights.h5 or .h5), imagenet, or empty")
         if not self.output_dir:
             raise invalid("output_dir", self.output_dir, "a folder path")
         check_model_name(self.model_name)
@@ -171,12 +266,117 @@ class TrainConfig:
     @property
     def registered_model_name(self) -> str:
         if self.model_name == "auto":
-            return "tftrain-" + self.dataset.replace("_", "-")
+            return "tftrain-" + dataset_label(self.dataset)
         return self.model_name
 
     def as_params(self) -> dict[str, str]:
         """Flat string parameters, as logged to MLflow."""
         return {k: str(v) for k, v in dataclasses.asdict(self).items()}
+
+
+def grouped_fields() -> dict[str, list[dataclasses.Field]]:
+    """TrainConfig's fields by group: the groups in GROUPS order, each group's fields in class order."""
+    fields = dataclasses.fields(TrainConfig)
+    return {group: [f for f in fields if f.metadata["group"] == group] for group in GROUPS}
+
+
+_FUNCTION = re.compile(r"^(?P<module>[A-Za-z_][\w.]*|.+\.py):(?P<name>[A-Za-z_]\w*)$")
+DATASET_FORMS = (
+    "fashion_mnist, mnist, an existing folder of class folders, tfds:NAME[:VERSION], module:function or "
+    "file.py:function"
+)
+MODEL_FORMS = (
+    ", ".join(MODELS + APPLICATIONS) + ", a builder module:function or file.py:function, or an existing .keras file"
+)
+
+
+def parse_function(value: str) -> tuple[str, str] | None:
+    """module:function or path/to/file.py:function -> (module or file, function name); None if neither form."""
+    match = _FUNCTION.match(value)
+    return (match["module"], match["name"]) if match else None
+
+
+def _check_function(name: str, value: str, forms: str) -> None:
+    source, _ = parse_function(value)
+    if source.endswith(".py") and not Path(source).is_file():
+        raise invalid(name, value, f"{forms} (no file {source})")
+
+
+def dataset_kind(value: str) -> str:
+    """builtin, tfds, function or folder; anything else is refused with every form allowed."""
+    if value in DATASETS:
+        return "builtin"
+    if value.startswith("tfds:"):
+        if not re.fullmatch(r"tfds:[a-z][a-z0-9_]*(:\d+\.\d+\.\d+)?", value):
+            raise invalid("dataset", value, "tfds:NAME or tfds:NAME:VERSION (e.g. tfds:mnist:3.0.1)")
+        return "tfds"
+    if parse_function(value) and not Path(value).is_dir():
+        _check_function("dataset", value, DATASET_FORMS)
+        return "function"
+    if value and Path(value).is_dir():
+        return "folder"
+    raise invalid("dataset", value, DATASET_FORMS)
+
+
+def dataset_label(value: str) -> str:
+    """A short name for the data, for run and registered model names: the built-in or tfds name, the folder's
+    name, the function's name; letters, digits and '-' only."""
+    kind = dataset_kind(value)
+    if kind == "tfds":
+        label = value.split(":")[1]
+    elif kind == "function":
+        label = parse_function(value)[1]
+    elif kind == "folder":
+        label = Path(value).resolve().name
+    else:
+        label = value
+    return re.sub(r"[^A-Za-z0-9]+", "-", label).strip("-").lower()[:60] or "data"
+
+
+def resolved_dataset(value: str) -> str:
+    """The dataset as another folder can find it again: folders and .py files as absolute paths."""
+    kind = dataset_kind(value)
+    if kind == "folder":
+        return str(Path(value).resolve())
+    if kind == "function" and parse_function(value)[0].endswith(".py"):
+        source, name = parse_function(value)
+        return f"{Path(source).resolve()}:{name}"
+    return value
+
+
+def model_label(value: str) -> str:
+    """A short name for the model, for run names: the built-in or application name, the builder's function name,
+    the .keras file's stem."""
+    kind = model_kind(value)
+    if kind == "builder":
+        return parse_function(value)[1]
+    return Path(value).stem if kind == "file" else value
+
+
+def model_kind(value: str) -> str:
+    """builtin, application, builder or file; anything else is refused with every form allowed."""
+    if value in MODELS:
+        return "builtin"
+    if value in APPLICATIONS:
+        return "application"
+    if value.endswith(".keras"):
+        if not Path(value).is_file():
+            raise invalid("model", value, f"{MODEL_FORMS} (no file {value})")
+        return "file"
+    if parse_function(value):
+        _check_function("model", value, MODEL_FORMS)
+        return "builder"
+    raise invalid("model", value, MODEL_FORMS)
+
+
+def parse_image_size(value: str) -> tuple[int, int] | None:
+    """auto -> None; HxW -> (height, width), each 1..4096."""
+    if value == "auto":
+        return None
+    match = re.fullmatch(r"(\d{1,4})x(\d{1,4})", value)
+    if not match or not all(1 <= int(v) <= 4096 for v in match.groups()):
+        raise invalid("image_size", value, "auto, or HEIGHTxWIDTH in pixels (e.g. 128x128), each 1 to 4096")
+    return int(match[1]), int(match[2])
 
 
 def _at_least(cfg: TrainConfig, name: str, low: int) -> None:

@@ -1,15 +1,18 @@
-"""Datasets: find and read the IDX files, split off validation, build the tf.data input pipelines.
+"""Datasets: every kind of `dataset` as the same three uint8 splits, and the tf.data input pipelines.
 
-Images stay uint8 (0..255) all the way into the model: scaling lives inside the model, so a served model takes
-raw pixels. Lookup order: `data_dir` if given, then known local copies, then the Keras cache or download.
+The built-ins (IDX files: `data_dir` if given, then known local copies, then the Keras cache or download), image
+folders (folders.py), tensorflow-datasets and user functions (sources.py) all end as `TaskData`: uint8 images
+(N, H, W) for one channel or (N, H, W, 3), int labels, class names. Images stay uint8 (0..255) all the way into the
+model: scaling lives inside the model, so a served model takes raw pixels.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +133,121 @@ def load_dataset(name: str, data_dir: str = "") -> Dataset:
         tried.append(f"Keras cache {cache} and download ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
     hint = " (Debian: apt-get install dataset-fashion-mnist)" if name == "fashion_mnist" else ""
     raise UserError(f"dataset {name} not found; tried: {'; '.join(tried)}; pass data_dir=FOLDER{hint}")
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """The three splits of a task, whatever the source. `resolved`: what was worked out (image size, channels,
+    images skipped), logged with the run."""
+
+    name: str
+    class_names: tuple[str, ...]
+    train: tuple[np.ndarray, np.ndarray]
+    validation: tuple[np.ndarray, np.ndarray]
+    test: tuple[np.ndarray, np.ndarray]
+    source: str
+    resolved: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train[0].shape[1:])
+
+
+def conform(images: np.ndarray, size: tuple[int, int] | None, channels: int | None) -> np.ndarray:
+    """uint8 images (N, H, W) or (N, H, W, C) resized to `size` and converted to `channels` (None: as they are)."""
+    from PIL import Image
+
+    from tftrain.folders import to_pixels
+
+    have_size, have_channels = images.shape[1:3], 1 if images.ndim == 3 else images.shape[3]
+    size, channels = size or have_size, channels or have_channels
+    if tuple(size) == tuple(have_size) and channels == have_channels:
+        return images
+    if tuple(size) == tuple(have_size) and have_channels == 1:  # gray to colour: three equal channels
+        return np.repeat(images[..., None], 3, axis=-1)
+    mode = "L" if have_channels == 1 else "RGB"
+    out = np.empty((len(images), *size, *(() if channels == 1 else (3,))), np.uint8)
+    for i, image in enumerate(images):
+        out[i] = to_pixels(Image.fromarray(image, mode), size, channels)
+    return out
+
+
+def split_stratified(labels: np.ndarray, fraction: float, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (kept, held out): `fraction` of each class held out, at least one image of each class with two or
+    more on each side. Deterministic and seedless (a fixed permutation), so every run holds out the same images."""
+    rng = np.random.default_rng(0)
+    kept, held = [], []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        members = members[rng.permutation(len(members))]
+        n = 0 if len(members) < 2 else min(len(members) - 1, max(1, round(fraction * len(members))))
+        held.append(members[:n])
+        kept.append(members[n:])
+    kept_idx, held_idx = np.sort(np.concatenate(kept)), np.sort(np.concatenate(held))
+    if len(held_idx) == 0:
+        raise UserError(
+            f"invalid value for {name}: received {fraction} holds out no image of {len(labels)}; allowed: a larger "
+            "fraction, or more images per class"
+        )
+    return kept_idx, held_idx
+
+
+def _take(xy: tuple[np.ndarray, np.ndarray], idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return xy[0][idx], xy[1][idx]
+
+
+def load_task_data(
+    dataset: str,
+    data_dir: str = "",
+    *,
+    image_size: tuple[int, int] | None = None,
+    channels: int | None = None,
+    test_split: float = 0.1,
+    validation_split: float = 0.2,
+    bad_images: str = "fail",
+) -> TaskData:
+    """Any `dataset` (see config.dataset_kind) as train, validation and test splits of images of `image_size` and
+    `channels` (None: as the data has them; for a folder, its most common size and 1 channel if all are gray)."""
+    from tftrain.config import dataset_kind, dataset_label, resolved_dataset
+
+    kind, name = dataset_kind(dataset), dataset_label(dataset)
+    if kind == "folder":
+        from tftrain.folders import load_folder
+
+        f = load_folder(dataset, image_size, channels, test_split, validation_split, bad_images)
+        resolved = {"bad_images_skipped": str(len(f.skipped)), "dataset_resolved": resolved_dataset(dataset)}
+        return _resolved(TaskData(name, f.class_names, f.train, f.validation, f.test, f.source), resolved)
+    if kind == "builtin":
+        d = load_dataset(dataset, data_dir)
+        train, validation = split_validation(d.x_train, d.y_train, validation_split)
+        test, class_names, source = (d.x_test, d.y_test), d.class_names, d.source
+    else:
+        from tftrain import sources
+
+        s = (
+            sources.load_tfds(dataset, data_dir, image_size, channels)
+            if kind == "tfds"
+            else sources.load_function_source(dataset, image_size, channels)
+        )
+        train, test, class_names, source = s.train, s.test, s.class_names, s.source
+        if s.validation is not None:
+            validation = s.validation
+        else:
+            kept, held = split_stratified(train[1], validation_split, "validation_split")
+            train, validation = _take(train, kept), _take(train, held)
+    splits = [(conform(x, image_size, channels), y.astype(np.int32)) for x, y in (train, validation, test)]
+    return _resolved(
+        TaskData(name, tuple(class_names), *splits, source), {"dataset_resolved": resolved_dataset(dataset)}
+    )
+
+
+def _resolved(data: TaskData, extra: dict[str, str] | None = None) -> TaskData:
+    shape = data.input_shape
+    resolved = {
+        "image_size_resolved": f"{shape[0]}x{shape[1]}",
+        "channels_resolved": str(shape[2] if len(shape) == 3 else 1),
+    }
+    return dataclasses.replace(data, resolved={**resolved, **(extra or {})})
 
 
 def split_validation(x: np.ndarray, y: np.ndarray, fraction: float):

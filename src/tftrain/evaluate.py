@@ -4,6 +4,7 @@ confusion-matrix picture."""
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass
 
 import keras
@@ -14,8 +15,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tftrain import tracking  # noqa: E402
-from tftrain.data import load_dataset  # noqa: E402
+from tftrain.data import TaskData, load_task_data  # noqa: E402
 from tftrain.predict import answers  # noqa: E402
+
+CELL_NUMBERS_UP_TO = 20  # classes; with more, the counts no longer fit their cells
+FIGURE_MAX_INCHES = 30.0  # the confusion figure's height (3000 pixels at 100 dpi), whatever the class count
 
 
 @dataclass(frozen=True)
@@ -26,7 +30,17 @@ class Evaluation:
 
 
 def slug(name: str) -> str:
+    """A class name as metric keys spell it: lower case, runs of anything but letters and digits as one "_"."""
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def metric_names(class_names: tuple[str, ...] | list[str]) -> list[str]:
+    """Each class's part of its metric keys (test_f1_<name>): its slug, unless two classes share a slug ("a b",
+    "a-b") or it has none ("", "***"); then "<slug or 'class'>__<class index>". A slug never holds "__", so these
+    can collide neither with a plain slug nor with each other."""
+    slugs = [slug(name) for name in class_names]
+    counts = Counter(slugs)
+    return [s if s and counts[s] == 1 else f"{s or 'class'}__{i}" for i, s in enumerate(slugs)]
 
 
 def score(probs: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...]) -> Evaluation:
@@ -44,26 +58,36 @@ def score(probs: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...]) -
     precision = np.divide(hits, confusion.sum(axis=0), out=np.zeros(n), where=confusion.sum(axis=0) > 0)
     recall = np.divide(hits, confusion.sum(axis=1), out=np.zeros(n), where=confusion.sum(axis=1) > 0)
     f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(n), where=(precision + recall) > 0)
-    for i, name in enumerate(class_names):
-        metrics[f"test_precision_{slug(name)}"] = float(precision[i])
-        metrics[f"test_recall_{slug(name)}"] = float(recall[i])
-        metrics[f"test_f1_{slug(name)}"] = float(f1[i])
+    for i, name in enumerate(metric_names(class_names)):
+        metrics[f"test_precision_{name}"] = float(precision[i])
+        metrics[f"test_recall_{name}"] = float(recall[i])
+        metrics[f"test_f1_{name}"] = float(f1[i])
     metrics["test_macro_f1"] = float(f1.mean())
     return Evaluation(metrics, confusion, class_names)
 
 
 def confusion_figure(ev: Evaluation, title: str):
+    """The confusion matrix coloured by each true class's share (row-normalised, so a small class shows as
+    clearly as a big one), with the counts written in the cells when there are few classes. The figure grows
+    with the class count up to FIGURE_MAX_INCHES; tick labels shrink to fit their rows."""
     n = len(ev.class_names)
-    fig, ax = plt.subplots(figsize=(8, 7), dpi=100)
-    ax.imshow(ev.confusion, cmap="Blues")
+    side = min(max(7.0, 0.2 * n + 4), FIGURE_MAX_INCHES)  # inches; 10 classes keep the 8x7 figure of old
+    rows = ev.confusion.sum(axis=1, keepdims=True)
+    shares = np.divide(ev.confusion, rows, out=np.zeros(ev.confusion.shape), where=rows > 0)
+    fig, ax = plt.subplots(figsize=(side + 1, side), dpi=100)
+    image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.04, label="share of the true class")
     ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true", title=title)
-    ax.set_xticklabels(ev.class_names, rotation=45, ha="right")
-    ax.set_yticklabels(ev.class_names)
-    threshold = ev.confusion.max() / 2
-    for i in range(n):
-        for j in range(n):
-            color = "white" if ev.confusion[i, j] > threshold else "black"
-            ax.text(j, i, str(ev.confusion[i, j]), ha="center", va="center", color=color, fontsize=8)
+    # about half a row's height (72 points an inch) once there are too many classes for 8-point labels
+    few = n <= CELL_NUMBERS_UP_TO
+    fontsize = 8.0 if few else min(6.0, max(2.0, 0.5 * 72 * side / n))
+    ax.set_xticklabels(ev.class_names, rotation=45 if few else 90, ha="right" if few else "center", fontsize=fontsize)
+    ax.set_yticklabels(ev.class_names, fontsize=fontsize)
+    if few:
+        for i in range(n):
+            for j in range(n):
+                color = "white" if shares[i, j] > 0.5 else "black"
+                ax.text(j, i, str(ev.confusion[i, j]), ha="center", va="center", color=color, fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -80,25 +104,41 @@ def predict_probabilities(model_uri: str, images: np.ndarray) -> np.ndarray:
 
 def summary(ev: Evaluation) -> str:
     m = ev.metrics
-    worst = min(ev.class_names, key=lambda c: m[f"test_f1_{slug(c)}"])
+    f1 = [m[f"test_f1_{name}"] for name in metric_names(ev.class_names)]
+    worst = int(np.argmin(f1))
     return (
         f"test accuracy {m['test_accuracy']:.4f}  loss {m['test_loss']:.4f}  macro F1 {m['test_macro_f1']:.4f}  "
-        f"(weakest class: {worst}, F1 {m[f'test_f1_{slug(worst)}']:.4f})"
+        f"(weakest class: {ev.class_names[worst]}, F1 {f1[worst]:.4f})"
     )
 
 
-def evaluate(model_uri: str, dataset: str = "", data_dir: str = "") -> Evaluation:
-    """Score `model_uri` on the test split of `dataset` (empty: the one the model was trained on)."""
+def model_data(model_uri: str, ref: tracking.LoggedModel, dataset: str = "", data_dir: str = "") -> TaskData:
+    """The data to score `model_uri` on: `dataset` (empty: the one its run trained on, with the same split
+    settings), resized and converted to the images the model takes."""
+    params = tracking.training_params(ref)
+    shape = tracking.model_input_shape(model_uri)
+    return load_task_data(
+        dataset or params.get("dataset_resolved") or params.get("dataset", "fashion_mnist"),
+        data_dir or ("" if dataset else params.get("data_dir", "")),
+        image_size=shape[:2], channels=shape[2] if len(shape) == 3 else 1,
+        test_split=float(params.get("test_split", 0.1)), validation_split=float(params.get("validation_split", 0.2)),
+        bad_images=params.get("bad_images", "fail"),
+    )  # fmt: skip
+
+
+def evaluate(model_uri: str, dataset: str = "", data_dir: str = "", data: TaskData | None = None) -> Evaluation:
+    """Score `model_uri` on the test split of `dataset` (empty: the one the model was trained on); `data`: the
+    task's data already in hand (the main job's)."""
     ref = tracking.resolve_model(model_uri)
-    dataset = dataset or tracking.trained_on(ref)
-    data = load_dataset(dataset, data_dir)
-    with tracking.step_run(f"evaluate-{dataset}"):
-        probs = predict_probabilities(model_uri, data.x_test)
-        ev = score(probs, data.y_test.astype(np.int64), data.class_names)
+    data = data or model_data(model_uri, ref, dataset, data_dir)
+    with tracking.step_run(f"evaluate-{data.name}"):
+        x_test, y_test = data.test
+        probs = predict_probabilities(model_uri, x_test)
+        ev = score(probs, y_test.astype(np.int64), data.class_names)
         tracking.set_tags({"evaluated_model_uri": model_uri, "evaluated_model_run_id": ref.run_id})
         tracking.log_metrics(ev.metrics, model_id=ref.model_id)
         tracking.log_figure(
-            confusion_figure(ev, f"{dataset} test split: {model_uri}"), "evaluation/confusion_matrix.png"
+            confusion_figure(ev, f"{data.name} test split: {model_uri}"), "evaluation/confusion_matrix.png"
         )
         tracking.log_dict(
             {

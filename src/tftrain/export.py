@@ -18,8 +18,9 @@ from tensorflow.lite.python.convert_phase import ConverterError
 
 from tftrain import tracking
 from tftrain.config import QUANTIZATIONS
-from tftrain.data import load_dataset
+from tftrain.data import TaskData
 from tftrain.errors import UserError
+from tftrain.evaluate import model_data
 from tftrain.models import float32_copy
 
 
@@ -129,10 +130,11 @@ def _tflite(mode: str, out_dir: Path, data, keras_accuracy: float) -> TfliteResu
     """Convert, score on the whole test split, time at batch 1."""
     start = time.perf_counter()
     path = out_dir / f"model_{mode}.tflite"
-    calibration = data.x_train[:CALIBRATION_IMAGES]
+    (x_train, _), (x_test, y_test) = data.train, data.test
+    calibration = x_train[np.random.default_rng(0).permutation(len(x_train))[:CALIBRATION_IMAGES]]
     path.write_bytes(convert(out_dir / "saved_model", mode, calibration))
-    accuracy = float((litert_predict(path, data.x_test).argmax(1) == data.y_test).mean())
-    latency = litert_latency_ms(path, data.x_test)
+    accuracy = float((litert_predict(path, x_test).argmax(1) == y_test).mean())
+    latency = litert_latency_ms(path, x_test)
     print(f"  converted, scored and timed {path.name} in {time.perf_counter() - start:.1f}s")
     return TfliteResult(mode, path, path.stat().st_size, accuracy, accuracy - keras_accuracy, latency)
 
@@ -148,20 +150,26 @@ def _dir_size(path: Path) -> int:
 
 
 def export(
-    model_uri: str, dataset: str = "", data_dir: str = "", output_dir: str = "outputs", litert_quantization="float32"
+    model_uri: str,
+    dataset: str = "",
+    data_dir: str = "",
+    output_dir: str = "outputs",
+    litert_quantization="float32",
+    data: TaskData | None = None,
 ) -> Export:
+    """`data`: the task's data already in hand (the main job's); else `dataset` or the one the model trained on."""
     ref = tracking.resolve_model(model_uri)
-    dataset = dataset or tracking.trained_on(ref)
     model = tracking.load_keras(model_uri)
-    data = load_dataset(dataset, data_dir)
+    data = data or model_data(model_uri, ref, dataset, data_dir)
     # the reference is the model as trained, whatever its precision
-    keras_probs = model.predict(data.x_test.astype(np.float32), verbose=0)
-    keras_accuracy = float((keras_probs.argmax(1) == data.y_test).mean())
+    x_test, y_test = data.test
+    keras_probs = model.predict(x_test.astype(np.float32), verbose=0)
+    keras_accuracy = float((keras_probs.argmax(1) == y_test).mean())
     if mixed := sorted({layer.dtype_policy.name for layer in model.layers} - {"float32"}):
         print(f"  {model_uri} computes in {', '.join(mixed)}: exporting a float32 copy of its weights")
         model = float32_copy(model)
 
-    with tracking.step_run(f"export-{dataset}"):
+    with tracking.step_run(f"export-{data.name}"):
         out_dir = Path(output_dir) / tracking.active_run_id() / "export"
         out_dir.mkdir(parents=True, exist_ok=True)
         model.export(str(out_dir / "saved_model"), format="tf_saved_model", verbose=False)
@@ -180,7 +188,9 @@ def export(
         tracking.log_folder(out_dir, "export")
         served = next(r for r in results if r.mode == litert_quantization)
         name = tracking.registered_name(ref)
-        litert = tracking.log_litert_model(served.path, data.class_names, name + LITERT_SUFFIX if name else None)
+        litert = tracking.log_litert_model(
+            served.path, data.class_names, name + LITERT_SUFFIX if name else None, tuple(x_test.shape[1:])
+        )
         # what the registry gate reads, as evaluate links it to a Keras model
         tracking.log_metrics({"test_accuracy": served.test_accuracy}, model_id=litert.model_id)
     print(table(keras_accuracy, results))

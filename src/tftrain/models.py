@@ -1,16 +1,30 @@
-"""The write-up's two architectures and a stronger one, taking raw 28x28 pixels (0..255) and giving float32
-class probabilities.
+"""Every kind of `model` as a Keras model that takes raw pixels of the task's shape (0..255) and gives float32
+class probabilities: the contract that serving, TFLite and `predict` rely on.
 
-Scaling to 0..1 is the model's first layer, so a served model needs no client-side preprocessing. The softmax is
-its own float32 layer, which keeps the output float32 under a mixed-precision policy.
+Kinds: the write-up's MLP and CNN and a stronger CNN (for any input shape, channels and class count), a
+keras.applications architecture (from scratch, or from a weights file, optionally with a frozen backbone), a
+user's builder function, and a .keras file. Scaling to 0..1 is the model's first layer, so a served model needs no
+client-side preprocessing; the softmax is its own float32 layer, which keeps the output float32 under a
+mixed-precision policy.
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
+
 import keras
+import numpy as np
 import tensorflow as tf
 
-IMAGE_SHAPE = (28, 28)
+from tftrain.config import model_kind
+from tftrain.errors import UserError, invalid
+from tftrain.user_code import load_function
+
+
+def _as_image(x):
+    """(N, H, W) gray pixels -> (N, H, W, 1), what convolutions take; (N, H, W, C) as it is."""
+    return keras.layers.Reshape((*x.shape[1:], 1))(x) if len(x.shape) == 3 else x
 
 
 def _mlp(x):
@@ -24,8 +38,7 @@ def _cnn(x):
     """The write-up's Conv2D(32, 3, relu) -> MaxPooling2D, with the ReLU moved after the pooling: ReLU and max
     commute, so outputs and gradients are the same, and ReLU with its gradient runs on a quarter of the values
     (on this CPU they were 14% of the CNN's step)."""
-    x = keras.layers.Reshape((*IMAGE_SHAPE, 1))(x)
-    x = keras.layers.Conv2D(32, 3)(x)
+    x = keras.layers.Conv2D(32, 3)(_as_image(x))
     x = keras.layers.MaxPooling2D()(x)
     x = keras.layers.Activation("relu")(x)
     x = keras.layers.Flatten()(x)
@@ -73,8 +86,7 @@ def _conv_bn(x, filters: int, pool: bool = False):
 def _cnn_bn(x):
     """tftrain's stronger preset: random flips and shifts of up to 2 pixels (training only), three stages of 3x3 convolutions with
     batch normalization, a dense head with dropout."""
-    x = keras.layers.Reshape((*IMAGE_SHAPE, 1))(x)
-    x = keras.layers.RandomFlip("horizontal")(x)
+    x = keras.layers.RandomFlip("horizontal")(_as_image(x))
     x = keras.layers.RandomTranslation(0.07, 0.07, fill_mode="constant")(x)
     x = _conv_bn(x, 32, pool=True)
     x = _conv_bn(_conv_bn(x, 64), 64, pool=True)
@@ -87,13 +99,190 @@ def _cnn_bn(x):
 BODIES = {"mlp": _mlp, "cnn": _cnn, "cnn_bn": _cnn_bn}
 
 
-def build_model(name: str, num_classes: int = 10) -> keras.Model:
-    inputs = keras.Input(shape=IMAGE_SHAPE, dtype="float32", name="image")
+def _head(inputs, x, num_classes: int, name: str, logits: bool = True) -> keras.Model:
+    """Logits (or probabilities) -> float32 probabilities, as the model's output."""
+    if logits:
+        probs = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(x)
+    else:
+        probs = keras.layers.Activation("linear", dtype="float32", name="probabilities")(x)
+    return keras.Model(inputs, probs, name=name)
+
+
+def _pixels(input_shape: tuple[int, ...]):
+    return keras.Input(shape=input_shape, dtype="float32", name="image")
+
+
+def build_model(name: str, num_classes: int = 10, input_shape: tuple[int, ...] = (28, 28)) -> keras.Model:
+    """A built-in architecture (mlp, cnn, cnn_bn) for images of `input_shape`: (H, W) gray or (H, W, C)."""
+    inputs = _pixels(input_shape)
     x = keras.layers.Rescaling(1.0 / 255, name="scale")(inputs)
     x = BODIES[name](x)
     logits = keras.layers.Dense(num_classes, name="logits")(x)
-    probs = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
-    return keras.Model(inputs, probs, name=name)
+    return _head(inputs, logits, num_classes, name)
+
+
+# snake-case name -> (keras.applications constructor, what pixels it expects); all take 0..255 RGB from us
+APPLICATIONS: dict[str, tuple[str, str]] = {
+    "mobilenet_v2": ("MobileNetV2", "minus_one_to_one"),
+    "mobilenet_v3_small": ("MobileNetV3Small", "built_in"),
+    "mobilenet_v3_large": ("MobileNetV3Large", "built_in"),
+    "efficientnet_b0": ("EfficientNetB0", "built_in"),
+    "efficientnet_v2_b0": ("EfficientNetV2B0", "built_in"),
+    "resnet50": ("ResNet50", "caffe"),
+}
+MIN_APPLICATION_SIZE = 32  # keras.applications refuse smaller images
+IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)  # caffe-style preprocessing: BGR order, mean subtracted
+
+
+def _preprocess(x, kind: str):
+    """Raw 0..255 RGB -> what the architecture's weights expect, with stock layers only (a served model must load
+    without tftrain): MobileNetV2 -1..1; ResNet50 caffe-style (RGB -> BGR, ImageNet mean subtracted) as one frozen
+    1x1 convolution; the others rescale inside themselves."""
+    if kind == "minus_one_to_one":
+        return keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess")(x)
+    if kind == "caffe":
+        bgr = np.eye(3, dtype="float32")[::-1].reshape(1, 1, 3, 3)
+        layer = keras.layers.Conv2D(3, 1, trainable=False, name="preprocess")
+        out = layer(x)
+        layer.set_weights([bgr, -np.asarray(IMAGENET_BGR_MEAN, "float32")])
+        return out
+    return x
+
+
+def _backbone(name: str, shape: tuple[int, int, int], weights: str) -> keras.Model:
+    constructor = getattr(keras.applications, APPLICATIONS[name][0])
+    try:
+        with warnings.catch_warnings():
+            # Keras only warns when a weights file leaves layers unloaded; a half-loaded backbone is an error here
+            warnings.filterwarnings("error", category=UserWarning, module="keras.src.saving")
+            return constructor(include_top=False, weights=weights or None, input_shape=shape, pooling="avg")
+    except (OSError, ValueError, UserWarning) as e:
+        reason = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+        if weights == "imagenet":
+            raise UserError(
+                f"weights=imagenet for model={name}: the download failed ({reason}); this machine may be offline: "
+                "download the file where you are online (Keras keeps it in ~/.keras/models) and pass weights=PATH"
+            ) from None
+        if weights:
+            raise UserError(
+                f"invalid value for weights: received {weights!r}; cannot load it into {name}: {reason}"
+            ) from None
+        raise
+    except Exception as e:  # a download raises URL errors of several kinds when offline
+        if weights != "imagenet":
+            raise
+        raise UserError(
+            f"weights=imagenet for model={name}: the download failed ({type(e).__name__}: {str(e)[:200]}); this "
+            "machine may be offline: download the file where you are online (Keras keeps it in ~/.keras/models) "
+            "and pass weights=PATH"
+        ) from None
+
+
+def build_application(
+    name: str, num_classes: int, input_shape: tuple[int, ...], weights: str = "", freeze_backbone: bool = False
+) -> keras.Model:
+    """A keras.applications architecture without its top, on images of `input_shape` (gray is repeated into three
+    channels), with a new dropout + dense head; `weights` a local file or imagenet; `freeze_backbone` trains the
+    head only (a frozen backbone's batch norms also stay in inference mode, as Keras 3 does for frozen layers)."""
+    height, width = input_shape[:2]
+    if min(height, width) < MIN_APPLICATION_SIZE:
+        raise UserError(
+            f"invalid combination: model={name} with images of {height}x{width}; allowed: images of at least "
+            f"{MIN_APPLICATION_SIZE}x{MIN_APPLICATION_SIZE} (pass image_size=HxW, e.g. image_size=96x96)"
+        )
+    inputs = _pixels(input_shape)
+    x = _as_image(inputs)
+    if x.shape[-1] == 1:
+        x = keras.layers.Concatenate(name="gray_to_rgb")([x, x, x])
+    backbone = _backbone(name, (height, width, 3), weights)
+    if freeze_backbone:
+        backbone.trainable = False
+    x = backbone(_preprocess(x, APPLICATIONS[name][1]))
+    x = keras.layers.Dropout(0.2, name="head_dropout")(x)
+    logits = keras.layers.Dense(num_classes, name="logits")(x)
+    return _head(inputs, logits, num_classes, name)
+
+
+def _outputs_probabilities(model: keras.Model) -> bool:
+    """Whether the model ends in a softmax (else its outputs are taken as logits)."""
+    last = model.layers[-1]
+    if isinstance(last, keras.layers.Softmax):
+        return True
+    activation = last.get_config().get("activation") if hasattr(last, "get_config") else None
+    return activation == "softmax"
+
+
+def _check_built(model, spec: str, num_classes: int, what: str) -> keras.Model:
+    if not isinstance(model, keras.Model):
+        raise UserError(f"{what} {spec} returned {type(model).__name__}, not a keras.Model")
+    units = model.output_shape[-1] if isinstance(model.output_shape, tuple) else None
+    if units != num_classes:
+        raise UserError(
+            f"{what} {spec}: its output has shape {model.output_shape}; allowed: (None, {num_classes}), one unit per "
+            "class"
+        )
+    return model
+
+
+def build_from_builder(spec: str, num_classes: int, input_shape: tuple[int, ...]) -> keras.Model:
+    """A user's `build(input_shape, num_classes)`, called with (H, W, C) and fed pixels scaled to 0..1; its output
+    (logits or softmax probabilities) becomes float32 probabilities."""
+    build = load_function(spec, "model builder")
+    image_shape = (*input_shape, 1) if len(input_shape) == 2 else tuple(input_shape)
+    try:
+        inner = build(image_shape, num_classes)
+    except Exception as e:  # the user's code
+        raise UserError(
+            f"model builder {spec} raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
+    inner = _check_built(inner, spec, num_classes, "model builder")
+    inputs = _pixels(input_shape)
+    x = _as_image(keras.layers.Rescaling(1.0 / 255, name="scale")(inputs))
+    try:
+        x = inner(x)
+    except Exception as e:  # its input does not take (H, W, C)
+        raise UserError(
+            f"model builder {spec}: its model does not take images of shape {image_shape}: {str(e).splitlines()[0][:200]}"
+        ) from None
+    return _head(inputs, x, num_classes, inner.name, logits=not _outputs_probabilities(inner))
+
+
+def load_keras_file(path: str, num_classes: int, input_shape: tuple[int, ...]) -> keras.Model:
+    """A .keras file (safe_mode: no arbitrary code) taking raw 0..255 pixels of the task's shape, as every model
+    tftrain saves does; a logits output gets a float32 softmax."""
+    try:
+        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as e:  # a corrupt file, unknown layers, a Lambda refused by safe_mode
+        raise invalid(
+            "model",
+            path,
+            f"a .keras file that loads with safe_mode ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
+        ) from None
+    model = _check_built(model, path, num_classes, "model file")
+    if tuple(model.input_shape[1:]) != tuple(input_shape):
+        raise UserError(
+            f"model file {path} takes images of shape {tuple(model.input_shape[1:])}; the data has "
+            f"{tuple(input_shape)}; pass image_size and channels to match it"
+        )
+    if _outputs_probabilities(model) and model.outputs[0].dtype == "float32":
+        return model
+    inputs = _pixels(input_shape)
+    return _head(inputs, model(inputs), num_classes, model.name, logits=not _outputs_probabilities(model))
+
+
+def model_builder(
+    model: str, num_classes: int, input_shape: tuple[int, ...], weights: str = "", freeze_backbone: bool = False
+) -> Callable[[], keras.Model]:
+    """How to build `model` for this task: called later, inside the strategy's scope and under the precision
+    policy, so every variable lands where training needs it."""
+    kind = model_kind(model)
+    if kind == "builtin":
+        return lambda: build_model(model, num_classes, input_shape)
+    if kind == "application":
+        return lambda: build_application(model, num_classes, input_shape, weights, freeze_backbone)
+    if kind == "builder":
+        return lambda: build_from_builder(model, num_classes, input_shape)
+    return lambda: load_keras_file(model, num_classes, input_shape)
 
 
 def _rewritten(config, rewrite):

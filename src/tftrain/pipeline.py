@@ -12,7 +12,8 @@ from tftrain.config import TrainConfig
 from tftrain.evaluate import Evaluation, evaluate
 from tftrain.export import export
 from tftrain.registry import Decision, promote
-from tftrain.runtime import is_chief_process
+from tftrain.runtime import build_runtime, is_chief_process
+from tftrain.task import resolve_task
 from tftrain.train import TrainResult, default_run_name, train
 
 
@@ -65,10 +66,12 @@ def report(result: TrainResult, ev: Evaluation, models: list[tracking.LoggedMode
 def pipeline(cfg: TrainConfig) -> tuple[TrainResult, Evaluation | None]:
     if not is_chief_process(cfg):
         return train(cfg), None  # a non-chief worker trains its part; the chief evaluates, exports and logs
+    rt = build_runtime(cfg)  # before any TensorFlow op (a tfds or user-function task runs some)
+    task = resolve_task(cfg)
     with tracking.step_run(default_run_name(cfg), resume_run_id=resume.interrupted_run(cfg)):
-        result = train(cfg)
-        ev = evaluate(result.model.uri, cfg.dataset, cfg.data_dir)
-        exported = export(result.model.uri, cfg.dataset, cfg.data_dir, cfg.output_dir)
+        result = train(cfg, task, rt)
+        ev = evaluate(result.model.uri, data=task)
+        exported = export(result.model.uri, output_dir=cfg.output_dir, data=task)
         models = [result.model, exported.litert]
         decisions = [promote(f"models:/{m.registered_name}/{m.version}") for m in models if m.version]
     print(report(result, ev, models, decisions))

@@ -1,5 +1,6 @@
-"""The `predict` step: batch prediction with any logged model on PNG files, folders of them, or IDX image files;
-one row per image (input, class, class_name, probability) as CSV or JSON."""
+"""The `predict` step: batch prediction with any logged model on image files (PNG, JPEG, BMP, GIF), folders of
+them, or IDX image files; each image resized and converted to the model's size and channels; one row per image
+(input, class, class_name, probability) as CSV or JSON."""
 
 from __future__ import annotations
 
@@ -12,51 +13,78 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from tftrain import tracking
 from tftrain.data import read_idx
 from tftrain.errors import UserError
-from tftrain.serving import IMAGE_SHAPE, MAX_BATCH
+from tftrain.folders import IMAGE_SUFFIXES, UnreadableImage, read_image, to_pixels
+from tftrain.serving import MAX_BATCH, describe
 
 CSV_COLUMNS = ("input", "class", "class_name", "probability")
 
 
-def read_png(path: Path) -> np.ndarray:
-    """A 28x28 picture as grayscale uint8 pixels (colour is converted, as PIL's "L" mode does)."""
+def image_form(shape: tuple[int, ...]) -> tuple[tuple[int, int], int]:
+    """(size, channels) to read pictures at for a model taking `shape`: (H, W) gray, (H, W, 1) or (H, W, 3)."""
+    if len(shape) == 2 and min(shape) > 0:
+        return (shape[0], shape[1]), 1
+    if len(shape) == 3 and min(shape) > 0 and shape[2] in (1, 3):
+        return (shape[0], shape[1]), shape[2]
+    raise UserError(f"the model takes images of shape {describe(shape)}; predict reads (N, H, W) or (N, H, W, 1|3)")
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The image files under `folder`, at any depth, sorted; hidden files and folders (.DS_Store, ._x.png) left
+    out."""
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES
+        and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
+def read_picture(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """One image file as uint8 pixels of `shape`; a file that cannot be decoded is a one-line user error."""
+    size, channels = image_form(shape)
     try:
-        with Image.open(path) as image:
-            pixels = np.asarray(image.convert("L"))
-    except (UnidentifiedImageError, OSError) as e:
-        raise UserError(f"cannot read image {path}: {e}") from None
-    if pixels.shape != IMAGE_SHAPE:
-        raise UserError(f"image {path} is {pixels.shape[1]}x{pixels.shape[0]} pixels; the model takes 28x28")
-    return pixels
+        return read_image(path, size, channels).reshape(shape)
+    except UnreadableImage as e:
+        raise UserError(f"cannot read image {e.path}: {' '.join(e.reason.split())}") from None  # on one line
 
 
-def read_inputs(paths: list[str]) -> tuple[list[str], np.ndarray]:
-    """Names and uint8 images (N, 28, 28) from PNG files, folders of PNG files, and IDX image files."""
+def read_idx_images(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """The images of an IDX file (N, H, W), converted one by one to `shape` when they differ from it."""
+    images = read_idx(path, 3)  # says what is wrong if `path` is not an IDX image file
+    if images.shape[1:] == shape:
+        return images
+    size, channels = image_form(shape)
+    return np.stack([to_pixels(Image.fromarray(image), size, channels).reshape(shape) for image in images])
+
+
+def read_inputs(paths: list[str], shape: tuple[int, ...]) -> tuple[list[str], np.ndarray]:
+    """Names and uint8 images (N, *shape) from image files, folders of them (recursively) and IDX image files."""
+    image_form(shape)  # a shape predict cannot produce fails before any file is read
     names, images = [], []
     for given in paths:
         path = Path(given)
         if path.is_dir():
-            pngs = sorted(p for p in path.iterdir() if p.suffix.lower() == ".png")
-            if not pngs:
-                raise UserError(f"input folder {path} has no .png files")
-            names += [str(p) for p in pngs]
-            images += [read_png(p) for p in pngs]
+            files = image_files(path)
+            if not files:
+                raise UserError(f"input folder {path} has no image files ({', '.join(IMAGE_SUFFIXES)})")
+            names += [str(p) for p in files]
+            images += [read_picture(p, shape) for p in files]
         elif not path.is_file():
             raise UserError(f"input {path} does not exist")
-        elif path.suffix.lower() == ".png":
+        elif path.suffix.lower() in IMAGE_SUFFIXES:
             names.append(str(path))
-            images.append(read_png(path))
-        else:  # anything else must be an IDX image file (gzipped or not); read_idx says what is wrong if not
-            idx = read_idx(path, 3)
-            if idx.shape[1:] != IMAGE_SHAPE:
-                raise UserError(f"data file {path}: images are {idx.shape[1:]}, the model takes (28, 28)")
+            images.append(read_picture(path, shape))
+        else:  # anything else must be an IDX image file (gzipped or not)
+            idx = read_idx_images(path, shape)
             names += [f"{path}[{i}]" for i in range(len(idx))]
             images += list(idx)
-    return names, np.stack(images) if images else np.zeros((0, *IMAGE_SHAPE), np.uint8)
+    return names, np.stack(images) if images else np.zeros((0, *shape), np.uint8)
 
 
 def answers(model, images: np.ndarray, progress: bool = False) -> list[dict]:
@@ -105,8 +133,8 @@ def write_atomically(path: Path, text: str) -> None:
 
 
 def predict(model_uri: str, inputs: list[str], output: str = "-", fmt: str = "csv") -> list[dict]:
-    names, images = read_inputs(inputs)
-    tracking.resolve_model(model_uri)  # a missing model is a one-line error, before anything loads
+    # the shape from the model's MLmodel file: a missing model or a bad image fails before the weights load
+    names, images = read_inputs(inputs, tracking.model_input_shape(model_uri))
     model = tracking.load_pyfunc(model_uri)
     rows = answers(model, images, progress=True)
     text = render(names, rows, fmt)

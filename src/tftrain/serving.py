@@ -2,8 +2,9 @@
 
 Two runtimes behind one answer: the Keras model through one compiled call (not `model.predict`, which builds a
 data pipeline per request), or a TFLite file through the LiteRT interpreter. Either answers one row per image:
-class, class_name, probability and the ten probabilities. Bad input is refused with an MlflowException of
-INVALID_PARAMETER_VALUE, which the scoring server turns into HTTP 400.
+class, class_name, probability and the probability of each of the model's classes. The image shape a model takes,
+(H, W) gray or (H, W, 3) colour, is read from the network itself, so one loader serves any task. Bad input is
+refused with an MlflowException of INVALID_PARAMETER_VALUE, which the scoring server turns into HTTP 400.
 
 A model carries its own copy of this file (under code/tftrain/), so a server needs TensorFlow or LiteRT, numpy
 and MLflow, not tftrain. Keep it free of other tftrain imports.
@@ -22,7 +23,6 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 MAX_BATCH = 1000  # images per predict call; larger requests are refused, not queued
-IMAGE_SHAPE = (28, 28)
 CLASS_NAMES_FILE = "class_names.json"
 KERAS_FILE = "model.keras"  # what mlflow.keras.save_model writes under data/
 TFLITE_FILE = "model.tflite"
@@ -32,14 +32,21 @@ def _refuse(message: str) -> MlflowException:
     return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
 
 
-def check_images(model_input) -> np.ndarray:
-    """The request as float32 (N, 28, 28) raw pixels, or a refusal that says what was wrong. Behind the model's
-    signature, MLflow has already checked shape and type; batch size and pixel range are checked here."""
+def describe(shape: tuple[int, ...]) -> str:
+    """The batch shape a model takes, as messages show it: (N, 40, 30, 3)."""
+    return f"(N, {', '.join(str(d) for d in shape)})"
+
+
+def check_images(model_input, shape: tuple[int, ...]) -> np.ndarray:
+    """The request as float32 raw pixels of shape (N, *shape), or a refusal that says what was wrong. Behind the
+    model's signature, MLflow has already checked shape and type; batch size and pixel range are checked here."""
     images = np.asarray(model_input)
     if images.dtype.kind not in "uif":
         raise _refuse(f"images must be numbers from 0 to 255; received values of type {images.dtype}")
-    if images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE:
-        raise _refuse(f"images must have shape (N, 28, 28); received {images.shape}")
+    if images.shape[1:] != tuple(shape):
+        raise _refuse(
+            f"images must have shape {describe(shape)} (float32 or integer pixels 0..255); received {images.shape}"
+        )
     if len(images) == 0:
         raise _refuse("the batch is empty; send at least one image")
     if len(images) > MAX_BATCH:
@@ -54,16 +61,20 @@ def check_images(model_input) -> np.ndarray:
 
 
 class Classifier:
-    """pyfunc's model: check the input, run the network, name the classes."""
+    """pyfunc's model: check the input against the network's shape, run the network, name the classes."""
 
     def __init__(self, network, class_names: list[str]):
-        self._network = network  # float32 (N, 28, 28) -> float32 (N, 10) probabilities
+        if network.classes != len(class_names):
+            raise ValueError(
+                f"the network answers {network.classes} classes; {CLASS_NAMES_FILE} names {len(class_names)}"
+            )
+        self._network = network  # float32 (N, *network.input_shape) -> float32 (N, classes) probabilities
         self._class_names = list(class_names)
 
     def predict(self, model_input, params=None) -> list[dict]:
         """One answer per image. Plain Python objects, not a DataFrame: the server turns them into JSON several
         times faster (pd.DataFrame(answers) for a table)."""
-        probabilities = self._network(check_images(model_input))
+        probabilities = self._network(check_images(model_input, self._network.input_shape))
         best = probabilities.argmax(axis=1)
         return [
             {"class": c, "class_name": self._class_names[c], "probability": p[c], "probabilities": p}
@@ -79,10 +90,12 @@ class KerasNetwork:
         import tensorflow as tf
 
         model = keras.saving.load_model(path, compile=False, safe_mode=True)
+        self.input_shape = tuple(model.input_shape[1:])  # (H, W) or (H, W, C): the image, without the batch
+        self.classes = int(model.output_shape[-1])
         self._call = tf.function(
-            lambda x: model(x, training=False), input_signature=[tf.TensorSpec([None, *IMAGE_SHAPE], tf.float32)]
+            lambda x: model(x, training=False), input_signature=[tf.TensorSpec([None, *self.input_shape], tf.float32)]
         )
-        self(np.zeros((1, *IMAGE_SHAPE), np.float32))  # trace now, not on the first request
+        self(np.zeros((1, *self.input_shape), np.float32))  # trace now, not on the first request
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return self._call(images).numpy().astype(np.float32, copy=False)
@@ -96,8 +109,10 @@ class LiteRTNetwork:
         from ai_edge_litert.interpreter import Interpreter
 
         self._interpreter = Interpreter(model_path=str(path), num_threads=1)
-        self._input = self._interpreter.get_input_details()[0]["index"]
-        self._output = self._interpreter.get_output_details()[0]["index"]
+        inputs, outputs = self._interpreter.get_input_details()[0], self._interpreter.get_output_details()[0]
+        self.input_shape = tuple(int(d) for d in inputs["shape"][1:])
+        self.classes = int(outputs["shape"][-1])
+        self._input, self._output = inputs["index"], outputs["index"]
         self._batch = None
         self._lock = threading.Lock()
 

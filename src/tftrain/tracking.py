@@ -34,24 +34,26 @@ from mlflow.types.schema import Array, ColSpec, Schema, TensorSpec
 from tftrain import serving
 from tftrain.callbacks import current_lr
 from tftrain.config import TrainConfig
-from tftrain.errors import UserError
+from tftrain.errors import TrainingFailed, UserError
 from tftrain.journal import Journal, entries, lost_connection
 
 DEFAULT_EXPERIMENT = "tftrain"
 MODEL_ARTIFACT = "model"
 LITERT_ARTIFACT = "litert"
-# Raw pixels in (an unnamed tensor, so requests send a plain array: {"inputs": [...]}), one row per image out.
-SIGNATURE = ModelSignature(
-    inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 28, 28))]),
-    outputs=Schema(
-        [
-            ColSpec("long", "class"),
-            ColSpec("string", "class_name"),
-            ColSpec("float", "probability"),
-            ColSpec(Array("float"), "probabilities"),
-        ]
-    ),
+OUTPUT_SCHEMA = Schema(
+    [
+        ColSpec("long", "class"),
+        ColSpec("string", "class_name"),
+        ColSpec("float", "probability"),
+        ColSpec(Array("float"), "probabilities"),
+    ]
 )
+
+
+def signature(input_shape: tuple[int, ...]) -> ModelSignature:
+    """Raw pixels of the task's shape in (an unnamed tensor, so requests send a plain array: {"inputs": [...]}),
+    one row per image out."""
+    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *input_shape))]), outputs=OUTPUT_SCHEMA)
 
 
 @dataclass(frozen=True)
@@ -240,10 +242,15 @@ def log_timings(fit_seconds: float, tracking_seconds: float, model_logging_secon
     _remote(lambda: mlflow.log_metrics(metrics), {"metrics": metrics, "step": 0})
 
 
-class EpochMetrics(mlflow.keras.MlflowCallback):
-    """MLflow's Keras callback, with each epoch's metrics at step = epoch number (1-based, as printed), the
-    learning rate, the loss scale (mixed_float16) and the epoch's wall time added, and without the stock
-    `validation_*` copies at step 0. With `lr_every_n_steps`, also `learning_rate_step` at optimizer steps.
+class EpochMetrics(keras.callbacks.Callback):
+    """Each epoch's metrics at step = epoch number (1-based, as printed), with the learning rate, the loss scale
+    (mixed_float16) and the epoch's wall time; the optimizer's settings as params and the model summary when
+    training begins. With `lr_every_n_steps`, also `learning_rate_step` at optimizer steps.
+
+    A plain Keras callback, not a subclass of mlflow.keras.MlflowCallback: that class's metaclass turns every
+    exception of its subclasses' methods into a warning, so a metrics write that failed would vanish. Here a write
+    the server refuses stops training with the reason (TrainingFailed), and a server that went away sends the
+    metrics to the offline journal; nothing is dropped.
 
     Epoch metrics wait for a save point (`clock`), the end of training or a failure (`flush`), then go to MLflow
     in one synchronous call, before the save point's resume backup is written (this callback runs first): every
@@ -258,6 +265,16 @@ class EpochMetrics(mlflow.keras.MlflowCallback):
         self._last_step = 0
         self._pending: list[dict] = []
         self.seconds = 0.0
+
+    def on_train_begin(self, logs=None):
+        with _timed(self):
+            config = {f"optimizer_{k}": str(v) for k, v in self.model.optimizer.get_config().items()}
+            lines: list[str] = []
+            self.model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line))
+            summary = "\n".join(lines)
+            _refused_stops(
+                lambda: _remote(lambda: (log_params_once(config), mlflow.log_text(summary, "model_summary.txt")))
+            )
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
@@ -290,7 +307,7 @@ class EpochMetrics(mlflow.keras.MlflowCallback):
             for start in range(0, len(batch), 1000):  # MLflow takes up to 1000 metrics a call
                 client.log_batch(run_id, metrics=batch[start : start + 1000])
 
-        _remote(log, *pending)
+        _refused_stops(lambda: _remote(log, *pending))
 
     def on_train_batch_end(self, batch, logs=None):
         """Batches arrive steps_per_execution at a time: log when a multiple of N was passed."""
@@ -303,8 +320,17 @@ class EpochMetrics(mlflow.keras.MlflowCallback):
                 mlflow.log_metric("learning_rate_step", current_lr(self.model), step=step, synchronous=False)
             self._last_step = step
 
-    def on_test_end(self, logs=None):
-        pass  # validation metrics arrive in on_epoch_end's logs as val_*, at the right step
+
+def _refused_stops(call) -> None:
+    """A tracking call the server refused (not one it never answered: that one is journaled) ends training with
+    the reason, in one line."""
+    try:
+        call()
+    except MlflowException as e:
+        raise TrainingFailed(
+            f"training stopped: the tracking store refused to log ({str(e).splitlines()[0][:300]}); checkpoints and "
+            "the resume backup are kept"
+        ) from None
 
 
 def _requirements(runtime: str) -> list[str]:
@@ -334,7 +360,7 @@ def log_keras_model(
             flavor=serving,
             keras_model=model,
             class_names=list(class_names),
-            signature=SIGNATURE,
+            signature=signature(tuple(model.input_shape[1:])),
             registered_model_name=registered_name,
             pip_requirements=_requirements("tensorflow"),
         )
@@ -349,7 +375,9 @@ def log_keras_model(
     return logged[0] if logged else None
 
 
-def log_litert_model(tflite: Path, class_names: tuple[str, ...], registered_name: str | None) -> LoggedModel:
+def log_litert_model(
+    tflite: Path, class_names: tuple[str, ...], registered_name: str | None, input_shape: tuple[int, ...]
+) -> LoggedModel:
     """Log a TFLite file as a pyfunc model that runs in the LiteRT interpreter, and register it."""
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         # the example request is serving_example.json of the training run, as for the Keras model
@@ -359,7 +387,7 @@ def log_litert_model(tflite: Path, class_names: tuple[str, ...], registered_name
             loader_module=serving.__name__,
             data_path=str(serving.write_data(Path(tmp, "data"), class_names, tflite)),
             code_paths=[str(serving.write_code(Path(tmp, "code")))],
-            signature=SIGNATURE,
+            signature=signature(input_shape),
             registered_model_name=registered_name,
             pip_requirements=_requirements("ai-edge-litert"),
         )
@@ -434,11 +462,19 @@ def resolve_model(uri: str) -> LoggedModel:
     return LoggedModel(uri, info.model_id, info.run_id)
 
 
-def trained_on(ref: LoggedModel) -> str:
-    """The dataset the model's source run trained on; fashion_mnist when the run does not say."""
-    if not ref.run_id:
-        return "fashion_mnist"
-    return mlflow.get_run(ref.run_id).data.params.get("dataset", "fashion_mnist")
+def model_input_shape(uri: str) -> tuple[int, ...]:
+    """The image shape, (H, W) or (H, W, C), in the model's signature: read from its MLmodel file, before any
+    weights load. A missing model, or one without a tensor signature, is a user error."""
+    resolve_model(uri)
+    signature = mlflow.models.get_model_info(uri).signature
+    if signature is None or not signature.inputs.is_tensor_spec() or len(signature.inputs.inputs) != 1:
+        raise UserError(f"model_uri {uri!r} has no signature of one image tensor, so its image shape is unknown")
+    return tuple(int(d) for d in signature.inputs.inputs[0].shape[1:])
+
+
+def training_params(ref: LoggedModel) -> dict[str, str]:
+    """The params of the run that logged the model (empty for a model with no run, e.g. a local folder)."""
+    return dict(mlflow.get_run(ref.run_id).data.params) if ref.run_id else {}
 
 
 def registered_name(ref: LoggedModel) -> str | None:

@@ -1,4 +1,5 @@
-"""The `train` step: data -> model -> `model.fit` with the write-up's callbacks -> a tracked, registered model."""
+"""The `train` step: a task (data and how to build its model) -> `model.fit` or the custom loop with the write-up's
+callbacks -> a tracked, registered model."""
 
 from __future__ import annotations
 
@@ -20,13 +21,14 @@ import tensorflow as tf
 
 from tftrain import resume, tracking
 from tftrain.callbacks import SaveClock, build_callbacks, checkpoint_dir, flush_pending
-from tftrain.config import TrainConfig
-from tftrain.data import load_dataset, make_dataset, split_validation
+from tftrain.config import TrainConfig, dataset_label, model_label
+from tftrain.data import make_dataset
 from tftrain.errors import TrainingFailed, UserError
 from tftrain.loop import fit_custom
-from tftrain.models import build_model, portable_copy
+from tftrain.models import portable_copy
 from tftrain.runtime import Runtime, barrier, build_runtime, worker_index
 from tftrain.schedules import build_learning_rate
+from tftrain.task import Task, resolve_task
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ def default_run_name(cfg: TrainConfig) -> str:
     if cfg.run_name != "auto":
         return cfg.run_name
     stamp = datetime.now().strftime("%m%d-%H%M%S")
-    return f"{cfg.model}-{cfg.dataset}-bs{cfg.batch_size}-lr{cfg.learning_rate:g}-{stamp}"
+    return f"{model_label(cfg.model)}-{dataset_label(cfg.dataset)}-bs{cfg.batch_size}-lr{cfg.learning_rate:g}-{stamp}"
 
 
 def steps_per_execution(cfg: TrainConfig, rt: Runtime) -> int:
@@ -157,18 +159,36 @@ def _runtime_params(rt: Runtime, global_batch: int, spe: int) -> dict[str, str]:
     }
 
 
-def train(cfg: TrainConfig, extra_callbacks: tuple[keras.callbacks.Callback, ...] = ()) -> TrainResult:
-    """Train as `cfg` says; `extra_callbacks` (the benchmark's) run after all of tftrain's own."""
+def check_model(model, task: Task) -> keras.Model:
+    """The task's contract: raw pixels of its shape in, one float32 probability per class out."""
+    if not isinstance(model, keras.Model):
+        raise UserError(f"task {task.name}: build_model returned {type(model).__name__}, not a keras.Model")
+    if tuple(model.input_shape[1:]) != task.input_shape or model.output_shape[-1] != task.num_classes:
+        raise UserError(
+            f"task {task.name}: build_model's model takes {model.input_shape} and answers {model.output_shape}; "
+            f"allowed: images (None, {', '.join(map(str, task.input_shape))}) in, (None, {task.num_classes}) out"
+        )
+    return model
+
+
+def train(
+    cfg: TrainConfig,
+    task: Task | None = None,
+    rt: Runtime | None = None,
+    extra_callbacks: tuple[keras.callbacks.Callback, ...] = (),
+) -> TrainResult:
+    """Train `task` (None: the one cfg.dataset and cfg.model name) as `cfg` says; `rt` the runtime already built
+    (None: built here, first thing); `extra_callbacks` (the benchmark's) run after all of tftrain's own."""
     output_root = check_output_dir(cfg.output_dir)
-    rt = build_runtime(cfg)  # first: devices and strategy must be set up before TensorFlow runs any op
-    data = load_dataset(cfg.dataset, cfg.data_dir)
-    train_xy, val_xy = split_validation(data.x_train, data.y_train, cfg.validation_split)
+    rt = rt or build_runtime(cfg)  # first: devices and strategy must be set up before TensorFlow runs any op
+    task = task or resolve_task(cfg)
+    train_xy, val_xy = task.train, task.validation
     global_batch = cfg.batch_size * rt.replicas
     steps_per_epoch = math.ceil(len(train_xy[0]) / global_batch)
     train_data, val_data = _datasets(cfg, rt, train_xy, val_xy, global_batch)
     spe = steps_per_execution(cfg, rt)
     with rt.strategy.scope():
-        model = build_model(cfg.model, num_classes=len(data.class_names))
+        model = check_model(task.build_model(), task)
         compile_model(model, build_learning_rate(cfg, steps_per_epoch), spe)
 
     with _run_and_folder(cfg, rt, output_root) as (run_id, out_dir):
@@ -180,16 +200,18 @@ def train(cfg: TrainConfig, extra_callbacks: tuple[keras.callbacks.Callback, ...
         epoch_metrics = None
         if run_id:
             tracking.log_environment()
-            tracking.log_config(cfg, _runtime_params(rt, global_batch, spe))
-            tracking.set_tags({"dataset_source": data.source, "train_examples": str(len(train_xy[0]))})
+            tracking.log_config(cfg, {**_runtime_params(rt, global_batch, spe), **task.resolved})
+            tracking.set_tags({"dataset_source": task.source, "train_examples": str(len(train_xy[0])),
+                               "classes": str(task.num_classes)})  # fmt: skip
             epoch_metrics = tracking.EpochMetrics(clock, cfg.log_lr_every_n_steps, tracking.logged_steps(run_id))
             callbacks.append(epoch_metrics)
         # last: an epoch's metrics are logged before its backup says it is done
         callbacks += resume.backup_callbacks(cfg, callbacks, clock, "chief" if rt.is_chief else worker_index())
         callbacks += extra_callbacks
         print(
-            f"training {cfg.model} ({cfg.engine}, {rt.strategy_name} x{rt.replicas}, {cfg.precision}) on "
-            f"{data.source}: {len(train_xy[0])} train / {len(val_xy[0])} validation examples, global batch {global_batch}"
+            f"training {model_label(cfg.model)} ({cfg.engine}, {rt.strategy_name} x{rt.replicas}, {cfg.precision}) on "
+            f"{task.source}: {len(train_xy[0])} train / {len(val_xy[0])} validation images of "
+            f"{'x'.join(map(str, task.input_shape))}, {task.num_classes} classes, global batch {global_batch}"
         )
         started = time.perf_counter()
         try:
@@ -217,7 +239,7 @@ def train(cfg: TrainConfig, extra_callbacks: tuple[keras.callbacks.Callback, ...
         logged, model_logging_seconds = None, 0.0
         if run_id:
             logged = tracking.log_keras_model(
-                portable_copy(model), cfg.registered_model_name, val_xy[0][:2], data.class_names
+                portable_copy(model), cfg.registered_model_name, val_xy[0][:2], task.class_names
             )
             model_logging_seconds = time.perf_counter() - uploaded
             tracking.log_timings(fit_seconds, tracking_seconds, model_logging_seconds)

@@ -1,0 +1,76 @@
+"""The task: what to learn and how to build the model for it, the one seam between data and models.
+
+The CLI resolves a task from the user's `dataset` and `model`; `train` receives it and never builds one itself, so
+the built-ins, an image folder, a tensorflow-datasets dataset, a user function, a keras.applications architecture,
+a user's builder and a .keras file all take the same road. A Python user can make their own:
+
+    task = Task("flowers", ("daisy", "rose"), (x_train, y_train), (x_val, y_val), (x_test, y_test),
+                build_model=lambda: my_keras_model_taking_raw_pixels())
+    train(TrainConfig(...), task)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tftrain.config import TrainConfig
+from tftrain.errors import UserError
+
+
+@dataclass(frozen=True)
+class Task:
+    """Splits of uint8 images, (N, H, W) gray or (N, H, W, 3), with int labels in 0..len(class_names)-1, and
+    `build_model`: called with no arguments inside the strategy's scope and under the precision policy, it returns
+    a Keras model that takes float32 raw pixels (0..255) of shape (H, W[, 3]) and answers float32 probabilities."""
+
+    name: str  # for run and registered model names
+    class_names: tuple[str, ...]
+    train: tuple[np.ndarray, np.ndarray]
+    validation: tuple[np.ndarray, np.ndarray]
+    test: tuple[np.ndarray, np.ndarray]
+    build_model: Callable
+    source: str = ""
+    resolved: dict[str, str] = field(default_factory=dict)  # what was worked out, logged as params
+
+    def __post_init__(self) -> None:
+        shape = self.input_shape
+        if len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] not in (1, 3)):
+            raise UserError(f"task {self.name}: images must be (N, H, W) or (N, H, W, 3); received (N, {shape})")
+        for split, (x, y) in (("train", self.train), ("validation", self.validation), ("test", self.test)):
+            if x.shape[1:] != shape or len(x) != len(y) or not len(x):
+                raise UserError(
+                    f"task {self.name}: the {split} split has {len(x)} images of shape {x.shape[1:]} and {len(y)} "
+                    f"labels; allowed: at least one image, shape {shape}, one label per image"
+                )
+            if y.size and (y.min() < 0 or y.max() >= len(self.class_names)):
+                raise UserError(
+                    f"task {self.name}: {split} labels run from {y.min()} to {y.max()}; allowed: 0 to "
+                    f"{len(self.class_names) - 1}, one per class name"
+                )
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train[0].shape[1:])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def resolve_task(cfg: TrainConfig) -> Task:
+    """The task `cfg.dataset` and `cfg.model` name: data loaded (decoded once, cached), the model's builder
+    checked to exist. TensorFlow may run here (tfds, user functions): call it after the runtime is set up."""
+    from tftrain.config import parse_image_size
+    from tftrain.data import load_task_data
+    from tftrain.models import model_builder
+
+    data = load_task_data(
+        cfg.dataset, cfg.data_dir, image_size=parse_image_size(cfg.image_size),
+        channels=None if cfg.channels == "auto" else int(cfg.channels), test_split=cfg.test_split,
+        validation_split=cfg.validation_split, bad_images=cfg.bad_images,
+    )  # fmt: skip
+    build = model_builder(cfg.model, len(data.class_names), data.input_shape, cfg.weights, cfg.freeze_backbone)
+    return Task(data.name, data.class_names, data.train, data.validation, data.test, build, data.source, data.resolved)

@@ -121,6 +121,6 @@ def test_dataset_and_model_forms_resolve_before_any_data_is_read(tmp_path):
 
 def test_backbone_options_only_go_with_keras_applications():
     with pytest.raises(
-        UserError, match="invalid value for freeze_backbone: received True; allowed: false with model=cnn"
+        UserError, match="invalid value for freeze_backbone: received 'true'; allowed: false with model=cnn"
     ):
         TrainConfig(model="cnn", freeze_backbone=True)

@@ -49,6 +49,7 @@ def write_colour_folder(root: Path, per_class: int = 30, seed: int = 0) -> Path:
             suffix = (".bmp", ".gif")[i % 2] if odd else (".png", ".jpg")[i % 2]
             image.save(folder / f"{colour}_{i:03d}{suffix}")
     (root / "green" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    (root / "red" / "notes.txt").write_text("not an image: ignored, and counted")
     return root
 
 
@@ -112,6 +113,7 @@ def test_the_main_job_trains_a_folder_and_logs_what_it_resolved(main_job, colour
     params, metrics = run.data.params, run.data.metrics
     assert params["image_size_resolved"] == "40x30" and params["channels_resolved"] == "3"
     assert params["bad_images_skipped"] == "1" and params["dataset_resolved"] == str(colour_folder.resolve())
+    assert params["ignored_files"] == "1" and "ignoring 1 file(s)" in done.stderr
     assert params["registered_model_name"] == "tftrain-colours"
     assert metrics["test_accuracy"] >= 0.9  # labels follow the folders: colour is easy to learn
     assert {f"test_f1_{c}" for c in COLOURS} <= set(metrics)

@@ -73,3 +73,26 @@ def test_only_registered_versions_are_promoted(uri):
 def test_bad_alias(alias):
     with pytest.raises(UserError, match="invalid value for alias"):
         check_alias(alias)
+
+
+def test_a_version_taking_other_images_does_not_take_the_alias(store, tmp_path):
+    """Clients of models:/NAME@champion send images of the champion's shape: a better model of another shape
+    (another image_size on the same folder, say) must not swap under them."""
+    import numpy as np
+
+    from tftrain import tracking
+    from tftrain.models import build_model
+
+    names = ("a", "b")
+    for shape in ((8, 8), (12, 12)):
+        with mlflow.start_run():
+            logged = tracking.log_keras_model(build_model("mlp", 2, shape), "shapes", np.zeros((1, *shape)), names)
+            mlflow.log_metrics({"test_accuracy": 0.5 if shape == (8, 8) else 0.9}, model_id=logged.model_id)
+    assert promote("models:/shapes/1").promoted
+    refused = promote("models:/shapes/2")
+    assert not refused.promoted and alias_version_of("shapes") == "1"
+    assert "version 2's input shape (12, 12) differs from version 1's (8, 8)" in refused.reason
+
+
+def alias_version_of(name: str) -> str:
+    return str(mlflow.MlflowClient().get_model_version_by_alias(name, "champion").version)

@@ -223,7 +223,7 @@ class TrainConfig:
             )
         if self.freeze_backbone and kind != "application":
             raise invalid(
-                "freeze_backbone", True, f"false with model={self.model}; it freezes a keras.applications backbone"
+                "freeze_backbone", "true", f"false with model={self.model}; it freezes a keras.applications backbone"
             )
         if self.weights not in ("", "imagenet") and not Path(self.weights).is_file():
             raise invalid("weights", self.weights, "an existing weights file (.weights.h5 or .h5), imagenet, or empty")

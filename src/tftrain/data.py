@@ -215,7 +215,8 @@ def load_task_data(
         from tftrain.folders import load_folder
 
         f = load_folder(dataset, image_size, channels, test_split, validation_split, bad_images)
-        resolved = {"bad_images_skipped": str(len(f.skipped)), "dataset_resolved": resolved_dataset(dataset)}
+        resolved = {"bad_images_skipped": str(len(f.skipped)), "ignored_files": str(f.ignored),
+                    "dataset_resolved": resolved_dataset(dataset)}  # fmt: skip
         return _resolved(TaskData(name, f.class_names, f.train, f.validation, f.test, f.source), resolved)
     if kind == "builtin":
         d = load_dataset(dataset, data_dir)

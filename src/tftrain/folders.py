@@ -33,10 +33,11 @@ BAD_IMAGES = ("fail", "skip")
 LAYOUTS = "PATH/<class>/<images>, or PATH/train/<class>/... with PATH/test/<class>/... and optionally PATH/val/"
 IMAGES_ALLOWED = "PNG, JPEG, BMP or GIF files (.png .jpg .jpeg .bmp .gif) in it or its subfolders"
 CACHE_VERSION = 1  # part of the key: bump when the decoded pixels or the json change meaning
-# Measured on 2 busy cores: in-process decoding costs ~85 us per small PNG plus ~25 ns per byte of JPEG; a pool
-# of 2 forkserver workers takes 0.3-0.7 s to start (the first in a process). Below PARALLEL_SECONDS of estimated
-# in-process work (~15,000 small PNGs or ~50 MB of JPEGs), in-process is faster.
-SECONDS_PER_FILE, SECONDS_PER_BYTE, PARALLEL_SECONDS = 100e-6, 25e-9, 1.5
+# Measured on 2 shared cores, whole load_folder calls: 2,000 28x28 PNGs take 0.20 s in-process and 0.26 s with
+# 2 forkserver workers (0.15-0.3 s to start the first pool); 20,000 take 1.7 s and 1.1 s; 16 12-megapixel JPEGs
+# to 224x224, 0.26 s and 0.48 s. With the cores busy, 2 workers only break even at 20,000. So in-process below
+# an estimated PARALLEL_SECONDS of in-process work: ~100 us per small file (header + decode), ~15 ns per JPEG byte.
+SECONDS_PER_FILE, SECONDS_PER_BYTE, PARALLEL_SECONDS = 100e-6, 15e-9, 1.5
 CHUNK_FILES = 256  # files per task: amortizes the ~1 ms round trip per task, small enough to balance the workers
 CHUNK_BYTES = 16 << 20  # decoded bytes per task, so a chunk of big images does not pile up in the pipe
 PROGRESS_EVERY = 2.0  # seconds between progress lines
@@ -76,6 +77,7 @@ class FolderData:
     skipped: tuple[str, ...]  # unreadable files left out (bad_images="skip")
     from_cache: bool  # nothing was decoded
     source: str
+    ignored: int = 0  # files that are not images by suffix, or hidden
 
 
 # ---------------------------------------------------------------- decoding one file (also run in the workers)
@@ -258,6 +260,8 @@ def load_folder(
     channels = int(channels) if channels is not None else None
     say = _printer(progress)
     listing = scan(path)
+    if listing.ignored:
+        say(f"ignoring {listing.ignored:,} file(s) in {listing.root} that are not {', '.join(IMAGE_SUFFIXES)} images")
     rels = [rel for part in listing.splits.values() for rel, _ in part]
     labels = np.array([k for part in listing.splits.values() for _, k in part], np.int32)
     stats = [_stat(listing.root / rel) for rel in rels]
@@ -276,7 +280,7 @@ def load_folder(
     parts = [(_gather(images, r), labels[r]) for r in rows]
     source = f"image folder {listing.root} ({len(rels)} files)"
     skipped = tuple(str(listing.root / rel) for rel in unreadable)
-    return FolderData(listing.class_names, size, depth, *parts, skipped, cached is not None, source)
+    return FolderData(listing.class_names, size, depth, *parts, skipped, cached is not None, source, listing.ignored)
 
 
 def _check_args(image_size, channels, test_split, validation_split, bad_images) -> None:
@@ -452,7 +456,7 @@ def _decode_folder(listing, rels, stats, image_size, channels, bad_images, stem,
             images, where = out.finish(meta)
         finally:
             out.close()
-    say(f"decoded {len(rels):,} images in {time.monotonic() - start:.1f} s; cache: {_short(where, 60)}")
+    say(f"decoded {len(rels):,} images in {time.monotonic() - start:.1f} s; cache: {_short(where, 50)}")
     return images, meta
 
 

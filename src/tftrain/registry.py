@@ -45,8 +45,17 @@ def _holder(name: str, alias: str) -> str | None:
         return None  # nobody holds the alias yet
 
 
-def _judge(accuracy: float, min_accuracy: float, holder: str | None, holder_accuracy: float | None) -> str | None:
-    """Why the version may not have the alias, or None if it may."""
+def _judge(
+    accuracy: float, min_accuracy: float, holder: str | None, holder_accuracy: float | None, shapes: tuple
+) -> str | None:
+    """Why the version may not have the alias, or None if it may. `shapes`: the images the version and the holder
+    take; a champion that takes other images would break every client of the alias."""
+    shape, holder_shape = shapes
+    if holder_shape is not None and shape != holder_shape:
+        return (
+            f"input shape {shape} differs from version {holder}'s {holder_shape}, which clients of the alias send; "
+            "register it under another model_name"
+        )
     if accuracy < min_accuracy:
         return f"test accuracy {accuracy:.4f} is below the threshold {min_accuracy:.4f}"
     if holder_accuracy is not None and accuracy < holder_accuracy:
@@ -62,7 +71,9 @@ def promote(model_uri: str, alias: str = "champion", min_accuracy: float = 0.0) 
         raise UserError(f"{model_uri} has no test_accuracy yet; run: tftrain evaluate --model-uri {model_uri}")
     holder = _holder(name, alias)
     holder_accuracy = version_accuracy(f"models:/{name}/{holder}") if holder and holder != version else None
-    refusal = _judge(accuracy, min_accuracy, holder, holder_accuracy)
+    holder_shape = tracking.model_input_shape(f"models:/{name}/{holder}") if holder and holder != version else None
+    shapes = (tracking.model_input_shape(model_uri), holder_shape)
+    refusal = _judge(accuracy, min_accuracy, holder, holder_accuracy, shapes)
     client = mlflow.MlflowClient()
     client.set_model_version_tag(name, version, "test_accuracy", f"{accuracy:.6f}")
     client.set_model_version_tag(name, version, "source_run_id", ref.run_id)

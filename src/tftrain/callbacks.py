@@ -12,6 +12,7 @@ import keras
 
 from tftrain.config import TrainConfig
 from tftrain.errors import TrainingFailed
+from tftrain.keras_hooks import should_save
 
 
 def current_lr(model: keras.Model) -> float:
@@ -85,10 +86,8 @@ class BestCheckpoint(keras.callbacks.ModelCheckpoint):
         self._pending = None  # (epoch, file path, weights) of a best not yet written
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.monitor_op is None:
-            self._set_monitor_op()
-        filepath = self._get_file_path(epoch, None, logs)
-        if self._should_save_model(epoch, None, logs, filepath):
+        filepath = checkpoint_path(self.filepath, epoch, logs)
+        if should_save(self, epoch, logs, filepath):
             self._pending = (epoch, filepath, self.model.get_weights())
         if self.clock.due:
             self.flush(epoch)
@@ -112,6 +111,15 @@ class BestCheckpoint(keras.callbacks.ModelCheckpoint):
             self.model.save(filepath, overwrite=True)
         finally:
             self.model.set_weights(current)
+
+
+def checkpoint_path(template: str, epoch: int, logs: dict) -> str:
+    """ModelCheckpoint's file name for `epoch` (0-based), by its documented contract: `template` formatted with
+    `epoch` counted from 1 and the epoch's logs."""
+    try:
+        return template.format(epoch=epoch + 1, **logs)
+    except KeyError as e:
+        raise KeyError(f'Failed to format this callback filepath: "{template}". Reason: {e}') from e
 
 
 def flush_pending(callbacks: list[keras.callbacks.Callback]) -> None:

@@ -12,6 +12,8 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
+from tftrain.keras_hooks import initial_epoch
+
 
 def _metrics(prefix: str) -> dict[str, keras.metrics.Metric]:
     return {
@@ -95,7 +97,7 @@ def fit_custom(
     logs: dict[str, float] = {}
     cb.on_train_begin()
     # BackupAndRestore's on_train_begin restores a crashed run's state and sets where to go on, as fit reads it
-    first_epoch = getattr(model, "_initial_epoch", None) or 0
+    first_epoch = initial_epoch(model)
     for epoch in range(first_epoch, epochs):
         for m in (*train_metrics.values(), *val_metrics.values()):
             m.reset_state()

@@ -23,6 +23,7 @@ import numpy as np
 from tftrain.callbacks import SaveClock
 from tftrain.config import TrainConfig
 from tftrain.errors import UserError
+from tftrain.keras_hooks import initial_epoch
 
 STATE_FOLDER = ".resume"
 
@@ -98,10 +99,8 @@ class Backup(keras.callbacks.BackupAndRestore):
         self.clock = clock
 
     def on_epoch_end(self, epoch, logs=None):
-        self._current_epoch = epoch + 1
-        self._last_batch_seen = 0
         if self.clock.due:
-            self._save_model()
+            super().on_epoch_end(epoch, logs)  # save_freq="epoch": records epoch + 1 as done and writes the backup
 
 
 class CallbackState(keras.callbacks.Callback):
@@ -124,7 +123,7 @@ class CallbackState(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         """After BackupAndRestore (earlier in the list) set the epoch to go on from."""
-        epoch = getattr(self.model, "_initial_epoch", None) or 0
+        epoch = initial_epoch(self.model)
         path = self.folder / f"callbacks-{epoch}.json"
         if not epoch or not path.exists():
             return

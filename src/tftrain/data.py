@@ -153,45 +153,6 @@ class TaskData:
         return tuple(self.train[0].shape[1:])
 
 
-def conform(images: np.ndarray, size: tuple[int, int] | None, channels: int | None) -> np.ndarray:
-    """uint8 images (N, H, W) or (N, H, W, C) resized to `size` and converted to `channels` (None: as they are)."""
-    from PIL import Image
-
-    from tftrain.folders import to_pixels
-
-    have_size, have_channels = images.shape[1:3], 1 if images.ndim == 3 else images.shape[3]
-    size, channels = size or have_size, channels or have_channels
-    if tuple(size) == tuple(have_size) and channels == have_channels:
-        return images
-    if tuple(size) == tuple(have_size) and have_channels == 1:  # gray to colour: three equal channels
-        return np.repeat(images[..., None], 3, axis=-1)
-    mode = "L" if have_channels == 1 else "RGB"
-    out = np.empty((len(images), *size, *(() if channels == 1 else (3,))), np.uint8)
-    for i, image in enumerate(images):
-        out[i] = to_pixels(Image.fromarray(image, mode), size, channels)
-    return out
-
-
-def split_stratified(labels: np.ndarray, fraction: float, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (kept, held out): `fraction` of each class held out, at least one image of each class with two or
-    more on each side. Deterministic and seedless (a fixed permutation), so every run holds out the same images."""
-    rng = np.random.default_rng(0)
-    kept, held = [], []
-    for label in np.unique(labels):
-        members = np.flatnonzero(labels == label)
-        members = members[rng.permutation(len(members))]
-        n = 0 if len(members) < 2 else min(len(members) - 1, max(1, round(fraction * len(members))))
-        held.append(members[:n])
-        kept.append(members[n:])
-    kept_idx, held_idx = np.sort(np.concatenate(kept)), np.sort(np.concatenate(held))
-    if len(held_idx) == 0:
-        raise UserError(
-            f"invalid value for {name}: received {fraction} holds out no image of {len(labels)}; allowed: a larger "
-            "fraction, or more images per class"
-        )
-    return kept_idx, held_idx
-
-
 def _take(xy: tuple[np.ndarray, np.ndarray], idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return xy[0][idx], xy[1][idx]
 
@@ -209,6 +170,7 @@ def load_task_data(
     """Any `dataset` (see config.dataset_kind) as train, validation and test splits of images of `image_size` and
     `channels` (None: as the data has them; for a folder, its most common size and 1 channel if all are gray)."""
     from tftrain.config import dataset_kind, dataset_label, resolved_dataset
+    from tftrain.folders import conform, hold_out
 
     kind, name = dataset_kind(dataset), dataset_label(dataset)
     if kind == "folder":
@@ -234,7 +196,7 @@ def load_task_data(
         if s.validation is not None:
             validation = s.validation
         else:
-            kept, held = split_stratified(train[1], validation_split, "validation_split")
+            kept, held = hold_out(np.arange(len(train[1])), train[1], validation_split, "validation_split")
             train, validation = _take(train, kept), _take(train, held)
     splits = [(conform(x, image_size, channels), y.astype(np.int32)) for x, y in (train, validation, test)]
     return _resolved(

@@ -112,11 +112,11 @@ def summary(ev: Evaluation) -> str:
     )
 
 
-def model_data(model_uri: str, ref: tracking.LoggedModel, dataset: str = "", data_dir: str = "") -> TaskData:
-    """The data to score `model_uri` on: `dataset` (empty: the one its run trained on, with the same split
+def model_data(ref: tracking.LoggedModel, dataset: str = "", data_dir: str = "") -> TaskData:
+    """The data to score the model `ref` on: `dataset` (empty: the one its run trained on, with the same split
     settings), resized and converted to the images the model takes."""
     params = tracking.training_params(ref)
-    shape = tracking.model_input_shape(model_uri)
+    shape = tracking.image_shape(ref)
     return load_task_data(
         dataset or params.get("dataset_resolved") or params.get("dataset", "fashion_mnist"),
         data_dir or ("" if dataset else params.get("data_dir", "")),
@@ -130,7 +130,7 @@ def evaluate(model_uri: str, dataset: str = "", data_dir: str = "", data: TaskDa
     """Score `model_uri` on the test split of `dataset` (empty: the one the model was trained on); `data`: the
     task's data already in hand (the main job's)."""
     ref = tracking.resolve_model(model_uri)
-    data = data or model_data(model_uri, ref, dataset, data_dir)
+    data = data or model_data(ref, dataset, data_dir)
     with tracking.step_run(f"evaluate-{data.name}"):
         x_test, y_test = data.test
         probs = predict_probabilities(model_uri, x_test)

@@ -126,12 +126,11 @@ def litert_latency_ms(path: Path, images: np.ndarray, calls: int = 200) -> float
     return float(np.median(times[20:]) * 1000)
 
 
-def _tflite(mode: str, out_dir: Path, data, keras_accuracy: float) -> TfliteResult:
-    """Convert, score on the whole test split, time at batch 1."""
+def _tflite(mode: str, out_dir: Path, test, calibration: np.ndarray, keras_accuracy: float) -> TfliteResult:
+    """Convert (int8 calibrated on `calibration`), score on the whole test split, time at batch 1."""
     start = time.perf_counter()
     path = out_dir / f"model_{mode}.tflite"
-    (x_train, _), (x_test, y_test) = data.train, data.test
-    calibration = x_train[np.random.default_rng(0).permutation(len(x_train))[:CALIBRATION_IMAGES]]
+    x_test, y_test = test
     path.write_bytes(convert(out_dir / "saved_model", mode, calibration))
     accuracy = float((litert_predict(path, x_test).argmax(1) == y_test).mean())
     latency = litert_latency_ms(path, x_test)
@@ -160,7 +159,7 @@ def export(
     """`data`: the task's data already in hand (the main job's); else `dataset` or the one the model trained on."""
     ref = tracking.resolve_model(model_uri)
     model = tracking.load_keras(model_uri)
-    data = data or model_data(model_uri, ref, dataset, data_dir)
+    data = data or model_data(ref, dataset, data_dir)
     # the reference is the model as trained, whatever its precision
     x_test, y_test = data.test
     keras_probs = model.predict(x_test.astype(np.float32), verbose=0)
@@ -177,7 +176,9 @@ def export(
             "export_keras_test_accuracy": keras_accuracy,
             "saved_model_size_bytes": _dir_size(out_dir / "saved_model"),
         }
-        results = [_tflite(mode, out_dir, data, keras_accuracy) for mode in QUANTIZATIONS]
+        x_train = data.train[0]
+        calibration = x_train[np.random.default_rng(0).permutation(len(x_train))[:CALIBRATION_IMAGES]]
+        results = [_tflite(mode, out_dir, data.test, calibration, keras_accuracy) for mode in QUANTIZATIONS]
         for r in results:
             metrics[f"tflite_{r.mode}_size_bytes"] = r.size_bytes
             metrics[f"tflite_{r.mode}_test_accuracy"] = r.test_accuracy

@@ -101,6 +101,23 @@ def to_pixels(image: Image.Image, size: tuple[int, int], channels: int) -> np.nd
     return np.asarray(image, dtype=np.uint8)
 
 
+def conform(images: np.ndarray, size: tuple[int, int] | None, channels: int | None) -> np.ndarray:
+    """uint8 images (N, H, W) or (N, H, W, C) resized to `size` and converted to `channels` (None: as they are),
+    image by image with `to_pixels` only when they differ."""
+    have_size, have_channels = images.shape[1:3], 1 if images.ndim == 3 else images.shape[3]
+    size, channels = tuple(size or have_size), channels or have_channels
+    if size == tuple(have_size) and channels == have_channels:
+        return images
+    if size == tuple(have_size) and have_channels == 1:  # gray to colour: three equal channels
+        return np.repeat(images[..., None], 3, axis=-1)
+    out = np.empty((len(images), *size, *(() if channels == 1 else (3,))), np.uint8)
+    for i, image in enumerate(images):
+        out[i] = to_pixels(
+            Image.fromarray(image.squeeze(-1) if image.ndim == 3 and image.shape[-1] == 1 else image), size, channels
+        )
+    return out
+
+
 def read_image(path: Path, size: tuple[int, int], channels: int) -> np.ndarray:
     """One image file (PNG, JPEG, BMP or GIF; a GIF's first frame) as uint8 pixels of `size` and `channels`
     (see `to_pixels`); UnreadableImage names the file if it cannot be decoded."""
@@ -561,11 +578,11 @@ def _split_rows(listing: Listing, labels, keep, test_split: float, validation_sp
         index = np.arange(first, first + len(part))
         rows[name], first = index[keep[index]], first + len(part)
     train = rows.get("train", rows.get("all"))
-    train, test = (train, rows["test"]) if "test" in rows else _hold_out(train, labels, test_split, "test_split")
+    train, test = (train, rows["test"]) if "test" in rows else hold_out(train, labels, test_split, "test_split")
     if "val" in rows:
         validation = rows["val"]
     else:
-        train, validation = _hold_out(train, labels, validation_split, "validation_split")
+        train, validation = hold_out(train, labels, validation_split, "validation_split")
     for name, index in (("train", train), ("validation", validation), ("test", test)):
         if len(index) == 0:
             raise UserError(
@@ -575,7 +592,7 @@ def _split_rows(listing: Listing, labels, keep, test_split: float, validation_sp
     return [train, validation, test]
 
 
-def _hold_out(rows: np.ndarray, labels: np.ndarray, fraction: float, name: str) -> tuple[np.ndarray, np.ndarray]:
+def hold_out(rows: np.ndarray, labels: np.ndarray, fraction: float, name: str) -> tuple[np.ndarray, np.ndarray]:
     """(kept, held) rows: per class (rows already sorted by path), a fixed permutation (default_rng(0)) picks
     round(fraction * n) images, at least 1 when the class has 2 or more, and always leaves one behind."""
     held = []
@@ -586,7 +603,8 @@ def _hold_out(rows: np.ndarray, labels: np.ndarray, fraction: float, name: str) 
     if not held and len(rows):  # (no rows at all: _split_rows names the empty split)
         raise UserError(
             f"invalid value for {name}: received {fraction}, but every class has only 1 image left "
-            f"({len(rows)} images); allowed: at least 2 images in some class, or a folder for that split"
+            f"({len(rows)} images); allowed: at least 2 images in some class (or, in an image folder, a folder of "
+            "its own for that split)"
         )
     held = np.sort(np.array(held, dtype=np.int64))
     return np.setdiff1d(rows, held), held

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from tftrain.config import model_kind
 from tftrain.errors import UserError, invalid
-from tftrain.user_code import load_function
+from tftrain.user_code import first_line, load_function
 
 
 def _as_image(x):
@@ -99,7 +99,7 @@ def _cnn_bn(x):
 BODIES = {"mlp": _mlp, "cnn": _cnn, "cnn_bn": _cnn_bn}
 
 
-def _head(inputs, x, num_classes: int, name: str, logits: bool = True) -> keras.Model:
+def _head(inputs, x, name: str, logits: bool = True) -> keras.Model:
     """Logits (or probabilities) -> float32 probabilities, as the model's output."""
     if logits:
         probs = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(x)
@@ -118,7 +118,7 @@ def build_model(name: str, num_classes: int = 10, input_shape: tuple[int, ...] =
     x = keras.layers.Rescaling(1.0 / 255, name="scale")(inputs)
     x = BODIES[name](x)
     logits = keras.layers.Dense(num_classes, name="logits")(x)
-    return _head(inputs, logits, num_classes, name)
+    return _head(inputs, logits, name)
 
 
 # snake-case name -> (keras.applications constructor, what pixels it expects); all take 0..255 RGB from us
@@ -156,26 +156,18 @@ def _backbone(name: str, shape: tuple[int, int, int], weights: str) -> keras.Mod
             # Keras only warns when a weights file leaves layers unloaded; a half-loaded backbone is an error here
             warnings.filterwarnings("error", category=UserWarning, module="keras.src.saving")
             return constructor(include_top=False, weights=weights or None, input_shape=shape, pooling="avg")
-    except (OSError, ValueError, UserWarning) as e:
-        reason = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+    except Exception as e:  # offline, a download raises URL errors of several kinds; a bad file OSError/ValueError
         if weights == "imagenet":
             raise UserError(
-                f"weights=imagenet for model={name}: the download failed ({reason}); this machine may be offline: "
-                "download the file where you are online (Keras keeps it in ~/.keras/models) and pass weights=PATH"
+                f"weights=imagenet for model={name}: the download failed ({type(e).__name__}: {first_line(e)}); this "
+                "machine may be offline: download the file where you are online (Keras keeps it in ~/.keras/models) "
+                "and pass weights=PATH"
             ) from None
-        if weights:
+        if weights and isinstance(e, (OSError, ValueError, UserWarning)):
             raise UserError(
-                f"invalid value for weights: received {weights!r}; cannot load it into {name}: {reason}"
+                f"invalid value for weights: received {weights!r}; cannot load it into {name}: {first_line(e) or type(e).__name__}"
             ) from None
         raise
-    except Exception as e:  # a download raises URL errors of several kinds when offline
-        if weights != "imagenet":
-            raise
-        raise UserError(
-            f"weights=imagenet for model={name}: the download failed ({type(e).__name__}: {str(e)[:200]}); this "
-            "machine may be offline: download the file where you are online (Keras keeps it in ~/.keras/models) "
-            "and pass weights=PATH"
-        ) from None
 
 
 def build_application(
@@ -200,7 +192,7 @@ def build_application(
     x = backbone(_preprocess(x, APPLICATIONS[name][1]))
     x = keras.layers.Dropout(0.2, name="head_dropout")(x)
     logits = keras.layers.Dense(num_classes, name="logits")(x)
-    return _head(inputs, logits, num_classes, name)
+    return _head(inputs, logits, name)
 
 
 def _outputs_probabilities(model: keras.Model) -> bool:
@@ -244,7 +236,7 @@ def build_from_builder(spec: str, num_classes: int, input_shape: tuple[int, ...]
         raise UserError(
             f"model builder {spec}: its model does not take images of shape {image_shape}: {str(e).splitlines()[0][:200]}"
         ) from None
-    return _head(inputs, x, num_classes, inner.name, logits=not _outputs_probabilities(inner))
+    return _head(inputs, x, inner.name, logits=not _outputs_probabilities(inner))
 
 
 def load_keras_file(path: str, num_classes: int, input_shape: tuple[int, ...]) -> keras.Model:
@@ -267,7 +259,7 @@ def load_keras_file(path: str, num_classes: int, input_shape: tuple[int, ...]) -
     if _outputs_probabilities(model) and model.outputs[0].dtype == "float32":
         return model
     inputs = _pixels(input_shape)
-    return _head(inputs, model(inputs), num_classes, model.name, logits=not _outputs_probabilities(model))
+    return _head(inputs, model(inputs), model.name, logits=not _outputs_probabilities(model))
 
 
 def model_builder(

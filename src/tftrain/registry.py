@@ -72,7 +72,7 @@ def promote(model_uri: str, alias: str = "champion", min_accuracy: float = 0.0) 
     holder = _holder(name, alias)
     holder_accuracy = version_accuracy(f"models:/{name}/{holder}") if holder and holder != version else None
     holder_shape = tracking.model_input_shape(f"models:/{name}/{holder}") if holder and holder != version else None
-    shapes = (tracking.model_input_shape(model_uri), holder_shape)
+    shapes = (tracking.image_shape(ref), holder_shape)
     refusal = _judge(accuracy, min_accuracy, holder, holder_accuracy, shapes)
     client = mlflow.MlflowClient()
     client.set_model_version_tag(name, version, "test_accuracy", f"{accuracy:.6f}")

@@ -19,11 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from tftrain.config import parse_function
 from tftrain.errors import UserError, invalid
-from tftrain.folders import to_pixels
+from tftrain.folders import conform
 from tftrain.user_code import first_line, load_function
 
 _TFDS_SPEC = re.compile(r"tfds:(?P<name>[a-z][a-z0-9_]*)(:(?P<version>\d+\.\d+\.\d+))?")
@@ -216,7 +215,7 @@ def _read(pairs, what: str, n_classes: int, target, spec) -> tuple[list[np.ndarr
             images, y = images[None], y[None]
         chunk = _pixels(images, y, who, what)
         labels.append(_labels(y, n_classes, who, what))
-        chunks.append(_fit(chunk, *target) if target else chunk)
+        chunks.append(conform(chunk, *target) if target else chunk)
         count += len(y)
         if time.monotonic() - last > _PROGRESS_EVERY:
             print(f"reading {what}: {count:,} images", file=sys.stderr, flush=True)
@@ -265,17 +264,8 @@ def _target(read, image_size, channels) -> tuple[tuple[int, int], int]:
     return tuple(size), channels or (3 if colour else 1)
 
 
-def _fit(chunk: np.ndarray, size: tuple[int, int], channels: int) -> np.ndarray:
-    """A chunk as `size` and `channels`, converted image by image only if it differs (Pillow, bilinear)."""
-    shape = tuple(size) if channels == 1 else (*size, 3)
-    if chunk.shape[1:] == shape:
-        return chunk
-    pixels = [to_pixels(Image.fromarray(image), size, channels) for image in chunk]
-    return np.stack(pixels) if pixels else np.zeros((0, *shape), np.uint8)
-
-
 def _fit_all(chunks: list[np.ndarray], size: tuple[int, int], channels: int) -> np.ndarray:
-    return np.concatenate([_fit(chunk, size, channels) for chunk in chunks])
+    return np.concatenate([conform(chunk, size, channels) for chunk in chunks])
 
 
 def _describe(value) -> str:

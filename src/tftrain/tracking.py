@@ -63,6 +63,7 @@ class LoggedModel:
     run_id: str
     registered_name: str | None = None
     version: str | None = None
+    input_shape: tuple[int, ...] | None = None  # (H, W[, C]) from the signature, when resolve_model looked it up
 
 
 _journal: Journal | None = None  # this process's training run, ready to go offline
@@ -459,17 +460,23 @@ def resolve_model(uri: str) -> LoggedModel:
             f"model_uri {uri!r} cannot be opened: {str(e).splitlines()[0]} "
             f"(tracking store {mlflow.get_tracking_uri()}; set MLFLOW_TRACKING_URI to use another)"
         ) from None
-    return LoggedModel(uri, info.model_id, info.run_id)
+    signature = info.signature
+    one_tensor = signature is not None and signature.inputs.is_tensor_spec() and len(signature.inputs.inputs) == 1
+    shape = tuple(int(d) for d in signature.inputs.inputs[0].shape[1:]) if one_tensor else None
+    return LoggedModel(uri, info.model_id, info.run_id, input_shape=shape)
+
+
+def image_shape(ref: LoggedModel) -> tuple[int, ...]:
+    """The image shape, (H, W) or (H, W, C), in a resolved model's signature; none is a user error."""
+    if ref.input_shape is None:
+        raise UserError(f"model_uri {ref.uri!r} has no signature of one image tensor, so its image shape is unknown")
+    return ref.input_shape
 
 
 def model_input_shape(uri: str) -> tuple[int, ...]:
-    """The image shape, (H, W) or (H, W, C), in the model's signature: read from its MLmodel file, before any
-    weights load. A missing model, or one without a tensor signature, is a user error."""
-    resolve_model(uri)
-    signature = mlflow.models.get_model_info(uri).signature
-    if signature is None or not signature.inputs.is_tensor_spec() or len(signature.inputs.inputs) != 1:
-        raise UserError(f"model_uri {uri!r} has no signature of one image tensor, so its image shape is unknown")
-    return tuple(int(d) for d in signature.inputs.inputs[0].shape[1:])
+    """The image shape of the model at `uri`, read from its MLmodel file before any weights load. A missing model,
+    or one without a tensor signature, is a user error."""
+    return image_shape(resolve_model(uri))
 
 
 def training_params(ref: LoggedModel) -> dict[str, str]:

@@ -17,6 +17,7 @@ import http.client
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +29,9 @@ import yaml
 
 from tftrain.data import load_dataset
 from tftrain.predict import answers
-from tftrain.serve import running_server
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from servers import running_server  # noqa: E402  (the tests' server harness, not part of the package)
 
 CHAMPIONS = ("models:/tftrain-fashion-mnist@champion", "models:/tftrain-fashion-mnist-litert@champion")
 

@@ -1,4 +1,5 @@
 import io
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -104,13 +105,15 @@ def test_a_metrics_write_the_store_refuses_stops_training_instead_of_vanishing(s
     import mlflow
 
     from tftrain.errors import TrainingFailed
-    from tftrain.tracking import EpochMetrics
+    from tftrain.tracking.epoch_metrics import EpochMetrics
+    from tftrain.tracking.journal import Journal
 
     model = build_model("mlp")
     model.compile(optimizer=keras.optimizers.Adam(name="adam"), loss="sparse_categorical_crossentropy")
-    callback = EpochMetrics(SaveClock(0))
-    callback.set_model(model)
     with mlflow.start_run() as run:
+        journal = Journal(Path(store.removeprefix("sqlite:///")).parent / "run", run.info.run_id)
+        callback = EpochMetrics(SaveClock(0), journal)
+        callback.set_model(model)
         callback.on_train_begin()
         callback.on_epoch_begin(0)
         with pytest.raises(TrainingFailed, match=r"^training stopped: the tracking store refused to log \(.*bad key"):
@@ -118,3 +121,4 @@ def test_a_metrics_write_the_store_refuses_stops_training_instead_of_vanishing(s
     logged = mlflow.get_run(run.info.run_id)
     assert logged.data.params["optimizer_name"] == "adam"
     assert "model_summary.txt" in [a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)]
+    assert not journal.active and not journal.folder.exists()  # refused, not lost: nothing went to the journal

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from servers import free_port
 from tftrain.cli import cli, main
 from tftrain.config import TrainConfig
 from tftrain.errors import UserError
-from tftrain.serve import free_port
 from tftrain.train import check_output_dir
 
 FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from conftest import activated_env, mlflow_store
-from tftrain.serve import running_server
+from servers import running_server
 
 pytestmark = pytest.mark.slow
 

@@ -13,11 +13,11 @@ from PIL import Image
 
 from conftest import activated_env, mlflow_store, tiny_images, write_idx
 from test_serving import COLOUR_NAMES, COLOUR_SHAPE, Colour, colour_images, log_colour_models
-from tftrain import tracking
 from tftrain.data import CLASS_NAMES
 from tftrain.errors import UserError
 from tftrain.folders import read_image, to_pixels
 from tftrain.predict import image_form, predict, read_inputs, write_atomically
+from tftrain.tracking import logged_models
 
 NAMES = CLASS_NAMES["fashion_mnist"]
 
@@ -48,7 +48,7 @@ def test_inputs_are_read_in_order(inputs):
 def test_csv_and_json_agree_with_the_model(trained, inputs, tmp_path, capsys):
     result, _ = trained
     folder, images = inputs
-    assert tracking.model_input_shape(result.model.uri) == (28, 28)
+    assert logged_models.model_input_shape(result.model.uri) == (28, 28)
     expected = result.keras_model.predict(images.astype(np.float32), verbose=0)
     sources = [str(folder / "pngs"), str(folder / "single.png"), str(folder / "more-images-idx3-ubyte.gz")]
     predict(result.model.uri, sources, str(tmp_path / "p.csv"), "csv")

@@ -80,13 +80,13 @@ def test_a_version_taking_other_images_does_not_take_the_alias(store, tmp_path):
     (another image_size on the same folder, say) must not swap under them."""
     import numpy as np
 
-    from tftrain import tracking
     from tftrain.models import build_model
+    from tftrain.tracking import logged_models
 
     names = ("a", "b")
     for shape in ((8, 8), (12, 12)):
         with mlflow.start_run():
-            logged = tracking.log_keras_model(build_model("mlp", 2, shape), "shapes", np.zeros((1, *shape)), names)
+            logged = logged_models.log_keras_model(build_model("mlp", 2, shape), "shapes", np.zeros((1, *shape)), names)
             mlflow.log_metrics({"test_accuracy": 0.5 if shape == (8, 8) else 0.9}, model_id=logged.model_id)
     assert promote("models:/shapes/1").promoted
     refused = promote("models:/shapes/2")

@@ -3,6 +3,7 @@ server that is not there, a model file carrying code."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import signal
@@ -17,7 +18,7 @@ import mlflow
 import pytest
 
 from conftest import REPO, activated_env, mlflow_run_args, mlflow_store, tiny_config
-from tftrain.serve import free_port, responds
+from servers import free_port, responds
 from tftrain.serving import KerasNetwork
 
 EPOCHS = 6
@@ -269,6 +270,51 @@ def test_a_server_gone_mid_run_loses_nothing_and_sync_uploads_it(tmp_path, tiny_
         assert not journal.exists()
     finally:
         stop(server)
+
+
+@pytest.mark.slow
+def test_a_run_that_went_offline_leaves_the_next_steps_in_the_process_online(tmp_path, tiny_data, monkeypatch):
+    """The offline journal belongs to its training run: after it, the same process (a notebook, a sweep) syncs the
+    journal, exports the model and trains again, all logging to the server, none into the old run's journal."""
+    import keras
+
+    from tftrain.errors import TrainingFailed
+    from tftrain.export import export
+    from tftrain.tracking.sync import replay_journal
+    from tftrain.train import train
+
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    for key, value in {"MLFLOW_TRACKING_URI": uri, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+                       "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}.items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(uri)
+    servers = [start_server(tmp_path, port)]
+
+    class StopServer(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 0:
+                stop(servers[0])
+
+    cfg = tiny_config(tiny_data, epochs=3, save_interval=0, tensorboard=False, output_dir=str(tmp_path / "out"))
+    try:
+        with pytest.raises(TrainingFailed, match="the tracking server went away"):
+            train(cfg, extra_callbacks=(StopServer(),))
+        (journal,) = (tmp_path / "out").glob("*/offline")
+        servers[0] = start_server(tmp_path, port)
+        replay_journal(journal)
+        exported = export(f"models:/{cfg.registered_model_name}/1", output_dir=str(tmp_path / "out"))
+        client = mlflow.MlflowClient()
+        export_run = client.get_run(exported.litert.run_id)
+        assert export_run.info.status == "FINISHED"
+        assert "export" in [f.path for f in client.list_artifacts(export_run.info.run_id)]
+        second = train(dataclasses.replace(cfg, run_name="after"))
+        assert second.model is not None and not (tmp_path / "out" / second.run_id / "offline").exists()
+        assert sorted(m.step for m in client.get_metric_history(second.run_id, "loss")) == [1, 2, 3]
+    finally:
+        mlflow.set_tracking_uri(None)
+        stop(servers[0])
 
 
 @pytest.fixture

@@ -17,11 +17,11 @@ from hypothesis import strategies as st
 from mlflow.exceptions import MlflowException
 
 from conftest import REPO, mlflow_store, tiny_images
-from tftrain import tracking
+from servers import running_server
 from tftrain.data import CLASS_NAMES
 from tftrain.export import convert, export
-from tftrain.serve import running_server
 from tftrain.serving import MAX_BATCH, Classifier, KerasNetwork, LiteRTNetwork, check_images
+from tftrain.tracking import logged_models
 
 NAMES = list(CLASS_NAMES["fashion_mnist"])
 
@@ -252,11 +252,11 @@ def log_colour_models(folder: Path) -> Colour:
     model = colour_model()
     with mlflow_store(folder):
         with mlflow.start_run():
-            keras_logged = tracking.log_keras_model(model, "colour-test", colour_images([0, 1]), COLOUR_NAMES)
+            keras_logged = logged_models.log_keras_model(model, "colour-test", colour_images([0, 1]), COLOUR_NAMES)
         model.export(str(folder / "saved_model"), format="tf_saved_model", verbose=False)
         (folder / "model.tflite").write_bytes(convert(folder / "saved_model", "float32"))
         with mlflow.start_run():
-            litert = tracking.log_litert_model(
+            litert = logged_models.log_litert_model(
                 folder / "model.tflite", COLOUR_NAMES, "colour-test-litert", COLOUR_SHAPE
             )
     return Colour(model, folder, {"keras": keras_logged.uri, "litert": litert.uri})

@@ -257,3 +257,40 @@ def test_function_import_errors(tmp_path):
             load_function_source(spec, None, None)
         message = str(e.value)
         assert "\n" not in message and spec in message and all(f in message for f in fragments), message
+
+
+# --- through the whole chain ------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["tfds", "function"])
+def test_tfds_and_function_datasets_train_evaluate_and_export(kind, tfds_dir, tmp_path):
+    """A tfds dataset and a user function go the road an image folder goes: trained (custom engine), logged with
+    their shape and class names, evaluated and exported from the run's params alone."""
+    import mlflow
+
+    from conftest import mlflow_store
+    from tftrain.config import TrainConfig
+    from tftrain.evaluate import evaluate
+    from tftrain.export import export
+    from tftrain.train import train
+
+    if kind == "tfds":
+        dataset, data_dir, names, shape = "tfds:tftrain_tiny_shapes", str(tfds_dir), SHAPES, (16, 12, 3)
+    else:
+        np.savez(tmp_path / "arrays.npz", x=COLOUR["train"][:9, :5, :4], y=np.arange(9) % 3)
+        (tmp_path / "colour_source.py").write_text(FILE_SOURCE)
+        dataset, data_dir, names, shape = f"{tmp_path / 'colour_source.py'}:load", "", ("a", "b", "c"), (5, 4, 3)
+    with mlflow_store(tmp_path):
+        cfg = TrainConfig(dataset=dataset, data_dir=data_dir, epochs=2, batch_size=4, engine="custom",
+                          run_name=kind, output_dir=str(tmp_path / "out"), validation_split=0.3)  # fmt: skip
+        result = train(cfg)
+        assert result.epochs_run == 2 and result.model.version == "1"
+        info = mlflow.models.get_model_info(result.model.uri)
+        assert tuple(info.signature.inputs.inputs[0].shape) == (-1, *shape)
+        run = mlflow.get_run(result.run_id)
+        assert run.data.tags["classes"] == "3" and run.data.params["dataset"] == dataset
+        ev = evaluate(result.model.uri)
+        assert ev.class_names == names and 0.0 <= ev.metrics["test_accuracy"] <= 1.0
+        exported = export(result.model.uri, output_dir=str(tmp_path / "out"), litert_quantization="int8")
+        assert mlflow.models.get_model_info(exported.litert.uri).signature.inputs.inputs[0].shape[1:] == shape

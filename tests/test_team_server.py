@@ -22,7 +22,7 @@ import psycopg2
 import pytest
 
 from conftest import REPO
-from tftrain.serve import free_port, responds
+from servers import free_port, responds
 
 pytestmark = pytest.mark.slow
 ADMIN = "admin"

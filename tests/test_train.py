@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from conftest import artifact, tiny_config
-from tftrain import tracking
 from tftrain.config import TrainConfig
 from tftrain.errors import UserError
+from tftrain.tracking import runs
 from tftrain.train import train
 
 
@@ -145,7 +145,7 @@ def test_param_already_logged_by_mlflow_run_in_another_spelling(store, tiny_data
     """`mlflow run -P learning_rate=2e-3` logs '2e-3'; our '0.002' must not clash with it."""
     with mlflow.start_run() as active:
         mlflow.log_param("learning_rate", "2e-3")
-        tracking.log_params_once({"learning_rate": "0.002", "epochs": "1"})
+        runs.log_params_once({"learning_rate": "0.002", "epochs": "1"})
         params = mlflow.get_run(active.info.run_id).data.params
     assert params["learning_rate"] == "2e-3" and params["epochs"] == "1"
 

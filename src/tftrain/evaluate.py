@@ -14,9 +14,9 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tftrain import tracking  # noqa: E402
 from tftrain.data import TaskData, load_task_data  # noqa: E402
 from tftrain.predict import answers  # noqa: E402
+from tftrain.tracking import logged_models, runs  # noqa: E402
 
 CELL_NUMBERS_UP_TO = 20  # classes; with more, the counts no longer fit their cells
 FIGURE_MAX_INCHES = 30.0  # the confusion figure's height (3000 pixels at 100 dpi), whatever the class count
@@ -93,7 +93,7 @@ def confusion_figure(ev: Evaluation, title: str):
 
 
 def predict_probabilities(model_uri: str, images: np.ndarray) -> np.ndarray:
-    model = tracking.load_pyfunc(model_uri)
+    model = logged_models.load_pyfunc(model_uri)
     keras.config.disable_interactive_logging()  # no progress bar per predict call of a stock Keras pyfunc
     try:
         rows = answers(model, images)
@@ -112,11 +112,11 @@ def summary(ev: Evaluation) -> str:
     )
 
 
-def model_data(ref: tracking.LoggedModel, dataset: str = "", data_dir: str = "") -> TaskData:
+def model_data(ref: logged_models.LoggedModel, dataset: str = "", data_dir: str = "") -> TaskData:
     """The data to score the model `ref` on: `dataset` (empty: the one its run trained on, with the same split
     settings), resized and converted to the images the model takes."""
-    params = tracking.training_params(ref)
-    shape = tracking.image_shape(ref)
+    params = logged_models.training_params(ref)
+    shape = logged_models.image_shape(ref)
     return load_task_data(
         dataset or params.get("dataset_resolved") or params.get("dataset", "fashion_mnist"),
         data_dir or ("" if dataset else params.get("data_dir", "")),
@@ -129,18 +129,16 @@ def model_data(ref: tracking.LoggedModel, dataset: str = "", data_dir: str = "")
 def evaluate(model_uri: str, dataset: str = "", data_dir: str = "", data: TaskData | None = None) -> Evaluation:
     """Score `model_uri` on the test split of `dataset` (empty: the one the model was trained on); `data`: the
     task's data already in hand (the main job's)."""
-    ref = tracking.resolve_model(model_uri)
+    ref = logged_models.resolve_model(model_uri)
     data = data or model_data(ref, dataset, data_dir)
-    with tracking.step_run(f"evaluate-{data.name}"):
+    with runs.step_run(f"evaluate-{data.name}"):
         x_test, y_test = data.test
         probs = predict_probabilities(model_uri, x_test)
         ev = score(probs, y_test.astype(np.int64), data.class_names)
-        tracking.set_tags({"evaluated_model_uri": model_uri, "evaluated_model_run_id": ref.run_id})
-        tracking.log_metrics(ev.metrics, model_id=ref.model_id)
-        tracking.log_figure(
-            confusion_figure(ev, f"{data.name} test split: {model_uri}"), "evaluation/confusion_matrix.png"
-        )
-        tracking.log_dict(
+        runs.set_tags({"evaluated_model_uri": model_uri, "evaluated_model_run_id": ref.run_id})
+        runs.log_metrics(ev.metrics, model_id=ref.model_id)
+        runs.log_figure(confusion_figure(ev, f"{data.name} test split: {model_uri}"), "evaluation/confusion_matrix.png")
+        runs.log_dict(
             {
                 "model_uri": model_uri,
                 "metrics": ev.metrics,

@@ -16,12 +16,12 @@ import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 from tensorflow.lite.python.convert_phase import ConverterError
 
-from tftrain import tracking
 from tftrain.config import QUANTIZATIONS
 from tftrain.data import TaskData
 from tftrain.errors import UserError
 from tftrain.evaluate import model_data
 from tftrain.models import float32_copy
+from tftrain.tracking import logged_models, runs
 
 
 def _float32(converter: tf.lite.TFLiteConverter, representative: np.ndarray) -> None:
@@ -141,7 +141,7 @@ def _tflite(mode: str, out_dir: Path, test, calibration: np.ndarray, keras_accur
 @dataclass(frozen=True)
 class Export:
     results: list[TfliteResult]
-    litert: tracking.LoggedModel  # the servable LiteRT model
+    litert: logged_models.LoggedModel  # the servable LiteRT model
 
 
 def _dir_size(path: Path) -> int:
@@ -157,8 +157,8 @@ def export(
     data: TaskData | None = None,
 ) -> Export:
     """`data`: the task's data already in hand (the main job's); else `dataset` or the one the model trained on."""
-    ref = tracking.resolve_model(model_uri)
-    model = tracking.load_keras(model_uri)
+    ref = logged_models.resolve_model(model_uri)
+    model = logged_models.load_keras(model_uri)
     data = data or model_data(ref, dataset, data_dir)
     # the reference is the model as trained, whatever its precision
     x_test, y_test = data.test
@@ -168,8 +168,8 @@ def export(
         print(f"  {model_uri} computes in {', '.join(mixed)}: exporting a float32 copy of its weights")
         model = float32_copy(model)
 
-    with tracking.step_run(f"export-{data.name}"):
-        out_dir = Path(output_dir) / tracking.active_run_id() / "export"
+    with runs.step_run(f"export-{data.name}"):
+        out_dir = Path(output_dir) / runs.active_run_id() / "export"
         out_dir.mkdir(parents=True, exist_ok=True)
         model.export(str(out_dir / "saved_model"), format="tf_saved_model", verbose=False)
         metrics = {
@@ -184,16 +184,16 @@ def export(
             metrics[f"tflite_{r.mode}_test_accuracy"] = r.test_accuracy
             metrics[f"tflite_{r.mode}_accuracy_delta"] = r.accuracy_delta
             metrics[f"tflite_{r.mode}_latency_ms"] = r.latency_ms
-        tracking.set_tags({"exported_model_uri": model_uri})
-        tracking.log_metrics(metrics, model_id=ref.model_id)
-        tracking.log_folder(out_dir, "export")
+        runs.set_tags({"exported_model_uri": model_uri})
+        runs.log_metrics(metrics, model_id=ref.model_id)
+        runs.log_folder(out_dir, "export")
         served = next(r for r in results if r.mode == litert_quantization)
-        name = tracking.registered_name(ref)
-        litert = tracking.log_litert_model(
+        name = logged_models.registered_name(ref)
+        litert = logged_models.log_litert_model(
             served.path, data.class_names, name + LITERT_SUFFIX if name else None, tuple(x_test.shape[1:])
         )
         # what the registry gate reads, as evaluate links it to a Keras model
-        tracking.log_metrics({"test_accuracy": served.test_accuracy}, model_id=litert.model_id)
+        runs.log_metrics({"test_accuracy": served.test_accuracy}, model_id=litert.model_id)
     print(table(keras_accuracy, results))
     registered = f", registered as {litert.registered_name} version {litert.version}" if litert.version else ""
     print(f"LiteRT model ({served.mode}): {litert.uri}{registered}")

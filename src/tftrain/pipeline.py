@@ -7,13 +7,15 @@ import os
 import sys
 from pathlib import Path
 
-from tftrain import resume, tracking
+from tftrain import resume
 from tftrain.config import TrainConfig
 from tftrain.evaluate import Evaluation, evaluate
 from tftrain.export import export
 from tftrain.registry import Decision, promote
 from tftrain.runtime import build_runtime, is_chief_process
 from tftrain.task import resolve_task
+from tftrain.tracking import runs
+from tftrain.tracking.logged_models import LoggedModel
 from tftrain.train import TrainResult, default_run_name, train
 
 
@@ -40,8 +42,8 @@ def _serve_commands(decisions: list[Decision]) -> list[str]:
     ]
 
 
-def report(result: TrainResult, ev: Evaluation, models: list[tracking.LoggedModel], decisions: list[Decision]) -> str:
-    link = tracking.run_link(result.run_id)
+def report(result: TrainResult, ev: Evaluation, models: list[LoggedModel], decisions: list[Decision]) -> str:
+    link = runs.run_link(result.run_id)
     ui = link["ui_command"].replace("mlflow ui", f"{_mlflow_command()} ui", 1)
     registered = [
         f"models:/{m.registered_name}/{m.version} ({kind})"
@@ -68,8 +70,8 @@ def pipeline(cfg: TrainConfig) -> tuple[TrainResult, Evaluation | None]:
         return train(cfg), None  # a non-chief worker trains its part; the chief evaluates, exports and logs
     rt = build_runtime(cfg)  # before any TensorFlow op (a tfds or user-function task runs some)
     task = resolve_task(cfg)
-    with tracking.step_run(default_run_name(cfg), resume_run_id=resume.interrupted_run(cfg)):
-        result = train(cfg, task, rt)
+    with runs.step_run(default_run_name(cfg), resume_run_id=resume.interrupted_run(cfg)) as run:
+        result = train(cfg, task, rt, run=run)
         ev = evaluate(result.model.uri, data=task)
         exported = export(result.model.uri, output_dir=cfg.output_dir, data=task)
         models = [result.model, exported.litert]

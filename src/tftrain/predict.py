@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tftrain import tracking
 from tftrain.data import read_idx
 from tftrain.errors import UserError
 from tftrain.folders import IMAGE_SUFFIXES, UnreadableImage, read_image, to_pixels
 from tftrain.serving import MAX_BATCH, describe
+from tftrain.tracking import logged_models
 
 CSV_COLUMNS = ("input", "class", "class_name", "probability")
 
@@ -134,8 +134,8 @@ def write_atomically(path: Path, text: str) -> None:
 
 def predict(model_uri: str, inputs: list[str], output: str = "-", fmt: str = "csv") -> list[dict]:
     # the shape from the model's MLmodel file: a missing model or a bad image fails before the weights load
-    names, images = read_inputs(inputs, tracking.model_input_shape(model_uri))
-    model = tracking.load_pyfunc(model_uri)
+    names, images = read_inputs(inputs, logged_models.model_input_shape(model_uri))
+    model = logged_models.load_pyfunc(model_uri)
     rows = answers(model, images, progress=True)
     text = render(names, rows, fmt)
     if output == "-":

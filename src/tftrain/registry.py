@@ -1,7 +1,7 @@
 """The `promote` step: the model registry's gate. A registered version gets an alias (champion by default) only
 when its test accuracy is at least the current holder's and at least a threshold; otherwise the alias stays.
 
-One of the modules that import mlflow (see tracking.py): this one for the registry.
+One of the modules that import mlflow (see tracking/__init__.py): this one for the registry.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import mlflow
 from mlflow.exceptions import MlflowException
 
-from tftrain import tracking
 from tftrain.config import parse_version_uri
 from tftrain.errors import UserError
+from tftrain.tracking import logged_models
 
 
 @dataclass(frozen=True)
@@ -30,10 +30,10 @@ class Decision:
 
 def version_accuracy(model_uri: str) -> float | None:
     """The latest test_accuracy that `evaluate` linked to the model, or None if it was never evaluated."""
-    return _accuracy(tracking.resolve_model(model_uri))
+    return _accuracy(logged_models.resolve_model(model_uri))
 
 
-def _accuracy(ref: tracking.LoggedModel) -> float | None:
+def _accuracy(ref: logged_models.LoggedModel) -> float | None:
     metrics = [m for m in mlflow.get_logged_model(ref.model_id).metrics or [] if m.key == "test_accuracy"]
     return max(metrics, key=lambda m: m.timestamp).value if metrics else None
 
@@ -65,14 +65,14 @@ def _judge(
 
 def promote(model_uri: str, alias: str = "champion", min_accuracy: float = 0.0) -> Decision:
     name, version = parse_version_uri(model_uri)
-    ref = tracking.resolve_model(model_uri)
+    ref = logged_models.resolve_model(model_uri)
     accuracy = _accuracy(ref)
     if accuracy is None:
         raise UserError(f"{model_uri} has no test_accuracy yet; run: tftrain evaluate --model-uri {model_uri}")
     holder = _holder(name, alias)
     holder_accuracy = version_accuracy(f"models:/{name}/{holder}") if holder and holder != version else None
-    holder_shape = tracking.model_input_shape(f"models:/{name}/{holder}") if holder and holder != version else None
-    shapes = (tracking.image_shape(ref), holder_shape)
+    holder_shape = logged_models.model_input_shape(f"models:/{name}/{holder}") if holder and holder != version else None
+    shapes = (logged_models.image_shape(ref), holder_shape)
     refusal = _judge(accuracy, min_accuracy, holder, holder_accuracy, shapes)
     client = mlflow.MlflowClient()
     client.set_model_version_tag(name, version, "test_accuracy", f"{accuracy:.6f}")

@@ -19,7 +19,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from tftrain import resume, tracking
+from tftrain import resume
 from tftrain.callbacks import SaveClock, build_callbacks, checkpoint_dir, flush_pending
 from tftrain.config import TrainConfig, dataset_label, model_label
 from tftrain.data import make_dataset
@@ -29,12 +29,16 @@ from tftrain.models import portable_copy
 from tftrain.runtime import Runtime, barrier, build_runtime, worker_index
 from tftrain.schedules import build_learning_rate
 from tftrain.task import Task, resolve_task
+from tftrain.tracking import runs
+from tftrain.tracking.epoch_metrics import EpochMetrics, log_timings
+from tftrain.tracking.journal import Journal
+from tftrain.tracking.logged_models import LoggedModel, log_keras_model
 
 
 @dataclass(frozen=True)
 class TrainResult:
     run_id: str | None  # None on a non-chief worker, which logs nothing
-    model: tracking.LoggedModel | None
+    model: LoggedModel | None
     history: dict[str, list[float]]
     out_dir: Path  # a non-chief worker's was temporary and is gone
     keras_model: keras.Model
@@ -104,12 +108,12 @@ def _set_aside_partial_checkpoints(out_dir: Path) -> None:
             path.rename(path.with_name(path.name + ".partial"))
 
 
-def _log_outputs(out_dir: Path) -> None:
+def _log_outputs(out_dir: Path, journal: Journal) -> None:
     """TensorBoard logs and the best checkpoint go to the run; every checkpoint stays on local disk."""
-    tracking.log_folder(out_dir / "tensorboard", "tensorboard")
+    runs.log_folder(out_dir / "tensorboard", "tensorboard", journal)
     checkpoints = sorted(checkpoint_dir(out_dir).glob("*.keras"), key=lambda p: p.stat().st_mtime)
     if checkpoints:
-        tracking.log_file(checkpoints[-1], "checkpoints")
+        runs.log_file(checkpoints[-1], "checkpoints", journal)
 
 
 def _datasets(cfg: TrainConfig, rt: Runtime, train_xy, val_xy, global_batch: int):
@@ -176,9 +180,11 @@ def train(
     task: Task | None = None,
     rt: Runtime | None = None,
     extra_callbacks: tuple[keras.callbacks.Callback, ...] = (),
+    run: runs.StepRun | None = None,
 ) -> TrainResult:
     """Train `task` (None: the one cfg.dataset and cfg.model name) as `cfg` says; `rt` the runtime already built
-    (None: built here, first thing); `extra_callbacks` (the benchmark's) run after all of tftrain's own."""
+    (None: built here, first thing); `extra_callbacks` (the benchmark's) run after all of tftrain's own; `run` the
+    caller's open run to train in (None: the active run, MLFLOW_RUN_ID's, the interrupted one's, or a new one)."""
     output_root = check_output_dir(cfg.output_dir)
     rt = rt or build_runtime(cfg)  # first: devices and strategy must be set up before TensorFlow runs any op
     task = task or resolve_task(cfg)
@@ -191,7 +197,7 @@ def train(
         model = check_model(task.build_model(), task)
         compile_model(model, build_learning_rate(cfg, steps_per_epoch), spe)
 
-    with _run_and_folder(cfg, rt, output_root) as (run_id, out_dir):
+    with _run_and_folder(cfg, rt, output_root, run) as (run_id, out_dir, journal):
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
         # every worker of a multi-worker job must back up the same epochs: their own clocks would not agree
@@ -199,11 +205,11 @@ def train(
         callbacks = build_callbacks(cfg, out_dir, clock)
         epoch_metrics = None
         if run_id:
-            tracking.log_environment()
-            tracking.log_config(cfg, {**_runtime_params(rt, global_batch, spe), **task.resolved})
-            tracking.set_tags({"dataset_source": task.source, "train_examples": str(len(train_xy[0])),
-                               "classes": str(task.num_classes)})  # fmt: skip
-            epoch_metrics = tracking.EpochMetrics(clock, cfg.log_lr_every_n_steps, tracking.logged_steps(run_id))
+            runs.log_environment()
+            runs.log_config(cfg, {**_runtime_params(rt, global_batch, spe), **task.resolved})
+            runs.set_tags({"dataset_source": task.source, "train_examples": str(len(train_xy[0])),
+                           "classes": str(task.num_classes)})  # fmt: skip
+            epoch_metrics = EpochMetrics(clock, journal, cfg.log_lr_every_n_steps, runs.logged_steps(run_id))
             callbacks.append(epoch_metrics)
         # last: an epoch's metrics are logged before its backup says it is done
         callbacks += resume.backup_callbacks(cfg, callbacks, clock, "chief" if rt.is_chief else worker_index())
@@ -232,23 +238,24 @@ def train(
         finally:
             uploading = time.perf_counter()
             if run_id:
-                _log_outputs(out_dir)
+                _log_outputs(out_dir, journal)
             uploaded = time.perf_counter()
         fit_seconds = uploaded - started
         tracking_seconds = (epoch_metrics.seconds if epoch_metrics else 0.0) + uploaded - uploading
         logged, model_logging_seconds = None, 0.0
         if run_id:
-            logged = tracking.log_keras_model(
-                portable_copy(model), cfg.registered_model_name, val_xy[0][:2], task.class_names
+            logged = log_keras_model(
+                portable_copy(model), cfg.registered_model_name, val_xy[0][:2], task.class_names, journal
             )
             model_logging_seconds = time.perf_counter() - uploaded
-            tracking.log_timings(fit_seconds, tracking_seconds, model_logging_seconds)
+            log_timings(journal, fit_seconds, tracking_seconds, model_logging_seconds)
             resume.forget(cfg)  # finished: the same command would now start a new run
     barrier(rt)  # no worker exits while the chief still logs
-    if journal := tracking.offline_journal():
+    if journal and journal.active:
         raise TrainingFailed(
             f"training finished, but the tracking server went away during the run: its metrics, logs, checkpoints "
-            f"and model are kept in {journal}; when the server is back, upload them with: tftrain sync {journal}"
+            f"and model are kept in {journal.folder}; when the server is back, upload them with: "
+            f"tftrain sync {journal.folder}"
         )
     return TrainResult(
         run_id, logged, history.history, out_dir, model, fit_seconds, tracking_seconds, model_logging_seconds
@@ -256,24 +263,24 @@ def train(
 
 
 @contextlib.contextmanager
-def _run_and_folder(cfg: TrainConfig, rt: Runtime, output_root: Path):
-    """The chief (any single-process run): its MLflow run and outputs/<run_id>. Another worker of a multi-worker
-    job: no run, and a temporary folder, deleted after: it runs the same callbacks (so collective ops stay in step
-    across workers) but keeps nothing and logs nothing."""
+def _run_and_folder(cfg: TrainConfig, rt: Runtime, output_root: Path, within: runs.StepRun | None):
+    """The chief (any single-process run): its MLflow run, outputs/<run_id> and the run's offline journal there.
+    Another worker of a multi-worker job: no run, no journal, and a temporary folder, deleted after: it runs the
+    same callbacks (so collective ops stay in step across workers) but keeps nothing and logs nothing."""
     if not rt.is_chief:
         with tempfile.TemporaryDirectory(prefix="tftrain-worker-") as folder:
-            yield None, Path(folder)
+            yield None, Path(folder), None
         return
     previous = resume.interrupted_run(cfg)
     if previous:
         resume.check_backup(cfg)
-    with tracking.step_run(default_run_name(cfg), resume_run_id=previous) as run:
-        run_id = run.info.run_id
+    with runs.step_run(default_run_name(cfg), resume_run_id=previous, within=within) as run:
+        run_id = run.run_id
         out_dir = output_root / run_id
         if previous and previous != run_id:  # `mlflow run` made a new run: the interrupted one moves into it
-            tracking.adopt_run(previous)
+            runs.adopt_run(previous)
             if (output_root / previous).is_dir() and not out_dir.exists():
                 (output_root / previous).rename(out_dir)
         resume.remember(cfg, run_id)
-        tracking.open_journal(out_dir, run_id)
-        yield run_id, out_dir
+        run.journal = Journal(out_dir, run_id)  # the run's end is journaled too, if the server goes away
+        yield run_id, out_dir, run.journal

@@ -1,15 +1,17 @@
 """When the tracking server goes away in the middle of a run: what could not be logged is written to a journal
 on local disk instead (metrics, artifact folders, the model), training goes on, and `tftrain sync` uploads the
-journal into the same run once the server is back.
+journal into the same run once the server is back (sync.py).
 
 A journal is <output_dir>/<run_id>/offline/: run.json (run id, tracking URI) and journal.jsonl, one entry a line,
-each written and flushed before training goes on.
+each written and flushed before training goes on. A training run holds its Journal as a value (runs.StepRun) and
+hands it to whatever logs for it; the folder appears only once the server is gone.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
@@ -29,6 +31,21 @@ class Journal:
         self.run_id = run_id
         self.active = False  # true once the server went away
 
+    def call(self, call: Callable[[], object], *entries: dict) -> bool:
+        """Do `call` against the tracking server; if the server is gone (now or before), journal `entries` instead.
+        True if the server took it."""
+        if not self.active:
+            try:
+                call()
+                return True
+            except MlflowException as e:
+                if not lost_connection(e):
+                    raise
+                self.go_offline(e)
+        for entry in entries:
+            self.add(entry)
+        return False
+
     def go_offline(self, error: Exception) -> None:
         if self.active:
             return
@@ -47,6 +64,14 @@ class Journal:
             f.write(json.dumps(entry) + "\n")
             f.flush()
             os.fsync(f.fileno())
+
+
+def remote(journal: Journal | None, call: Callable[[], object], *entries: dict) -> bool:
+    """`journal.call`, or, for a step that keeps no journal (evaluate, export), the plain call."""
+    if journal is None:
+        call()
+        return True
+    return journal.call(call, *entries)
 
 
 def entries(folder: Path) -> tuple[dict, list[dict]]:

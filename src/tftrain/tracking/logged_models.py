@@ -1,0 +1,165 @@
+"""Models in MLflow: logging a trained Keras model (MLflow's Keras flavor, served by tftrain's pyfunc) and a LiteRT
+twin, registering them, and looking a model up or loading it by URI."""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import mlflow
+import numpy as np
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.types.schema import Array, ColSpec, Schema, TensorSpec
+
+from tftrain import serving
+from tftrain.errors import UserError
+from tftrain.tracking.journal import Journal, remote
+
+MODEL_ARTIFACT = "model"
+LITERT_ARTIFACT = "litert"
+OUTPUT_SCHEMA = Schema(
+    [
+        ColSpec("long", "class"),
+        ColSpec("string", "class_name"),
+        ColSpec("float", "probability"),
+        ColSpec(Array("float"), "probabilities"),
+    ]
+)
+
+
+def signature(input_shape: tuple[int, ...]) -> ModelSignature:
+    """Raw pixels of the task's shape in (an unnamed tensor, so requests send a plain array: {"inputs": [...]}),
+    one row per image out."""
+    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *input_shape))]), outputs=OUTPUT_SCHEMA)
+
+
+@dataclass(frozen=True)
+class LoggedModel:
+    uri: str  # models:/m-<id>
+    model_id: str
+    run_id: str
+    registered_name: str | None = None
+    version: str | None = None
+    input_shape: tuple[int, ...] | None = None  # (H, W[, C]) from the signature, when resolve_model looked it up
+
+
+def _requirements(runtime: str) -> list[str]:
+    """What a server needs for this model: this environment's versions, the runtime's package included."""
+    return [f"{p}=={metadata.version(p)}" for p in (runtime, "mlflow", "numpy")]
+
+
+def _logged(info, registered_name: str | None) -> LoggedModel:
+    version = str(info.registered_model_version) if registered_name else None
+    return LoggedModel(info.model_uri, info.model_id, info.run_id, registered_name, version)
+
+
+def log_keras_model(
+    model,
+    registered_name: str | None,
+    example: np.ndarray,
+    class_names: tuple[str, ...],
+    journal: Journal | None = None,
+) -> LoggedModel | None:
+    """Log the Keras `model` (MLflow's Keras flavor, served by tftrain's pyfunc) with the signature, register it, and
+    log an example request beside the run. With the tracking server gone, the model goes to the training's
+    `journal` instead (None back); `tftrain sync` logs it."""
+    mlflow.flush_async_logging()
+    request = {"inputs": example.astype(int).tolist()}
+    logged: list[LoggedModel] = []
+
+    def log() -> None:
+        info = mlflow.models.Model.log(
+            artifact_path=None,
+            name=MODEL_ARTIFACT,
+            flavor=serving,
+            keras_model=model,
+            class_names=list(class_names),
+            signature=signature(tuple(model.input_shape[1:])),
+            registered_model_name=registered_name,
+            pip_requirements=_requirements("tensorflow"),
+        )
+        # input_example= would crash log_model (MLflow #16183), so the example request is a run artifact instead.
+        mlflow.log_dict(request, "serving_example.json")
+        logged.append(_logged(info, registered_name))
+
+    entry = {"model": "model.keras", "registered_name": registered_name, "class_names": list(class_names),
+             "example": request}  # fmt: skip
+    if not remote(journal, log, entry):
+        model.save(journal.folder / "model.keras")
+    return logged[0] if logged else None
+
+
+def log_litert_model(
+    tflite: Path, class_names: tuple[str, ...], registered_name: str | None, input_shape: tuple[int, ...]
+) -> LoggedModel:
+    """Log a TFLite file as a pyfunc model that runs in the LiteRT interpreter, and register it."""
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        # the example request is serving_example.json of the training run, as for the Keras model
+        warnings.filterwarnings("ignore", message=".*input example was not provided")
+        info = mlflow.pyfunc.log_model(
+            name=LITERT_ARTIFACT,
+            loader_module=serving.__name__,
+            data_path=str(serving.write_data(Path(tmp, "data"), class_names, tflite)),
+            code_paths=[str(serving.write_code(Path(tmp, "code")))],
+            signature=signature(input_shape),
+            registered_model_name=registered_name,
+            pip_requirements=_requirements("ai-edge-litert"),
+        )
+    return _logged(info, registered_name)
+
+
+def resolve_model(uri: str) -> LoggedModel:
+    """Look the model up (nothing downloaded but its MLmodel file); a model that is not there is a user error."""
+    try:
+        info = mlflow.models.get_model_info(uri)
+    except (MlflowException, OSError) as e:
+        raise UserError(
+            f"model_uri {uri!r} cannot be opened: {str(e).splitlines()[0]} "
+            f"(tracking store {mlflow.get_tracking_uri()}; set MLFLOW_TRACKING_URI to use another)"
+        ) from None
+    signature = info.signature
+    one_tensor = signature is not None and signature.inputs.is_tensor_spec() and len(signature.inputs.inputs) == 1
+    shape = tuple(int(d) for d in signature.inputs.inputs[0].shape[1:]) if one_tensor else None
+    return LoggedModel(uri, info.model_id, info.run_id, input_shape=shape)
+
+
+def image_shape(ref: LoggedModel) -> tuple[int, ...]:
+    """The image shape, (H, W) or (H, W, C), in a resolved model's signature; none is a user error."""
+    if ref.input_shape is None:
+        raise UserError(f"model_uri {ref.uri!r} has no signature of one image tensor, so its image shape is unknown")
+    return ref.input_shape
+
+
+def model_input_shape(uri: str) -> tuple[int, ...]:
+    """The image shape of the model at `uri`, read from its MLmodel file before any weights load. A missing model,
+    or one without a tensor signature, is a user error."""
+    return image_shape(resolve_model(uri))
+
+
+def training_params(ref: LoggedModel) -> dict[str, str]:
+    """The params of the run that logged the model (empty for a model with no run, e.g. a local folder)."""
+    return dict(mlflow.get_run(ref.run_id).data.params) if ref.run_id else {}
+
+
+def registered_name(ref: LoggedModel) -> str | None:
+    """The registered model name the source run used, if it registered its model."""
+    if not ref.run_id:
+        return None
+    return mlflow.get_run(ref.run_id).data.params.get("registered_model_name") or None
+
+
+def load_pyfunc(uri: str):
+    return mlflow.pyfunc.load_model(uri)
+
+
+def load_keras(uri: str):
+    info = mlflow.models.get_model_info(uri)
+    if "keras" not in info.flavors:
+        raise UserError(
+            f"model_uri {uri!r} is not a Keras model (flavors: {', '.join(info.flavors)}); export needs one"
+        )
+    return mlflow.keras.load_model(uri)

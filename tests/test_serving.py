@@ -55,6 +55,40 @@ def test_in_process_answers_name_the_class(models, kind, images, keras_probabili
     assert [row["probability"] for row in rows] == [max(row["probabilities"]) for row in rows]
 
 
+@pytest.mark.parametrize("kind", ["keras", "litert"])
+def test_pyfunc_takes_uint8_and_float_images_one_or_a_batch(models, kind, images, keras_probabilities):
+    model = mlflow.pyfunc.load_model(models[kind].uri)
+    best = list(keras_probabilities.argmax(axis=1))
+    for batch in (images, images.astype(np.float32), images.astype(np.float64), images.astype(np.int64)):
+        assert [row["class"] for row in model.predict(batch)] == best, batch.dtype
+    (row,) = model.predict(images[3])  # one image, no batch axis
+    assert row["class"] == best[3] and row["class_name"] == NAMES[best[3]]
+
+
+@pytest.mark.parametrize("kind", ["keras", "litert"])
+def test_each_model_carries_a_serving_input_example_mlflow_tools_use(models, kind, tmp_path):
+    """MLflow's own tools: the serving input example in the model, validate_serving_input on it, and
+    `mlflow models predict` on a file of uint8 images (a client no one here wrote)."""
+    uri = models[kind].uri
+    local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path / "model")))
+    example = mlflow.models.Model.load(str(local)).get_serving_input(str(local))
+    assert example is not None and np.asarray(json.loads(example)["inputs"]).shape == (2, 28, 28)
+    (answer,) = [mlflow.models.validate_serving_input(uri, example)]
+    assert len(answer) == 2 and {"class", "class_name", "probability", "probabilities"} <= set(answer[0])
+    info = mlflow.models.get_model_info(uri)
+    assert info.metadata["image_shape"] == [28, 28] and "pixels 0..255" in info.metadata["accepts"]
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps({"inputs": tiny_images(3, seed=9)[0].tolist()}))
+    done = subprocess.run(
+        [sys.executable, "-m", "mlflow", "models", "predict", "-m", uri, "-i", str(request), "-t", "json",
+         "--env-manager", "local", "-o", str(tmp_path / "out.json")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    predictions = json.loads((tmp_path / "out.json").read_text())["predictions"]
+    assert [p["class_name"] for p in predictions] == [NAMES[p["class"]] for p in predictions] and len(predictions) == 3
+
+
 def test_litert_model_is_registered_with_its_accuracy(models):
     litert = models["litert"]
     assert litert.registered_name == "tftrain-fashion-mnist-litert" and litert.version == "1"
@@ -64,35 +98,62 @@ def test_litert_model_is_registered_with_its_accuracy(models):
     assert info.flavors["python_function"]["loader_module"] == "tftrain.serving"
 
 
+TAKES = r"; this model takes images \(N, 28, 28\) or one image \(28, 28\), pixels 0..255 as integers \(uint8 or any\) or floats$"
+
+
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        (
-            np.zeros((2, 28, 27)),
-            r"^images must have shape \(N, 28, 28\) \(float32 or integer pixels 0..255\); received \(2, 28, 27\)$",
-        ),
-        (np.zeros((2, 28, 28, 3)), r"shape \(N, 28, 28\) .*; received \(2, 28, 28, 3\)"),
-        (np.zeros(5), r"shape \(N, 28, 28\) .*; received \(5,\)"),
-        (np.full((1, 28, 28), "a"), r"numbers from 0 to 255; received values of type <U1"),
-        (np.zeros((0, 28, 28)), "the batch is empty"),
-        (np.zeros((MAX_BATCH + 1, 28, 28)), f"{MAX_BATCH + 1} images is over the limit of {MAX_BATCH}"),
-        (np.full((1, 28, 28), 256.0), "from 0 to 255; received values from 256.0 to 256.0"),
-        (np.full((1, 28, 28), -0.5), "from 0 to 255; received values from -0.5"),
-        (np.full((1, 28, 28), np.nan), "numbers from 0 to 255; received 784 NaN, null or infinite value"),
-        (np.where(np.eye(28)[None] > 0, np.inf, 3.0), "received 28 NaN, null or infinite value"),
+        (np.zeros((2, 28, 27)), r"^wrong image shape \(2, 28, 27\)" + TAKES),
+        (np.zeros((2, 28, 28, 3)), r"^wrong image shape \(2, 28, 28, 3\)" + TAKES),
+        (np.zeros(5), r"^wrong image shape \(5,\)" + TAKES),
+        (np.float64(3.0), r"^wrong image shape \(\)" + TAKES),
+        (np.full((1, 28, 28), "a"), r"^pixels must be numbers; received values of type <U1" + TAKES),
+        ([[[0] * 28] * 27 + [[0] * 5]], r"^the images are not one array of numbers \(.*inhomogeneous"),
+        (np.array([[["dark"] * 28] * 28], dtype=object), r"^the images are not one array of numbers \(could not"),
+        (np.zeros((0, 28, 28)), r"^the batch is empty"),
+        ([], r"^the batch is empty"),
+        (np.zeros((MAX_BATCH + 1, 28, 28)), rf"^a batch of {MAX_BATCH + 1} images is over the limit of {MAX_BATCH}"),
+        (np.full((1, 28, 28), 256.0), r"^pixel values must be from 0 to 255; received values from 256.0 to 256.0"),
+        (np.full((1, 28, 28), -0.5), r"^pixel values must be from 0 to 255; received values from -0.5"),
+        (np.full((1, 28, 28), np.nan), r"^pixel values must be numbers from 0 to 255; received 784 NaN, null or inf"),
+        (np.where(np.eye(28)[None] > 0, np.inf, 3.0), r"received 28 NaN, null or infinite" + TAKES),
     ],
 )
-def test_bad_images_are_refused_with_the_reason(value, message):
+def test_bad_images_are_refused_with_the_reason_first(value, message):
     with pytest.raises(MlflowException, match=message) as caught:
         check_images(value, (28, 28))
     assert caught.value.get_http_status_code() == 400
 
 
-def test_images_are_accepted_as_float32():
+def test_a_refusal_keeps_its_reason_first_when_mlflow_rewrites_the_message():
+    """MLflow's scoring server sets `e.message = f"Failed to predict data '{data}'. Error: {e.message}"`."""
+    with pytest.raises(MlflowException) as caught:
+        check_images(np.zeros((1, 28, 27)), (28, 28))
+    refusal = caught.value
+    refusal.message = f"Failed to predict data '{np.zeros((1, 28, 27))}'. \nError: {refusal.message}"
+    assert refusal.message.startswith("wrong image shape (1, 28, 27); this model takes images (N, 28, 28)")
+    assert json.loads(refusal.serialize_as_json())["message"] == refusal.message
+
+
+def test_images_are_accepted_as_integers_or_floats_one_or_a_batch():
     images = check_images(np.full((3, 28, 28), 255, dtype=np.uint8), (28, 28))
     assert images.dtype == np.float32 and images.shape == (3, 28, 28) and images.max() == 255
     images = check_images(np.zeros((2, 40, 30, 3), dtype=np.int64), (40, 30, 3))
     assert images.dtype == np.float32 and images.shape == (2, 40, 30, 3)
+    one = check_images(np.full((40, 30, 3), 7, dtype=np.uint8), (40, 30, 3))
+    assert one.shape == (1, 40, 30, 3) and one.dtype == np.float32 and one.max() == 7
+
+
+def test_a_table_holds_one_flattened_image_a_row():
+    """dataframe_split and CSV requests: pixels in columns, or one column of pixel lists."""
+    import pandas as pd
+
+    images = np.arange(2 * 4 * 3).reshape(2, 4, 3) % 256
+    columns = pd.DataFrame(images.reshape(2, -1))
+    lists = pd.DataFrame({"image": [image.reshape(-1).tolist() for image in images]})
+    for table in (columns, lists):
+        np.testing.assert_array_equal(check_images(table, (4, 3)), images.astype(np.float32))
 
 
 @pytest.fixture(scope="module", params=["keras", "litert"])
@@ -138,14 +199,22 @@ def test_each_request_format_answers_like_the_model_in_process(server, images, k
         np.testing.assert_allclose([row["probabilities"] for row in rows], keras_probabilities, atol=1e-4)
 
 
+def test_csv_rows_of_flattened_pixels_answer_like_the_model_in_process(server, images, keras_probabilities):
+    header = ",".join(f"p{i}" for i in range(28 * 28))
+    rows = "\n".join(",".join(map(str, image.reshape(-1))) for image in images[:3])
+    status, answer = post(server, f"{header}\n{rows}\n", content_type="text/csv")
+    assert status == 200, answer
+    assert [row["class"] for row in answer["predictions"]] == list(keras_probabilities[:3].argmax(axis=1))
+
+
 MALFORMED = {
-    "wrong shape": ({"inputs": [[[0] * 27] * 28]}, 400, "does not match expected shape"),
-    "wrong dtype": ({"inputs": [[["dark"] * 28] * 28]}, 400, "could not convert string to float"),
+    "wrong shape": ({"inputs": [[[0] * 27] * 28]}, 400, "wrong image shape (1, 28, 27); this model takes images (N, 28, 28)"),
+    "wrong dtype": ({"inputs": [[["dark"] * 28] * 28]}, 400, "pixels must be numbers; received values of type <U4"),
     "ragged": ({"inputs": [[[0] * 28] * 27 + [[0] * 5]]}, 400, "inhomogeneous"),
     "above 255": ({"inputs": [[[300] * 28] * 28]}, 400, "pixel values must be from 0 to 255"),
     "negative": ({"inputs": [[[-1] * 28] * 28]}, 400, "pixel values must be from 0 to 255"),
     "garbage JSON": ("{not json", 400, "Invalid input"),
-    "empty batch": ({"inputs": []}, 400, "input of type <class 'list'>"),
+    "empty batch": ({"inputs": []}, 400, "the batch is empty"),
     "over the limit": ({"inputs": [[[0] * 28] * 28] * (MAX_BATCH + 1)}, 400, f"over the limit of {MAX_BATCH}"),
     "unknown key": ({"images": [[[0] * 28] * 28]}, 400, "dataframe_split"),
 }
@@ -156,7 +225,7 @@ def test_malformed_requests_get_400_and_the_server_keeps_answering(server, case,
     body, expected_status, reason = MALFORMED[case]
     status, answer = post(server, body)
     assert status == expected_status, answer
-    assert reason in answer["message"], answer["message"][-500:]
+    assert reason in answer["message"][:200], answer["message"][:500]  # the reason first, whoever refused
     status, answer = post(server, {"inputs": images[:1].tolist()})
     assert status == 200 and answer["predictions"][0]["class"] == keras_probabilities[0].argmax()
 
@@ -257,7 +326,7 @@ def log_colour_models(folder: Path) -> Colour:
         (folder / "model.tflite").write_bytes(convert(folder / "saved_model", "float32"))
         with mlflow.start_run():
             litert = logged_models.log_litert_model(
-                folder / "model.tflite", COLOUR_NAMES, "colour-test-litert", COLOUR_SHAPE
+                folder / "model.tflite", COLOUR_NAMES, "colour-test-litert", colour_images([0, 1])
             )
     return Colour(model, folder, {"keras": keras_logged.uri, "litert": litert.uri})
 
@@ -275,7 +344,8 @@ def test_a_colour_model_answers_its_own_classes_in_process(colour, kind):
     images = colour_images(COLOUR_LABELS, seed=1)
     with mlflow_store(colour.store):
         model = mlflow.pyfunc.load_model(colour.uris[kind])
-    assert model.metadata.get_input_schema().inputs[0].shape == (-1, *COLOUR_SHAPE)
+    assert model.metadata.metadata["image_shape"] == list(COLOUR_SHAPE)
+    assert model.metadata.get_input_schema() is None  # what it takes: metadata["accepts"], checked by the model
     rows = model.predict(images.astype(np.float32))
     assert [row["class_name"] for row in rows] == [COLOUR_NAMES[label] for label in COLOUR_LABELS]
     assert [row["class"] for row in rows] == COLOUR_LABELS
@@ -289,12 +359,14 @@ def test_a_wrong_shape_behind_no_schema_is_refused_with_the_networks_shape(colou
     with mlflow_store(colour.store):
         local = Path(mlflow.artifacts.download_artifacts(colour.uris[kind], dst_path=str(tmp_path)))
     (path,) = local.rglob("model.keras" if kind == "keras" else "model.tflite")
+    assert path.relative_to(local).as_posix() == ("data/model.keras" if kind == "keras" else "data/model.tflite")
     network = KerasNetwork(path) if kind == "keras" else LiteRTNetwork(path)
     assert network.input_shape == COLOUR_SHAPE and network.classes == 3
     with pytest.raises(MlflowException) as caught:
         Classifier(network, list(COLOUR_NAMES)).predict(np.zeros((2, 28, 28), np.float32))
     assert str(caught.value) == (
-        "images must have shape (N, 40, 30, 3) (float32 or integer pixels 0..255); received (2, 28, 28)"
+        "wrong image shape (2, 28, 28); this model takes images (N, 40, 30, 3) or one image (40, 30, 3), pixels "
+        "0..255 as integers (uint8 or any) or floats"
     )
     with pytest.raises(ValueError, match="the network answers 3 classes; class_names.json names 10"):
         Classifier(network, NAMES)
@@ -317,13 +389,13 @@ def test_a_served_colour_model_names_its_classes_and_refuses_gray_28x28(colour_s
     assert status == 200, answer
     assert [row["class_name"] for row in answer["predictions"]] == [COLOUR_NAMES[c] for c in COLOUR_LABELS]
     assert all(len(row["probabilities"]) == 3 for row in answer["predictions"])
-    # MLflow enforces the signature before tftrain's check runs: its message starts with a dump of the data it
-    # received ("Failed to predict data '[[[0. 0. ...") and names the expected shape only at its end, in its own
-    # spelling (-1, 40, 30, 3); tftrain's "(N, 40, 30, 3)" never shows behind a server.
+    # the model's own refusal, reason first, though MLflow's server puts the request's data in front of messages
     status, answer = post(colour_server, {"inputs": np.zeros((1, 28, 28)).tolist()})
     assert status == 400, answer
-    assert answer["message"].endswith(
-        "Error: Shape of input (1, 28, 28) does not match expected shape (-1, 40, 30, 3)."
-    ), answer["message"][-500:]
+    assert answer["message"].startswith(
+        "wrong image shape (1, 28, 28); this model takes images (N, 40, 30, 3) or one image (40, 30, 3)"
+    ), answer["message"][:500]
+    status, answer = post(colour_server, {"inputs": colour_images([2], seed=4)[0].tolist()})  # no batch axis
+    assert status == 200 and answer["predictions"][0]["class_name"] == "blue", answer
     status, answer = post(colour_server, {"inputs": colour_images([1], seed=3).tolist()})
     assert status == 200 and answer["predictions"][0]["class_name"] == "green"

@@ -287,10 +287,10 @@ def test_tfds_and_function_datasets_train_evaluate_and_export(kind, tfds_dir, tm
         result = train(cfg)
         assert result.epochs_run == 2 and result.model.version == "1"
         info = mlflow.models.get_model_info(result.model.uri)
-        assert tuple(info.signature.inputs.inputs[0].shape) == (-1, *shape)
+        assert tuple(info.metadata["image_shape"]) == shape
         run = mlflow.get_run(result.run_id)
         assert run.data.tags["classes"] == "3" and run.data.params["dataset"] == dataset
         ev = evaluate(result.model.uri)
         assert ev.class_names == names and 0.0 <= ev.metrics["test_accuracy"] <= 1.0
         exported = export(result.model.uri, output_dir=str(tmp_path / "out"), litert_quantization="int8")
-        assert mlflow.models.get_model_info(exported.litert.uri).signature.inputs.inputs[0].shape[1:] == shape
+        assert tuple(mlflow.models.get_model_info(exported.litert.uri).metadata["image_shape"]) == shape

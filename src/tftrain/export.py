@@ -190,7 +190,7 @@ def export(
         served = next(r for r in results if r.mode == litert_quantization)
         name = logged_models.registered_name(ref)
         litert = logged_models.log_litert_model(
-            served.path, data.class_names, name + LITERT_SUFFIX if name else None, tuple(x_test.shape[1:])
+            served.path, data.class_names, name + LITERT_SUFFIX if name else None, x_test[:2]
         )
         # what the registry gate reads, as evaluate links it to a Keras model
         runs.log_metrics({"test_accuracy": served.test_accuracy}, model_id=litert.model_id)

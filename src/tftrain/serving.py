@@ -25,11 +25,26 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 MAX_BATCH = 1000  # images per predict call; larger requests are refused, not queued
 CLASS_NAMES_FILE = "class_names.json"
 KERAS_FILE = "model.keras"  # what mlflow.keras.save_model writes under data/
-TFLITE_FILE = "model.tflite"
 
 
-def _refuse(message: str) -> MlflowException:
-    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+class Refusal(MlflowException):
+    """A refused request: INVALID_PARAMETER_VALUE, which the scoring server answers with HTTP 400.
+
+    MLflow's scoring server rewrites the message of any error a model raises as "Failed to predict data '<the
+    request's pixels>'. Error: <message>" (mlflow/pyfunc/scoring_server, 3.17), which put the reason kilobytes
+    down; a Refusal keeps its own message, the reason first. (tests/test_serving.py checks it on a real server.)"""
+
+    def __init__(self, message: str):
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+
+    @property
+    def message(self) -> str:
+        return self._reason
+
+    @message.setter
+    def message(self, value: str) -> None:
+        if not hasattr(self, "_reason"):  # MlflowException.__init__ sets it first; later rewrites are dropped
+            self._reason = value
 
 
 def describe(shape: tuple[int, ...]) -> str:
@@ -37,26 +52,54 @@ def describe(shape: tuple[int, ...]) -> str:
     return f"(N, {', '.join(str(d) for d in shape)})"
 
 
+def accepted(shape: tuple[int, ...]) -> str:
+    """What a model of image shape `shape` takes, as its refusals and its MLmodel metadata say it."""
+    return (
+        f"images {describe(shape)} or one image ({', '.join(map(str, shape))}), pixels 0..255 as integers (uint8 or "
+        "any) or floats"
+    )
+
+
+def _refuse(reason: str, shape: tuple[int, ...]) -> Refusal:
+    return Refusal(f"{reason}; this model takes {accepted(shape)}")
+
+
+def _as_array(model_input, shape: tuple[int, ...]) -> np.ndarray:
+    """An array of the request: a table (dataframe_split, CSV) holds one image a row, flattened in columns or as
+    one column of pixel lists; anything else converts as it is."""
+    try:
+        if hasattr(model_input, "to_numpy"):
+            values = model_input.to_numpy()
+            if values.ndim == 2 and values.shape[1] == 1 and values.dtype == object:
+                values = np.array(values[:, 0].tolist())
+            size = int(np.prod(shape))
+            return values.reshape(len(values), *shape) if values.ndim == 2 and values.shape[1] == size else values
+        images = np.asarray(model_input)
+        return images.astype(np.float64) if images.dtype == object else images
+    except (ValueError, TypeError) as e:  # ragged lists, or values that are not numbers
+        raise _refuse(f"the images are not one array of numbers ({str(e).splitlines()[0][:120]})", shape) from None
+
+
 def check_images(model_input, shape: tuple[int, ...]) -> np.ndarray:
-    """The request as float32 raw pixels of shape (N, *shape), or a refusal that says what was wrong. Behind the
-    model's signature, MLflow has already checked shape and type; batch size and pixel range are checked here."""
-    images = np.asarray(model_input)
+    """The request as float32 raw pixels of shape (N, *shape), or a refusal whose message starts with what was
+    wrong, then says what the model takes. One image without the batch axis is a batch of one."""
+    images = _as_array(model_input, shape)
     if images.dtype.kind not in "uif":
-        raise _refuse(f"images must be numbers from 0 to 255; received values of type {images.dtype}")
+        raise _refuse(f"pixels must be numbers; received values of type {images.dtype}", shape)
+    if images.ndim and len(images) == 0:
+        raise _refuse("the batch is empty; send at least one image", shape)
+    if images.shape == tuple(shape):
+        images = images[np.newaxis]
     if images.shape[1:] != tuple(shape):
-        raise _refuse(
-            f"images must have shape {describe(shape)} (float32 or integer pixels 0..255); received {images.shape}"
-        )
-    if len(images) == 0:
-        raise _refuse("the batch is empty; send at least one image")
+        raise _refuse(f"wrong image shape {images.shape}", shape)
     if len(images) > MAX_BATCH:
-        raise _refuse(f"a batch of {len(images)} images is over the limit of {MAX_BATCH} per request; split it")
+        raise _refuse(f"a batch of {len(images)} images is over the limit of {MAX_BATCH} per request; split it", shape)
     if not np.isfinite(images).all():
         count = int((~np.isfinite(images)).sum())
-        raise _refuse(f"pixel values must be numbers from 0 to 255; received {count} NaN, null or infinite value(s)")
+        raise _refuse(f"pixel values must be numbers from 0 to 255; received {count} NaN, null or infinite", shape)
     low, high = float(images.min()), float(images.max())
     if low < 0 or high > 255:
-        raise _refuse(f"pixel values must be from 0 to 255; received values from {low} to {high}")
+        raise _refuse(f"pixel values must be from 0 to 255; received values from {low} to {high}", shape)
     return images.astype(np.float32, copy=False)
 
 
@@ -127,14 +170,14 @@ class LiteRTNetwork:
             return self._interpreter.get_tensor(self._output).copy()
 
 
-def _load_pyfunc(data_path: str) -> Classifier:
-    """MLflow's entry point: `data_path` holds class_names.json and model.keras or model.tflite."""
-    folder = Path(data_path)
-    class_names = json.loads((folder / CLASS_NAMES_FILE).read_text())
-    if (folder / TFLITE_FILE).is_file():
-        model = Classifier(LiteRTNetwork(folder / TFLITE_FILE), class_names)
+def _load_pyfunc(data_path: str, model_config: dict | None = None) -> Classifier:
+    """MLflow's entry point. A Keras model's `data_path` is a folder holding model.keras and class_names.json; a
+    LiteRT model's is its model.tflite file, with the class names in `model_config`."""
+    path = Path(data_path)
+    if path.is_file():
+        model = Classifier(LiteRTNetwork(path), model_config["class_names"])
     else:
-        model = Classifier(KerasNetwork(folder / KERAS_FILE), class_names)
+        model = Classifier(KerasNetwork(path / KERAS_FILE), json.loads((path / CLASS_NAMES_FILE).read_text()))
     # Everything loaded so far (TensorFlow's modules, the model) lives as long as the server: keep the garbage
     # collector from scanning it again on every full collection, which showed as slow requests.
     gc.freeze()
@@ -150,12 +193,10 @@ def write_code(folder: Path) -> Path:
     return package
 
 
-def write_data(folder: Path, class_names: list[str], tflite: Path | None = None) -> Path:
-    """The data folder of a LiteRT model (or the extras of a Keras one): class names, and the TFLite file."""
+def write_data(folder: Path, class_names: list[str]) -> Path:
+    """The extras of a Keras model's data folder: its class names."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / CLASS_NAMES_FILE).write_text(json.dumps(list(class_names)))
-    if tflite is not None:
-        shutil.copy(tflite, folder / TFLITE_FILE)
     return folder
 
 
@@ -164,7 +205,10 @@ def save_model(path, mlflow_model, keras_model, class_names, **kwargs) -> None:
     Keras flavor (so `mlflow.keras.load_model` works), with the pyfunc flavor pointed at this module."""
     import mlflow
 
+    signature = kwargs.pop("signature", None)  # outputs only, which the Keras flavor refuses: set after it
+    Path(path).mkdir(parents=True)  # mlflow.keras.save_model writes the input example before it makes the folder
     mlflow.keras.save_model(keras_model, path, mlflow_model=mlflow_model, **kwargs)
+    mlflow_model.signature = signature
     path = Path(path)
     write_data(path / "data", class_names)
     write_code(path / "code")

@@ -3,8 +3,8 @@ twin, registering them, and looking a model up or loading it by URI."""
 
 from __future__ import annotations
 
+import shutil
 import tempfile
-import warnings
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -13,7 +13,7 @@ import mlflow
 import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
-from mlflow.types.schema import Array, ColSpec, Schema, TensorSpec
+from mlflow.types.schema import Array, ColSpec, Schema
 
 from tftrain import serving
 from tftrain.errors import UserError
@@ -31,10 +31,15 @@ OUTPUT_SCHEMA = Schema(
 )
 
 
-def signature(input_shape: tuple[int, ...]) -> ModelSignature:
-    """Raw pixels of the task's shape in (an unnamed tensor, so requests send a plain array: {"inputs": [...]}),
-    one row per image out."""
-    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *input_shape))]), outputs=OUTPUT_SCHEMA)
+# One row per image out. No input schema: MLflow checks an input schema strictly before the model sees a request
+# (one dtype, a fixed rank), which would refuse uint8 pixels and a single image, and answer a wrong shape with a
+# print-out of the request before the reason; the model's own checks (serving.check_images) say what it takes.
+# What it takes is in the MLmodel file's metadata (`accepts`, `image_shape`) and in its serving input example.
+SIGNATURE = ModelSignature(outputs=OUTPUT_SCHEMA)
+
+
+def _metadata(input_shape: tuple[int, ...]) -> dict:
+    return {"image_shape": list(input_shape), "accepts": serving.accepted(input_shape)}
 
 
 @dataclass(frozen=True)
@@ -64,11 +69,13 @@ def log_keras_model(
     class_names: tuple[str, ...],
     journal: Journal | None = None,
 ) -> LoggedModel | None:
-    """Log the Keras `model` (MLflow's Keras flavor, served by tftrain's pyfunc) with the signature, register it, and
-    log an example request beside the run. With the tracking server gone, the model goes to the training's
-    `journal` instead (None back); `tftrain sync` logs it."""
+    """Log the Keras `model` (MLflow's Keras flavor, served by tftrain's pyfunc) with `example` (uint8 images) as
+    its serving input example, register it, and log the same request beside the run (serving_example.json). With
+    the tracking server gone, the model goes to the training's `journal` instead (None back); `tftrain sync` logs
+    it."""
     mlflow.flush_async_logging()
-    request = {"inputs": example.astype(int).tolist()}
+    example = np.asarray(example, dtype=np.uint8)
+    request = {"inputs": example.tolist()}
     logged: list[LoggedModel] = []
 
     def log() -> None:
@@ -78,11 +85,12 @@ def log_keras_model(
             flavor=serving,
             keras_model=model,
             class_names=list(class_names),
-            signature=signature(tuple(model.input_shape[1:])),
+            signature=SIGNATURE,
+            input_example=example,
+            metadata=_metadata(tuple(model.input_shape[1:])),
             registered_model_name=registered_name,
             pip_requirements=_requirements("tensorflow"),
         )
-        # input_example= would crash log_model (MLflow #16183), so the example request is a run artifact instead.
         mlflow.log_dict(request, "serving_example.json")
         logged.append(_logged(info, registered_name))
 
@@ -94,18 +102,22 @@ def log_keras_model(
 
 
 def log_litert_model(
-    tflite: Path, class_names: tuple[str, ...], registered_name: str | None, input_shape: tuple[int, ...]
+    tflite: Path, class_names: tuple[str, ...], registered_name: str | None, example: np.ndarray
 ) -> LoggedModel:
-    """Log a TFLite file as a pyfunc model that runs in the LiteRT interpreter, and register it."""
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-        # the example request is serving_example.json of the training run, as for the Keras model
-        warnings.filterwarnings("ignore", message=".*input example was not provided")
+    """Log a TFLite file (as data/model.tflite) as a pyfunc model that runs in the LiteRT interpreter, with
+    `example` (uint8 images) as its serving input example, and register it."""
+    example = np.asarray(example, dtype=np.uint8)
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copy(tflite, Path(tmp, "model.tflite"))  # whichever quantization, the model's file is model.tflite
         info = mlflow.pyfunc.log_model(
             name=LITERT_ARTIFACT,
             loader_module=serving.__name__,
-            data_path=str(serving.write_data(Path(tmp, "data"), class_names, tflite)),
+            data_path=str(Path(tmp, "model.tflite")),
             code_paths=[str(serving.write_code(Path(tmp, "code")))],
-            signature=signature(input_shape),
+            model_config={"class_names": list(class_names)},
+            signature=SIGNATURE,
+            input_example=example,
+            metadata=_metadata(example.shape[1:]),
             registered_model_name=registered_name,
             pip_requirements=_requirements("ai-edge-litert"),
         )
@@ -121,16 +133,23 @@ def resolve_model(uri: str) -> LoggedModel:
             f"model_uri {uri!r} cannot be opened: {str(e).splitlines()[0]} "
             f"(tracking store {mlflow.get_tracking_uri()}; set MLFLOW_TRACKING_URI to use another)"
         ) from None
-    signature = info.signature
-    one_tensor = signature is not None and signature.inputs.is_tensor_spec() and len(signature.inputs.inputs) == 1
-    shape = tuple(int(d) for d in signature.inputs.inputs[0].shape[1:]) if one_tensor else None
-    return LoggedModel(uri, info.model_id, info.run_id, input_shape=shape)
+    return LoggedModel(uri, info.model_id, info.run_id, input_shape=_image_shape(info))
+
+
+def _image_shape(info) -> tuple[int, ...] | None:
+    """From the MLmodel metadata; a model logged before tftrain wrote it has the shape in its input signature."""
+    if shape := (info.metadata or {}).get("image_shape"):
+        return tuple(int(d) for d in shape)
+    inputs = info.signature.inputs if info.signature else None
+    if inputs is not None and inputs.is_tensor_spec() and len(inputs.inputs) == 1:
+        return tuple(int(d) for d in inputs.inputs[0].shape[1:])
+    return None
 
 
 def image_shape(ref: LoggedModel) -> tuple[int, ...]:
     """The image shape, (H, W) or (H, W, C), in a resolved model's signature; none is a user error."""
     if ref.input_shape is None:
-        raise UserError(f"model_uri {ref.uri!r} has no signature of one image tensor, so its image shape is unknown")
+        raise UserError(f"model_uri {ref.uri!r} says no image shape (MLmodel metadata or signature): not a tftrain model")
     return ref.input_shape
 
 

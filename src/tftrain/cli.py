@@ -5,6 +5,7 @@ its step, so a mistake is one line within a couple of seconds, not after TensorF
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 
 import click
@@ -22,7 +23,7 @@ from tftrain.config import (
     parse_version_uri,
 )
 from tftrain.errors import TrainingFailed, UserError, invalid
-from tftrain.store import check_keras_model, check_run, check_tracking_store, model_info
+from tftrain.store import StoreError, check_keras_model, check_run, check_tracking_store, mark_refused, model_info
 
 _TYPES = {"int": int, "float": float, "str": str, "bool": click.BOOL}
 
@@ -271,8 +272,28 @@ def bench_command(only: str, full: bool, repeat: int, epochs: int, data_dir: str
         raise TrainingFailed("bench: some configurations failed (named above); the table has the others")
 
 
-def _refuse(reason: str, exit_code: int) -> None:
+def _click_reason(e: click.ClickException) -> str:
+    """click's message; under `mlflow run`, an unknown option is a -P key the entry point does not declare (MLflow
+    logs it as a param and appends it to the command as --key value): say so in -P terms."""
+    name = getattr(e, "option_name", "") or ""
+    if not (isinstance(e, click.NoSuchOption) and os.environ.get("MLFLOW_RUN_ID") and name.startswith("--")):
+        return e.format_message()
+    args = sys.argv[1:]
+    value = args[args.index(name) + 1] if name in args[:-1] else ""
+    close = " or ".join(p.lstrip("-").replace("-", "_") for p in e.possibilities or [])
+    return (
+        f"invalid value for -P: received {name[2:]}={value} (not a parameter of the MLproject entry point; mlflow "
+        f"run logged it and passed it on as {name}); allowed: the entry point's parameters"
+        + (f"; did you mean {close}?" if close else "")
+    )
+
+
+def _refuse(reason: str, exit_code: int, mark: bool = True) -> None:
+    """One line and the exit code; a usage error under `mlflow run` also marks the run MLflow made (store.py)."""
     click.echo(f"tftrain: error: {reason}", err=True)
+    problem = mark_refused(reason) if mark and exit_code == 2 else None
+    if problem:
+        click.echo(f"tftrain: warning: {problem}", err=True)
     sys.exit(exit_code)
 
 
@@ -286,12 +307,12 @@ def main() -> None:
         click.echo(e.format_message(), err=True)
         sys.exit(e.exit_code)
     except click.ClickException as e:
-        _refuse(e.format_message(), e.exit_code)
+        _refuse(_click_reason(e), e.exit_code)
     except click.exceptions.Abort:
         click.echo("tftrain: aborted", err=True)
         sys.exit(130)
     except UserError as e:
-        _refuse(str(e), e.exit_code)
+        _refuse(str(e), e.exit_code, mark=not isinstance(e, StoreError))
     except KeyboardInterrupt:
         click.echo("tftrain: interrupted", err=True)
         sys.exit(130)

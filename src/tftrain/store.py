@@ -1,10 +1,12 @@
 """The tracking store, asked before any work starts and before TensorFlow loads: is it there (without importing
-MLflow), and is the model or run a command names in it (MLflow only: it imports no TensorFlow). A training job must
-not load TensorFlow, or run for an hour, and then find it has nowhere to log or nothing to read."""
+MLflow), is the model or run a command names in it (MLflow only: it imports no TensorFlow), and, under `mlflow
+run`, marking the run MLflow made when tftrain refuses the command. A training job must not load TensorFlow, or
+run for an hour, and then find it has nowhere to log or nothing to read."""
 
 from __future__ import annotations
 
 import os
+import re
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -107,3 +109,39 @@ def check_run(run_id: str, what: str) -> None:
         raise UserError(
             f"{what}: run {run_id} is not in tracking store {mlflow.get_tracking_uri()}: {str(e).splitlines()[0]}"
         ) from None
+
+
+def failed_run_name(reason: str, limit: int = 48) -> str:
+    """failed-<what was refused>, whole words up to `limit` characters: failed-model-cnnn for "invalid value for
+    model: received 'cnnn'; allowed: ...", failed-model_uri-models-nope-1-cannot-be-opened for a missing model."""
+    head = re.sub(r"^invalid (value for |combination: )|received ", "", re.split(r"[;(,]", reason)[0])
+    name = "failed"
+    for word in re.sub(r"[^A-Za-z0-9_]+", " ", head).split():
+        if len(name) + 1 + len(word) > limit:
+            break
+        name += "-" + word
+    return name
+
+
+def mark_refused(reason: str) -> str | None:
+    """Under `mlflow run` (MLFLOW_RUN_ID names the run it made and still holds open): tag that run with why tftrain
+    refused the command (tftrain.failure) and name it failed-<what>; mark it FAILED (mlflow run marks it again
+    when the entry point exits). Returns why it could not, or None. A run tftrain already ended is left alone:
+    it carries its own reason. The run is kept, not deleted: mlflow run then sets the terminal status of a
+    deleted run and dies with a traceback (mlflow 3.17, projects._maybe_set_run_terminated)."""
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        return None
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    try:
+        if client.get_run(run_id).info.status != "RUNNING":
+            return None
+        client.set_tag(run_id, "tftrain.failure", reason[:5000])
+        client.set_tag(run_id, "mlflow.runName", failed_run_name(reason))
+        client.set_terminated(run_id, "FAILED")
+    except (MlflowException, OSError) as e:
+        return f"run {run_id} could not be marked as refused: {str(e).splitlines()[0][:200]}"
+    return None

@@ -1,8 +1,11 @@
 """The CLI as a user meets it: real processes, exit codes, one-line errors, no tracebacks."""
 
+import os
+import socket
 import subprocess
 import sys
 
+import mlflow
 import numpy as np
 import pytest
 
@@ -124,3 +127,77 @@ def test_the_cli_imports_neither_the_bench_nor_a_test_harness():
     import tftrain.serve
 
     assert not hasattr(tftrain.serve, "running_server")
+
+
+# Runs the CLI, then says on stdout which of TensorFlow and Keras got imported (an empty list: neither).
+NO_TF_PROBE = (
+    "import atexit, sys; atexit.register(lambda: print(sorted({'tensorflow', 'keras'} & set(sys.modules)))); "
+    "sys.argv[0] = 'tftrain'; from tftrain.cli import main; main()"
+)
+
+
+@pytest.fixture(scope="module")
+def mistakes(tmp_path_factory, tiny_data):
+    """A working folder with a store and one of each mistake a check must catch; a listening port."""
+    folder = tmp_path_factory.mktemp("mistakes")
+    (folder / "empty").mkdir()
+    (folder / "no-images" / "sub").mkdir(parents=True)
+    (folder / "no-images" / "sub" / "notes.txt").write_text("not an image")
+    (folder / "user.py").write_text("import tensorflow\n\n\ndef other():\n    pass\n")  # never to be run
+    (folder / "raises.py").write_text("def build(input_shape, num_classes):\n    raise ValueError('no')\n")
+    (folder / "journal").mkdir()
+    (folder / "journal" / "run.json").write_text(f'{{"run_id": "{RUN}"}}')
+    (folder / "photo.png").write_bytes(b"")
+    bad = write_dataset(folder / "bad-data", n_train=64, n_test=20)
+    write_idx(bad / "train-labels-idx1-ubyte.gz", np.zeros(5, np.uint8))
+    mlflow.MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments()  # an existing, empty store
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        yield folder, busy.getsockname()[1], tiny_data
+
+
+CHECKED_BEFORE_TENSORFLOW = [
+    (["train", "--data-dir", "empty"], "data folder empty lacks train-images-idx3-ubyte.gz"),
+    (["train", "--data-dir", "bad-data"], "train-labels-idx1-ubyte.gz: 5 labels for 64 images"),
+    (["train", "--model", "user.py:build"], "model builder user.py:build: user.py has no function 'build'"),
+    (["train", "--model", "no_such_module:build"], "cannot import no_such_module: ModuleNotFoundError"),
+    (["train", "--output-dir", "user.py/out"], "invalid value for output_dir: received 'user.py/out'"),
+    (["pipeline", "--dataset", "user.py:load"], "dataset function user.py:load: user.py has no function 'load'"),
+    (["pipeline", "--model", "resnet50"], "model=resnet50 with images of 28x28; allowed: images of at least 32x32"),
+    (["evaluate", "--model-uri", "models:/nope/1"], "model_uri 'models:/nope/1' cannot be opened: Registered Model"),
+    (["evaluate", "--model-uri", f"runs:/{RUN}/model"], f"cannot be opened: Run with id={RUN} not found"),
+    (["evaluate", "--model-uri", "models:/nope/1", "--dataset", "empty"], "image folder"),
+    (["export", "--model-uri", "models:/nope@champion"], "model_uri 'models:/nope@champion' cannot be opened"),
+    (["promote", "--model-uri", "models:/nope/3"], "model_uri 'models:/nope/3' cannot be opened"),
+    (["predict", "--model-uri", "models:/nope/1", "no-images"], "input folder no-images has no image files"),
+    (["predict", "--model-uri", "models:/nope/1", "photo.png"], "model_uri 'models:/nope/1' cannot be opened"),
+    (["serve", "--port", "{busy}"], "cannot listen on 127.0.0.1:{busy}: Address already in use"),
+    (["serve", "--model-uri", "models:/nope@champion"], "model_uri 'models:/nope@champion' cannot be opened"),
+    (["sync", "journal"], f"offline journal journal: run {RUN} is not in tracking store"),
+]
+
+
+def probe(args: list[str], cwd) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{cwd / 'mlflow.db'}"
+    command = [sys.executable, "-c", NO_TF_PROBE, *args]
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+
+
+@pytest.mark.parametrize("args, expected", CHECKED_BEFORE_TENSORFLOW)
+def test_mistakes_are_said_before_tensorflow_loads(mistakes, args, expected):
+    folder, busy, _ = mistakes
+    done = probe([a.format(busy=busy) for a in args], folder)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("tftrain: error: ") and done.stderr.count("\n") == 1, done.stderr
+    assert expected.format(busy=busy) in done.stderr
+    assert done.stdout == "[]\n", f"imported {done.stdout.strip()} before refusing: {done.stderr}"
+
+
+def test_the_probe_sees_tensorflow_when_the_checks_pass(mistakes):
+    """The builder exists and is only wrong when it runs: that takes TensorFlow, and the probe says so."""
+    folder, _, tiny_data = mistakes
+    done = probe(["train", "--data-dir", str(tiny_data), "--model", "raises.py:build"], folder)
+    assert done.returncode == 2 and "model builder raises.py:build raised ValueError: no" in done.stderr
+    assert done.stdout == "['keras', 'tensorflow']\n"

@@ -116,7 +116,7 @@ def test_dataset_and_model_forms_resolve_before_any_data_is_read(tmp_path):
     assert cfg.registered_model_name == "tftrain-my-flowers"
     assert model_label(cfg.model) == "net"
     assert resolved_dataset(str(folder)) == str(folder.resolve())
-    assert TrainConfig(model="resnet50", weights=f"{tmp_path}/net.keras", freeze_backbone=True).freeze_backbone
+    assert TrainConfig(model="resnet50", weights=f"{tmp_path}/net.keras", freeze_backbone=True, image_size="32x32")
 
 
 def test_backbone_options_only_go_with_keras_applications():

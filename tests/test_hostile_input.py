@@ -14,9 +14,8 @@ from hypothesis import strategies as st
 
 from servers import free_port
 from tftrain.cli import cli, main
-from tftrain.config import TrainConfig
+from tftrain.config import TrainConfig, check_output_dir
 from tftrain.errors import UserError
-from tftrain.train import check_output_dir
 
 FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
 
@@ -35,7 +34,7 @@ def outcome(args: list[str]) -> str | None:
         context = cli.commands["train"].make_context("train", args)
         cfg = TrainConfig(**context.params)
         with tempfile.TemporaryDirectory() as folder, contextlib.chdir(folder):
-            check_output_dir(cfg.output_dir)  # what train checks first, before TensorFlow starts
+            check_output_dir(cfg.output_dir)  # what the CLI checks before TensorFlow starts
     except click.ClickException as e:
         assert e.exit_code == 2
         return e.format_message()

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import yaml
 
-from conftest import activated_env, mlflow_run_args, mlflow_store
+from conftest import REPO, activated_env, mlflow_run_args, mlflow_store
 
 pytestmark = pytest.mark.slow
 
@@ -90,3 +91,32 @@ def test_main_job_on_real_fashion_mnist_defaults(project_store):
     )
     assert abs(metrics["tflite_int8_accuracy_delta"]) < 0.02 and metrics["tflite_int8_latency_ms"] > 0
     assert "mlflow ui --backend-store-uri sqlite:///" in done.stdout
+
+
+REFUSED = [
+    ("main", {"model": "cnnn"}, "invalid value for model: received 'cnnn'; allowed: mlp", "failed-model-cnnn"),
+    ("train", {"epoch": "3"}, "invalid value for -P: received epoch=3 (not a parameter", "failed-P-epoch-3"),
+    (
+        "evaluate",
+        {"model_uri": "models:/nope/1"},
+        "model_uri 'models:/nope/1' cannot be opened: Registered Model with name=nope not found",
+        "failed-model_uri-models-nope-1-cannot-be-opened",
+    ),
+]
+
+
+@pytest.mark.parametrize("entry_point, params, reason, run_name", REFUSED)
+def test_a_refused_command_leaves_a_failed_run_that_says_why(project_store, entry_point, params, reason, run_name):
+    folder, _ = project_store
+    env = activated_env()
+    env.pop("MLFLOW_RUN_ID", None)
+    args = mlflow_run_args(entry_point, params, "refused")
+    done = subprocess.run(args, cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr  # mlflow run's code for a failure
+    (line,) = [line for line in done.stderr.splitlines() if line.startswith("tftrain: error: ")]
+    assert reason in line
+    (run,) = mlflow.search_runs(experiment_names=["refused"], output_format="list")
+    assert (run.info.status, run.info.run_name) == ("FAILED", run_name)
+    assert run.data.tags["tftrain.failure"] == line.removeprefix("tftrain: error: ")
+    declared = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"][entry_point]["parameters"]
+    assert set(run.data.params) == set(declared) | set(params)  # what mlflow run logs; tftrain logged nothing

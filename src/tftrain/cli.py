@@ -1,26 +1,28 @@
-"""The `tftrain` command: a thin click layer over the steps. Heavy imports (TensorFlow, MLflow) happen inside the
-commands, after the parameters have been validated, so a bad parameter fails in well under a second."""
+"""The `tftrain` command: a thin click layer over the steps. Each command runs every check that needs no
+TensorFlow first (checks.py: parameters, files, the tracking store, the model it names, a free port), then imports
+its step, so a mistake is one line within a couple of seconds, not after TensorFlow's 7-10 s of loading."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
-from pathlib import Path
 
 import click
 
+from tftrain.checks import check_address, check_dataset, check_inputs, check_training, journal_run
 from tftrain.config import (
     QUANTIZATIONS,
     TrainConfig,
     check_alias,
     check_data_dir,
     check_model_uri,
+    check_output_dir,
     check_output_file,
-    dataset_kind,
     parse_version_uri,
 )
 from tftrain.errors import TrainingFailed, UserError, invalid
-from tftrain.store import check_tracking_store
+from tftrain.store import StoreError, check_keras_model, check_run, check_tracking_store, mark_refused, model_info
 
 _TYPES = {"int": int, "float": float, "str": str, "bool": click.BOOL}
 
@@ -56,18 +58,27 @@ data_dir_option = click.option(
 )
 
 
-def _check_data(dataset: str) -> None:
-    """The dataset's form, and an image folder's structure, checked before TensorFlow loads."""
-    if dataset_kind(dataset) == "folder":
-        from tftrain.folders import scan
-
-        scan(dataset)
-
-
 def _data_args(dataset: str, data_dir: str) -> tuple[str, str]:
+    """evaluate's and export's data: empty means the model's own (checked when its run's params are read)."""
+    check_data_dir(data_dir)
     if dataset:
-        _check_data(dataset)
-    return dataset, check_data_dir(data_dir)
+        check_dataset(dataset, data_dir)
+    return dataset, data_dir
+
+
+def _model_args(model_uri: str) -> None:
+    """A well-formed URI, then a model the tracking store has."""
+    check_model_uri(model_uri)
+    check_tracking_store()
+    model_info(model_uri)
+
+
+def _training_args(params: dict) -> TrainConfig:
+    cfg = TrainConfig(**params)
+    check_training(cfg)
+    check_tracking_store()
+    check_output_dir(cfg.output_dir)
+    return cfg
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -80,9 +91,7 @@ def cli() -> None:
 @config_options(TrainConfig)
 def train_command(**params) -> None:
     """Train (model.fit or the custom loop, any strategy and precision); log and register the model in MLflow."""
-    cfg = TrainConfig(**params)
-    _check_data(cfg.dataset)
-    check_tracking_store()
+    cfg = _training_args(params)
     from tftrain.train import train
 
     result = train(cfg)
@@ -100,9 +109,8 @@ def train_command(**params) -> None:
 @data_dir_option
 def evaluate_command(model_uri: str, dataset: str, data_dir: str) -> None:
     """Score a model on the test split: loss, accuracy, per-class precision/recall/F1, confusion matrix."""
-    check_model_uri(model_uri)
     dataset, data_dir = _data_args(dataset, data_dir)
-    check_tracking_store()
+    _model_args(model_uri)
     from tftrain.evaluate import evaluate
 
     evaluate(model_uri, dataset, data_dir)
@@ -123,13 +131,12 @@ def evaluate_command(model_uri: str, dataset: str, data_dir: str) -> None:
 def export_command(model_uri: str, dataset: str, data_dir: str, output_dir: str, litert_quantization: str) -> None:
     """Write a SavedModel and TFLite files (float32, dynamic-range, float16, int8), each scored with LiteRT on the
     test split; log one as a servable LiteRT model."""
-    check_model_uri(model_uri)
     dataset, data_dir = _data_args(dataset, data_dir)
-    check_tracking_store()
-    from tftrain.export import export
-    from tftrain.train import check_output_dir
-
+    _model_args(model_uri)
+    check_keras_model(model_uri)
     check_output_dir(output_dir)
+    from tftrain.export import export
+
     export(model_uri, dataset, data_dir, output_dir, litert_quantization)
 
 
@@ -143,7 +150,7 @@ def promote_command(model_uri: str, alias: str, min_accuracy: float) -> None:
         raise invalid("min_accuracy", min_accuracy, "a number from 0 to 1")
     parse_version_uri(model_uri)
     check_alias(alias)
-    check_tracking_store()
+    _model_args(model_uri)
     from tftrain.registry import promote
 
     promote(model_uri, alias, min_accuracy)
@@ -165,14 +172,12 @@ def predict_command(model_uri: str, inputs: tuple[str, ...], output: str, fmt: s
     """Predict the class of each image in INPUT: image files (PNG, JPEG, BMP, GIF), folders of them (searched
     recursively), or IDX image files; each is resized and converted to the model's input size and channels."""
     check_model_uri(model_uri)
-    for given in inputs:
-        if not Path(given).exists():
-            raise invalid("INPUT", given, "existing image files (PNG, JPEG, BMP, GIF), folders of them, or IDX files")
+    check_inputs(inputs)
     if fmt == "auto":
         fmt = "json" if output.lower().endswith(".json") else "csv"
     if output != "-":
         check_output_file(output)
-    check_tracking_store()
+    _model_args(model_uri)
     from tftrain.predict import predict
 
     predict(model_uri, list(inputs), output, fmt)
@@ -195,7 +200,8 @@ def predict_command(model_uri: str, inputs: tuple[str, ...], output: str, fmt: s
 def serve_command(model_uri: str, host: str, port: int) -> None:
     """Serve a model over HTTP with `mlflow models serve` from this environment: POST /invocations."""
     check_model_uri(model_uri)
-    check_tracking_store()
+    check_address(host, port)
+    _model_args(model_uri)
     from tftrain.serve import serve
 
     serve(model_uri, host, port)
@@ -205,12 +211,9 @@ def serve_command(model_uri: str, host: str, port: int) -> None:
 @click.argument("journal", metavar="FOLDER")
 def sync_command(journal: str) -> None:
     """Upload what a run kept on local disk while the tracking server was away (the FOLDER training named)."""
-    folder = Path(journal)
-    if (folder / "offline").is_dir():
-        folder = folder / "offline"  # the run's output folder was given
-    if not (folder / "run.json").is_file():
-        raise invalid("FOLDER", journal, "an offline journal folder that training named (with run.json)")
+    folder, run_id = journal_run(journal)
     check_tracking_store()
+    check_run(run_id, f"offline journal {folder}")
     from tftrain.tracking.sync import replay_journal
 
     run_id = replay_journal(folder)
@@ -221,9 +224,7 @@ def sync_command(journal: str) -> None:
 @config_options(TrainConfig)
 def pipeline_command(**params) -> None:
     """The main job: train, evaluate and export in one MLflow run, then say where to look."""
-    cfg = TrainConfig(**params)
-    _check_data(cfg.dataset)
-    check_tracking_store()
+    cfg = _training_args(params)
     from tftrain.pipeline import pipeline
 
     pipeline(cfg)
@@ -270,6 +271,31 @@ def bench_command(only: str, full: bool, repeat: int, epochs: int, data_dir: str
         raise TrainingFailed("bench: some configurations failed (named above); the table has the others")
 
 
+def _click_reason(e: click.ClickException) -> str:
+    """click's message; under `mlflow run`, an unknown option is a -P key the entry point does not declare (MLflow
+    logs it as a param and appends it to the command as --key value): say so in -P terms."""
+    name = getattr(e, "option_name", "") or ""
+    if not (isinstance(e, click.NoSuchOption) and os.environ.get("MLFLOW_RUN_ID") and name.startswith("--")):
+        return e.format_message()
+    args = sys.argv[1:]
+    value = args[args.index(name) + 1] if name in args[:-1] else ""
+    close = " or ".join(p.lstrip("-").replace("-", "_") for p in e.possibilities or [])
+    return (
+        f"invalid value for -P: received {name[2:]}={value} (not a parameter of the MLproject entry point; mlflow "
+        f"run logged it and passed it on as {name}); allowed: the entry point's parameters"
+        + (f"; did you mean {close}?" if close else "")
+    )
+
+
+def _refuse(reason: str, exit_code: int, mark: bool = True) -> None:
+    """One line and the exit code; a usage error under `mlflow run` also marks the run MLflow made (store.py)."""
+    click.echo(f"tftrain: error: {reason}", err=True)
+    problem = mark_refused(reason) if mark and exit_code == 2 else None
+    if problem:
+        click.echo(f"tftrain: warning: {problem}", err=True)
+    sys.exit(exit_code)
+
+
 def main() -> None:
     """Run the CLI; a user mistake is one line on stderr and exit code 2, never a traceback."""
     try:
@@ -280,14 +306,12 @@ def main() -> None:
         click.echo(e.format_message(), err=True)
         sys.exit(e.exit_code)
     except click.ClickException as e:
-        click.echo(f"tftrain: error: {e.format_message()}", err=True)
-        sys.exit(e.exit_code)
+        _refuse(_click_reason(e), e.exit_code)
     except click.exceptions.Abort:
         click.echo("tftrain: aborted", err=True)
         sys.exit(130)
     except UserError as e:
-        click.echo(f"tftrain: error: {e}", err=True)
-        sys.exit(e.exit_code)
+        _refuse(str(e), e.exit_code, mark=not isinstance(e, StoreError))
     except KeyboardInterrupt:
         click.echo("tftrain: interrupted", err=True)
         sys.exit(130)

@@ -21,6 +21,8 @@ MODELS = ("mlp", "cnn", "cnn_bn")  # built in; also a keras.applications name, a
 APPLICATIONS = (
     "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "efficientnet_v2_b0", "resnet50",
 )  # fmt: skip
+MIN_APPLICATION_SIZE = 32  # keras.applications refuse smaller images
+BUILTIN_IMAGE_SIZE = (28, 28)  # fashion_mnist and mnist
 CHANNELS = ("auto", "1", "3")
 BAD_IMAGES = ("fail", "skip")
 MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
@@ -225,6 +227,7 @@ class TrainConfig:
             raise invalid(
                 "freeze_backbone", "true", f"false with model={self.model}; it freezes a keras.applications backbone"
             )
+        _check_application_size(self, kind)
         if self.weights not in ("", "imagenet") and not Path(self.weights).is_file():
             raise invalid("weights", self.weights, "an existing weights file (.weights.h5 or .h5), imagenet, or empty")
         if not self.output_dir:
@@ -379,6 +382,19 @@ def parse_image_size(value: str) -> tuple[int, int] | None:
     return int(match[1]), int(match[2])
 
 
+def _check_application_size(cfg: TrainConfig, kind: str) -> None:
+    """keras.applications models need images of 32x32 or more: known now for built-in data and a given image_size
+    (a folder's most common size is known once its images are read)."""
+    size = parse_image_size(cfg.image_size)
+    if size is None and dataset_kind(cfg.dataset) == "builtin":
+        size = BUILTIN_IMAGE_SIZE
+    if kind == "application" and size and min(size) < MIN_APPLICATION_SIZE:
+        raise UserError(
+            f"invalid combination: model={cfg.model} with images of {size[0]}x{size[1]}; allowed: images of at least "
+            f"{MIN_APPLICATION_SIZE}x{MIN_APPLICATION_SIZE} (pass image_size=HxW, e.g. image_size=96x96)"
+        )
+
+
 def _at_least(cfg: TrainConfig, name: str, low: int) -> None:
     value = getattr(cfg, name)
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -421,6 +437,19 @@ def check_data_dir(data_dir: str) -> str:
     if data_dir and not Path(data_dir).is_dir():
         raise invalid("data_dir", data_dir, "an existing folder, or empty")
     return data_dir
+
+
+def check_output_dir(output_dir: str) -> Path:
+    """Create the output folder now, before any training, or say why it cannot be written."""
+    path = Path(output_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
+        reason = e.strerror if isinstance(e, OSError) else str(e)
+        raise UserError(f"invalid value for output_dir: received {output_dir!r}; cannot create it: {reason}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"invalid value for output_dir: received {output_dir!r}; allowed: a writable folder")
+    return path
 
 
 def check_output_file(output: str, name: str = "output") -> str:

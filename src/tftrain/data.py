@@ -55,14 +55,8 @@ class Dataset:
         return CLASS_NAMES[self.name]
 
 
-def read_idx(path: Path, ndim: int) -> np.ndarray:
-    """Read one IDX file (gzipped or not), checking the magic number and that the size matches the header."""
-    try:
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError) as e:
-        raise UserError(f"cannot read data file {path}: {e}") from None
+def _idx_shape(path: Path, raw: bytes, ndim: int) -> tuple[int, ...]:
+    """The shape in an IDX header (the file's first 4 + 4 * ndim bytes), after checking its magic number."""
     if len(raw) < 4 + 4 * ndim:
         raise UserError(f"corrupt data file {path}: {len(raw)} bytes is shorter than an IDX header")
     zero, dtype, dims = struct.unpack(">HBB", raw[:4])
@@ -70,7 +64,22 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
         raise UserError(
             f"corrupt data file {path}: magic number {raw[:4].hex()} is not an IDX file of uint8 with {ndim} dimension(s)"
         )
-    shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+    return struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+
+
+def _read(path: Path, size: int = -1) -> bytes:
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as f:
+            return f.read(size)
+    except (OSError, EOFError) as e:
+        raise UserError(f"cannot read data file {path}: {e}") from None
+
+
+def read_idx(path: Path, ndim: int) -> np.ndarray:
+    """Read one IDX file (gzipped or not), checking the magic number and that the size matches the header."""
+    raw = _read(path)
+    shape = _idx_shape(path, raw, ndim)
     body = raw[4 + 4 * ndim :]
     if len(body) != int(np.prod(shape)):
         raise UserError(
@@ -86,22 +95,48 @@ def _find_idx_file(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def read_idx_folder(name: str, folder: Path) -> Dataset:
-    """The four standard IDX files of `folder`, checked against each other."""
+def _idx_paths(folder: Path) -> dict[str, Path]:
     paths = {key: _find_idx_file(folder, stem) for key, stem in IDX_FILES.items()}
     missing = [IDX_FILES[k] + ".gz" for k, p in paths.items() if p is None]
     if missing:
         raise UserError(f"data folder {folder} lacks {', '.join(missing)}")
-    arrays = {k: read_idx(p, 3 if k.startswith("x") else 1) for k, p in paths.items()}
+    return paths
+
+
+def _check_shapes(paths: dict[str, Path], shapes: dict[str, tuple[int, ...]]) -> None:
     for split in ("train", "test"):
-        x, y, y_path = arrays[f"x_{split}"], arrays[f"y_{split}"], paths[f"y_{split}"]
-        if x.shape[1:] != (28, 28):
-            raise UserError(f"data file {paths[f'x_{split}']}: images are {x.shape[1:]}, expected (28, 28)")
-        if len(x) != len(y):
-            raise UserError(f"data file {y_path}: {len(y)} labels for {len(x)} images")
+        x, y = shapes[f"x_{split}"], shapes[f"y_{split}"]
+        if x[1:] != (28, 28):
+            raise UserError(f"data file {paths[f'x_{split}']}: images are {x[1:]}, expected (28, 28)")
+        if x[0] != y[0]:
+            raise UserError(f"data file {paths[f'y_{split}']}: {y[0]} labels for {x[0]} images")
+
+
+def check_idx_folder(folder: Path) -> None:
+    """The four IDX files are there and their headers agree: read from the first bytes of each, in milliseconds,
+    so a wrong data_dir is said before TensorFlow loads."""
+    paths = _idx_paths(folder)
+    ndims = {k: 3 if k.startswith("x") else 1 for k in paths}
+    _check_shapes(paths, {k: _idx_shape(p, _read(p, 4 + 4 * ndims[k]), ndims[k]) for k, p in paths.items()})
+
+
+def read_idx_folder(name: str, folder: Path) -> Dataset:
+    """The four standard IDX files of `folder`, checked against each other."""
+    paths = _idx_paths(folder)
+    arrays = {k: read_idx(p, 3 if k.startswith("x") else 1) for k, p in paths.items()}
+    _check_shapes(paths, {k: a.shape for k, a in arrays.items()})
+    for split in ("train", "test"):
+        y, y_path = arrays[f"y_{split}"], paths[f"y_{split}"]
         if y.size and y.max() >= len(CLASS_NAMES[name]):
             raise UserError(f"data file {y_path}: label {y.max()} outside 0..{len(CLASS_NAMES[name]) - 1}")
     return Dataset(name=name, source=str(folder), **arrays)
+
+
+def builtin_folder(name: str, data_dir: str = "") -> Path | None:
+    """Where a built-in dataset's IDX files are: data_dir, else the first known local copy; None: Keras' turn."""
+    if data_dir:
+        return Path(data_dir)
+    return next((Path(folder) for folder in KNOWN_DIRS[name] if Path(folder).is_dir()), None)
 
 
 def _keras_home() -> Path:
@@ -119,13 +154,10 @@ def _from_keras(name: str) -> Dataset:
 
 def load_dataset(name: str, data_dir: str = "") -> Dataset:
     """Find `name` in data_dir, else in known local copies, else through Keras; say everything tried if all fail."""
-    if data_dir:
-        return read_idx_folder(name, Path(data_dir))
-    tried = []
-    for folder in KNOWN_DIRS[name]:
-        if Path(folder).is_dir():
-            return read_idx_folder(name, Path(folder))
-        tried.append(f"{folder} (absent)")
+    folder = builtin_folder(name, data_dir)
+    if folder is not None:
+        return read_idx_folder(name, folder)
+    tried = [f"{folder} (absent)" for folder in KNOWN_DIRS[name]]
     try:
         return _from_keras(name)
     except Exception as e:  # noqa: BLE001 - any download failure means "not found here"; we list it

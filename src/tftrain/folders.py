@@ -166,6 +166,18 @@ def _decode_rows(root: str, rels: list[str | None], size: tuple[int, int], chann
 # ---------------------------------------------------------------- scan: layout, classes, files
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The image files under `folder`, at any depth, sorted; hidden files and folders (.DS_Store, ._x.png) left
+    out."""
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES
+        and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
 def scan(path: str | Path) -> Listing:
     """The classes and image files of a folder in one of the LAYOUTS, checked before anything is decoded."""
     root = Path(path).expanduser().absolute()

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tftrain.config import model_kind
+from tftrain.config import MIN_APPLICATION_SIZE, model_kind
 from tftrain.errors import UserError, invalid
 from tftrain.user_code import first_line, load_function
 
@@ -130,7 +130,6 @@ APPLICATIONS: dict[str, tuple[str, str]] = {
     "efficientnet_v2_b0": ("EfficientNetV2B0", "built_in"),
     "resnet50": ("ResNet50", "caffe"),
 }
-MIN_APPLICATION_SIZE = 32  # keras.applications refuse smaller images
 IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)  # caffe-style preprocessing: BGR order, mean subtracted
 
 

@@ -17,7 +17,7 @@ from PIL import Image
 
 from tftrain.data import read_idx
 from tftrain.errors import UserError
-from tftrain.folders import IMAGE_SUFFIXES, UnreadableImage, read_image, to_pixels
+from tftrain.folders import IMAGE_SUFFIXES, UnreadableImage, image_files, read_image, to_pixels
 from tftrain.serving import MAX_BATCH, describe
 from tftrain.tracking import logged_models
 
@@ -31,18 +31,6 @@ def image_form(shape: tuple[int, ...]) -> tuple[tuple[int, int], int]:
     if len(shape) == 3 and min(shape) > 0 and shape[2] in (1, 3):
         return (shape[0], shape[1]), shape[2]
     raise UserError(f"the model takes images of shape {describe(shape)}; predict reads (N, H, W) or (N, H, W, 1|3)")
-
-
-def image_files(folder: Path) -> list[Path]:
-    """The image files under `folder`, at any depth, sorted; hidden files and folders (.DS_Store, ._x.png) left
-    out."""
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.suffix.lower() in IMAGE_SUFFIXES
-        and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
 
 
 def read_picture(path: Path, shape: tuple[int, ...]) -> np.ndarray:

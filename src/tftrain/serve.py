@@ -4,21 +4,11 @@ uvicorn) running in this environment."""
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from pathlib import Path
 
-from tftrain.errors import UserError
+from tftrain.checks import check_address
 from tftrain.tracking.logged_models import resolve_model
-
-
-def check_address(host: str, port: int) -> None:
-    """Fail now, in one line, if the address cannot be listened on (the server would fail with a traceback)."""
-    try:
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-            s.bind((host, port))
-    except OSError as e:
-        raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
 def serve_command(model_uri: str, host: str, port: int) -> tuple[list[str], dict[str, str]]:

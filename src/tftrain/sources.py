@@ -48,15 +48,8 @@ def load_tfds(spec: str, data_dir: str, image_size: tuple[int, int] | None, chan
     """`tfds:NAME[:VERSION]` prepared under `data_dir` (empty: TFDS_DATA_DIR or ~/tensorflow_datasets), read with
     `tfds.builder_from_directory` (no builder class, no download). VERSION defaults to the highest one present.
     Needs `train` and `test` splits; `validation` is used when present."""
-    match = _TFDS_SPEC.fullmatch(spec)
-    if not match:
-        raise invalid("dataset", spec, "tfds:NAME or tfds:NAME:VERSION (e.g. tfds:mnist:3.0.1)")
-    if importlib.util.find_spec("tensorflow_datasets") is None:
-        raise UserError(
-            f"dataset {spec} needs tensorflow-datasets, which is not installed: "
-            "pip install tftrain[tfds] (or pip install tensorflow-datasets)"
-        )
-    name, path = match["name"], _tfds_folder(spec, match["name"], match["version"], data_dir)
+    path = check_tfds(spec, data_dir)
+    name = path.parent.name
     import tensorflow_datasets as tfds
 
     try:
@@ -71,6 +64,20 @@ def load_tfds(spec: str, data_dir: str, image_size: tuple[int, int] | None, chan
     what = f"tfds {name} {path.name}"
     read = {s: _tfds_split(builder, s, image_key, label_key) for s in ("train", "test", "validation") if s in splits}
     return _materialize(read, what, class_names, image_size, channels, f"{what} from {path.parent.parent}")
+
+
+def check_tfds(spec: str, data_dir: str) -> Path:
+    """The folder of the prepared dataset `tfds:NAME[:VERSION]` names, found without importing tensorflow-datasets
+    (or TensorFlow): a missing package, folder, dataset or version is a user error."""
+    match = _TFDS_SPEC.fullmatch(spec)
+    if not match:
+        raise invalid("dataset", spec, "tfds:NAME or tfds:NAME:VERSION (e.g. tfds:mnist:3.0.1)")
+    if importlib.util.find_spec("tensorflow_datasets") is None:
+        raise UserError(
+            f"dataset {spec} needs tensorflow-datasets, which is not installed: "
+            "pip install tftrain[tfds] (or pip install tensorflow-datasets)"
+        )
+    return _tfds_folder(spec, match["name"], match["version"], data_dir)
 
 
 def _tfds_folder(spec: str, name: str, version: str | None, data_dir: str) -> Path:

@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import sys
 import tempfile
 import time
@@ -21,7 +20,7 @@ import tensorflow as tf
 
 from tftrain import resume
 from tftrain.callbacks import SaveClock, build_callbacks, checkpoint_dir, flush_pending
-from tftrain.config import TrainConfig, dataset_label, model_label
+from tftrain.config import TrainConfig, check_output_dir, dataset_label, model_label
 from tftrain.data import make_dataset
 from tftrain.errors import TrainingFailed, UserError
 from tftrain.loop import fit_custom
@@ -78,19 +77,6 @@ def compile_model(model: keras.Model, learning_rate, steps_per_execution: int) -
     # Built now, inside the caller's strategy scope: building it inside the first distributed step fails
     # ("You must feed a value for placeholder tensor") under MirroredStrategy with loss scaling.
     model.optimizer.build(model.trainable_variables)
-
-
-def check_output_dir(output_dir: str) -> Path:
-    """Fail before any training if the output folder cannot be written."""
-    path = Path(output_dir)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
-        reason = e.strerror if isinstance(e, OSError) else str(e)
-        raise UserError(f"invalid value for output_dir: received {output_dir!r}; cannot create it: {reason}") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise UserError(f"invalid value for output_dir: received {output_dir!r}; allowed: a writable folder")
-    return path
 
 
 def _fit_verbosity(cfg: TrainConfig) -> int:

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types.schema import Array, ColSpec, Schema
 
 from tftrain import serving
 from tftrain.errors import UserError
+from tftrain.store import model_info
 from tftrain.tracking.journal import Journal, remote
 
 MODEL_ARTIFACT = "model"
@@ -126,13 +126,7 @@ def log_litert_model(
 
 def resolve_model(uri: str) -> LoggedModel:
     """Look the model up (nothing downloaded but its MLmodel file); a model that is not there is a user error."""
-    try:
-        info = mlflow.models.get_model_info(uri)
-    except (MlflowException, OSError) as e:
-        raise UserError(
-            f"model_uri {uri!r} cannot be opened: {str(e).splitlines()[0]} "
-            f"(tracking store {mlflow.get_tracking_uri()}; set MLFLOW_TRACKING_URI to use another)"
-        ) from None
+    info = model_info(uri)
     return LoggedModel(uri, info.model_id, info.run_id, input_shape=_image_shape(info))
 
 

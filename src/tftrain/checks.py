@@ -1,0 +1,79 @@
+"""What the CLI checks before a step imports TensorFlow (7-10 s): everything a user can get wrong that can be told
+from the parameters, the files and the tracking store alone, so a mistake is the first line the user sees, within
+a couple of seconds. The steps check again what they use; these only make the answer early.
+tests/test_cli.py runs every check path in a process that must end without TensorFlow imported."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+from tftrain.config import TrainConfig, dataset_kind, model_kind
+from tftrain.errors import UserError, invalid
+
+
+def check_dataset(dataset: str, data_dir: str) -> None:
+    """A built-in's IDX files (their headers), an image folder's layout, a tfds dataset's folder, a dataset
+    function's source: whatever the dataset names, as far as it can be told without running anything."""
+    kind = dataset_kind(dataset)
+    if kind == "builtin":
+        from tftrain.data import builtin_folder, check_idx_folder
+
+        folder = builtin_folder(dataset, data_dir)
+        if folder is not None:
+            check_idx_folder(folder)
+    elif kind == "folder":
+        from tftrain.folders import scan
+
+        scan(dataset)
+    elif kind == "tfds":
+        from tftrain.sources import check_tfds
+
+        check_tfds(dataset, data_dir)
+    else:
+        from tftrain.user_code import check_source
+
+        check_source(dataset, "dataset function")
+
+
+def check_training(cfg: TrainConfig) -> None:
+    """The data and, for a user's builder, that its file parses and defines the function."""
+    check_dataset(cfg.dataset, cfg.data_dir)
+    if model_kind(cfg.model) == "builder":
+        from tftrain.user_code import check_source
+
+        check_source(cfg.model, "model builder")
+
+
+def check_address(host: str, port: int) -> None:
+    """The address can be listened on now (the server would fail with a traceback)."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.bind((host, port))
+    except OSError as e:
+        raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+
+def check_inputs(inputs: tuple[str, ...]) -> None:
+    """Every INPUT of predict exists, and a folder holds image files."""
+    from tftrain.folders import IMAGE_SUFFIXES, image_files
+
+    for given in inputs:
+        path = Path(given)
+        if not path.exists():
+            raise invalid("INPUT", given, "existing image files (PNG, JPEG, BMP, GIF), folders of them, or IDX files")
+        if path.is_dir() and not image_files(path):
+            raise UserError(f"input folder {path} has no image files ({', '.join(IMAGE_SUFFIXES)})")
+
+
+def journal_run(given: str) -> tuple[Path, str]:
+    """The offline journal folder `tftrain sync` was given (or the run folder holding it) and its run id."""
+    folder = Path(given)
+    if (folder / "offline").is_dir():
+        folder = folder / "offline"  # the run's output folder was given
+    try:
+        run_id = json.loads((folder / "run.json").read_text())["run_id"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise invalid("FOLDER", given, "an offline journal folder that training named (with run.json)") from None
+    return folder, run_id

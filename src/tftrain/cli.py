@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from tftrain import quiet
 from tftrain.bench.setups import BY_NAME as BENCH_SETUPS
 from tftrain.config import (
     QUANTIZATIONS,
@@ -73,8 +74,15 @@ def _data_args(dataset: str, data_dir: str) -> tuple[str, str]:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="tftrain")
-def cli() -> None:
+@click.option(
+    "--verbose",
+    is_flag=True,
+    envvar="TFTRAIN_VERBOSE",
+    help="Show TensorFlow's native log lines and MLflow's progress bars (env: TFTRAIN_VERBOSE=1).",
+)
+def cli(verbose: bool) -> None:
     """Train, track and ship TensorFlow models with MLflow."""
+    quiet.setup(verbose)  # before any command loads TensorFlow
 
 
 @cli.command("train")

@@ -103,9 +103,7 @@ def _env(**extra):
 def _native(code: str, *args: str, **env) -> subprocess.CompletedProcess:
     """A process that quiets itself, then has native code and Python write to stderr."""
     setup = "import sys; from tftrain import quiet; quiet.setup(sys.argv[1:] == ['--verbose']); "
-    return subprocess.run(
-        [sys.executable, "-c", setup + code, *args], capture_output=True, timeout=60, env=_env(**env)
-    )
+    return subprocess.run([sys.executable, "-c", setup + code, *args], capture_output=True, timeout=60, env=_env(**env))
 
 
 def test_a_quiet_process_drops_native_noise_even_when_it_aborts():

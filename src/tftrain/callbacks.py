@@ -47,7 +47,11 @@ class EpochSummary(keras.callbacks.Callback):
         es = self.early_stopping
         if es is None or not (self.model.stop_training or epoch + 1 == self.epochs):
             return ""
-        note = f"  early stop: no {es.monitor} improvement in {es.patience} epochs" if es.stopped_epoch == epoch > 0 else ""
+        note = (
+            f"  early stop: no {es.monitor} improvement in {es.patience} epochs"
+            if es.stopped_epoch == epoch > 0
+            else ""
+        )
         if es.restore_best_weights and es.best_weights is not None and es.best_epoch != epoch:
             note += f"  (keeping epoch {es.best_epoch + 1}'s weights)"
         return note

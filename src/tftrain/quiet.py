@@ -14,6 +14,7 @@ the filtered stderr. This file imports only the standard library: the child runs
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import re
 import signal
@@ -47,8 +48,10 @@ _NO_GPU_LOGGED = [
 # Plain lines, whole.
 _KNOWN_PLAIN = [
     re.compile(rb"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"),
-    re.compile(rb"To enable the following instructions: [\w ]+, in other operations, rebuild TensorFlow with the "
-               rb"appropriate compiler flags\."),  # fmt: skip
+    re.compile(
+        rb"To enable the following instructions: [\w ]+, in other operations, rebuild TensorFlow with the "
+        rb"appropriate compiler flags\."
+    ),  # fmt: skip
     re.compile(rb"fully_quantize: \d+, inference_type: \d+, input_inference_type: \w+, output_inference_type: \w+"),
     re.compile(rb"INFO: Created TensorFlow Lite XNNPACK delegate for CPU\."),  # the first LiteRT interpreter
 ]
@@ -158,10 +161,9 @@ def _stop(original: int) -> None:
     before the shell's prompt."""
     sys.stderr.flush()
     os.dup2(original, 2)
-    try:
+    # past 5 s, a process started here still writes through the filter, which ends when that one does
+    with contextlib.suppress(subprocess.TimeoutExpired):
         _filter.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        pass  # a process started here still writes through the filter; the filter ends when that one does
 
 
 if __name__ == "__main__":

@@ -121,17 +121,18 @@ def test_a_metrics_write_the_store_refuses_stops_training_instead_of_vanishing(s
 
 
 def test_plateau_and_early_stopping_messages_land_in_the_epoch_lines(tmp_path, capfd):
-    """A loss that cannot move (zero inputs, balanced labels: every gradient is 0): ReduceLROnPlateau cuts the LR
+    """A loss that cannot move (zero inputs, balanced labels in one batch: every gradient is 0 but for rounding,
+    and plain SGD does not amplify that the way Adam does): ReduceLROnPlateau cuts the LR
     and EarlyStopping stops; both say so inside tftrain's epoch lines, and Keras prints nothing of its own."""
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(10, activation="softmax")])
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    model.compile(optimizer=keras.optimizers.SGD(1e-3), loss="sparse_categorical_crossentropy")
     x, y = np.zeros((60, 4), np.float32), np.arange(60) % 10
     cfg = tiny_config(
         tmp_path, epochs=8, checkpoint=False, tensorboard=False, plateau_patience=1, plateau_factor=0.2,
         early_stopping_patience=3,
     )  # fmt: skip
     callbacks = build_callbacks(cfg, tmp_path, SaveClock(0))
-    model.fit(x, y, validation_data=(x, y), epochs=8, verbose=0, callbacks=callbacks)
+    model.fit(x, y, batch_size=60, validation_data=(x, y), epochs=8, verbose=0, callbacks=callbacks)
     out = capfd.readouterr().out
     lines = out.splitlines()
     assert len(lines) == 4 and all(line.startswith(f"epoch {i}/8  loss ") for i, line in enumerate(lines, 1)), out

@@ -122,8 +122,8 @@ def test_a_metrics_write_the_store_refuses_stops_training_instead_of_vanishing(s
 
 def test_plateau_and_early_stopping_messages_land_in_the_epoch_lines(tmp_path, capfd):
     """A loss that cannot move (zero inputs, balanced labels in one batch: every gradient is 0 but for rounding,
-    and plain SGD does not amplify that the way Adam does): ReduceLROnPlateau cuts the LR
-    and EarlyStopping stops; both say so inside tftrain's epoch lines, and Keras prints nothing of its own."""
+    which plain SGD does not amplify the way Adam does): ReduceLROnPlateau cuts the LR and EarlyStopping stops;
+    both say so inside tftrain's epoch lines, and Keras prints nothing of its own."""
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(10, activation="softmax")])
     model.compile(optimizer=keras.optimizers.SGD(1e-3), loss="sparse_categorical_crossentropy")
     x, y = np.zeros((60, 4), np.float32), np.arange(60) % 10

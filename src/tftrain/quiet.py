@@ -1,15 +1,16 @@
 """Quiet by default: the lines TensorFlow's native code prints on every normal run (library banners, the cuInit
-ERROR on machines without an NVIDIA GPU, about 8 lines per TFLite conversion) stay off the terminal; `--verbose`
+ERROR on machines without an NVIDIA GPU, 8 to 11 lines per TFLite conversion) stay off the terminal; `--verbose`
 or TFTRAIN_VERBOSE=1 shows everything.
 
 Why a filter and not only log levels (measured with TensorFlow 2.21): TF_CPP_MIN_LOG_LEVEL=1 hides the INFO lines
 logged once TensorFlow's logging is set up, but not those its libraries log while loading ("before
 absl::InitializeLog()", twice per process), not the cuInit ERROR (level 3 would hide every real error too) and
-not the converter's plain prints. So the process's stderr (file descriptor 2, which native code writes to) goes
-through a small child process that drops exactly the known lines below and passes every other byte on.
-A child process rather than a thread: if TensorFlow aborts, the child still drains the pipe, so a fatal line is
-never lost; and the processes tftrain starts or becomes (the scoring server of `serve`, bench workers) inherit
-the filtered stderr. This file imports only the standard library: the child runs it as a script."""
+not the converter's plain prints. So file descriptor 2, where native code writes, goes through a small child
+process that drops exactly the known lines below and passes every other line on; Python's own sys.stderr
+(tracebacks, tftrain's errors and progress) writes straight to the real stderr. A child process rather than a
+thread: if TensorFlow aborts, the child still drains the pipe, so a fatal line is never lost; and the processes
+tftrain starts or becomes (the scoring server of `serve`, bench workers) inherit the filtered descriptor 2.
+This file imports only the standard library: the child runs it as a script."""
 
 from __future__ import annotations
 
@@ -123,7 +124,7 @@ def setup(verbose: bool) -> None:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # INFO off; warnings and errors stay
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one ~1,000-character line per load
-    if _filter is None and sys.stderr is sys.__stderr__ and sys.stderr is not None and _fileno(sys.stderr) == 2:
+    if _filter is None and sys.stderr is sys.__stderr__ and _fileno(sys.stderr) == 2:
         _start_filter()
 
 

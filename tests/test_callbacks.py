@@ -122,3 +122,31 @@ def test_a_metrics_write_the_store_refuses_stops_training_instead_of_vanishing(s
     assert logged.data.params["optimizer_name"] == "adam"
     assert "model_summary.txt" in [a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)]
     assert not journal.active and not journal.folder.exists()  # refused, not lost: nothing went to the journal
+
+
+def test_plateau_and_early_stopping_messages_land_in_the_epoch_lines(tmp_path, capfd):
+    """A loss that cannot move (zero inputs, balanced labels in one batch: every gradient is 0 but for rounding,
+    which plain SGD does not amplify the way Adam does): ReduceLROnPlateau cuts the LR and EarlyStopping stops;
+    both say so inside tftrain's epoch lines, and Keras prints nothing of its own."""
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(10, activation="softmax")])
+    model.compile(optimizer=keras.optimizers.SGD(1e-3), loss="sparse_categorical_crossentropy")
+    x, y = np.zeros((60, 4), np.float32), np.arange(60) % 10
+    cfg = tiny_config(
+        tmp_path, epochs=8, checkpoint=False, tensorboard=False, plateau_patience=1, plateau_factor=0.2,
+        early_stopping_patience=3,
+    )  # fmt: skip
+    callbacks = build_callbacks(cfg, tmp_path, SaveClock(0))
+    model.fit(x, y, batch_size=60, validation_data=(x, y), epochs=8, verbose=0, callbacks=callbacks)
+    out = capfd.readouterr().out
+    lines = out.splitlines()
+    assert len(lines) == 4 and all(line.startswith(f"epoch {i}/8  loss ") for i, line in enumerate(lines, 1)), out
+    assert "lr 1.00e-03  " in lines[0] and "plateau" not in lines[0]
+    assert "lr 1.00e-03 -> 2.00e-04 (val_loss plateau)" in lines[1]
+    assert "lr 2.00e-04 -> 4.00e-05 (val_loss plateau)" in lines[2]
+    assert lines[3].endswith("s  early stop: no val_loss improvement in 3 epochs  (keeping epoch 1's weights)")
+
+
+def test_without_the_epoch_summary_keras_prints_its_own_messages(tmp_path):
+    by_kind = {type(c): c for c in build_callbacks(tiny_config(tmp_path, epoch_summary=False), tmp_path, SaveClock(0))}
+    assert by_kind[keras.callbacks.EarlyStopping].verbose == 1
+    assert by_kind[keras.callbacks.ReduceLROnPlateau].verbose == 1

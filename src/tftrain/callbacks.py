@@ -20,20 +20,41 @@ def current_lr(model: keras.Model) -> float:
 
 
 class EpochSummary(keras.callbacks.Callback):
-    """One line per epoch: every metric, the learning rate and the wall time."""
+    """One line per epoch: every metric, the learning rate and the wall time, and what Keras' early stopping and
+    LR-on-plateau callbacks did at that epoch (they are built silent when this summary is on, so that their own
+    messages do not break the lines). Goes last in the callback list, so it sees what they did."""
 
-    def __init__(self, epochs: int, stream=sys.stdout):
+    def __init__(self, epochs: int, stream=None, early_stopping=None, plateau=None):
         super().__init__()
         self.epochs, self.stream = epochs, stream
+        self.early_stopping, self.plateau = early_stopping, plateau
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
+        self._lr = current_lr(self.model)
 
     def on_epoch_end(self, epoch, logs=None):
         metrics = "  ".join(f"{k} {v:.4f}" for k, v in sorted((logs or {}).items()) if k != "learning_rate")
         seconds = time.perf_counter() - self._start
-        line = f"epoch {epoch + 1}/{self.epochs}  {metrics}  lr {current_lr(self.model):.2e}  {seconds:.1f}s"
-        print(line, file=self.stream, flush=True)
+        lr = f"lr {current_lr(self.model):.2e}"
+        if self.plateau is not None and current_lr(self.model) < self._lr:
+            lr = f"lr {self._lr:.2e} -> {current_lr(self.model):.2e} ({self.plateau.monitor} plateau)"
+        line = f"epoch {epoch + 1}/{self.epochs}  {metrics}  {lr}  {seconds:.1f}s{self._stopping_note(epoch)}"
+        print(line, file=self.stream or sys.stdout, flush=True)  # stdout as it is now (tests swap it)
+
+    def _stopping_note(self, epoch: int) -> str:
+        """Early stopping's messages: that it stopped here, and whose weights training ends with."""
+        es = self.early_stopping
+        if es is None or not (self.model.stop_training or epoch + 1 == self.epochs):
+            return ""
+        note = (
+            f"  early stop: no {es.monitor} improvement in {es.patience} epochs"
+            if es.stopped_epoch == epoch > 0
+            else ""
+        )
+        if es.restore_best_weights and es.best_weights is not None and es.best_epoch != epoch:
+            note += f"  (keeping epoch {es.best_epoch + 1}'s weights)"
+        return note
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
@@ -140,36 +161,37 @@ def checkpoint_dir(out_dir: Path) -> Path:
 
 def build_callbacks(cfg: TrainConfig, out_dir: Path, clock: SaveClock) -> list[keras.callbacks.Callback]:
     callbacks: list[keras.callbacks.Callback] = [clock, StopOnNonFiniteLoss()]
+    # Keras' own messages when there is no epoch summary to carry them
+    verbose = 0 if cfg.epoch_summary else 1
+    early_stopping = plateau = None
     if cfg.early_stopping:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(
-                monitor=cfg.early_stopping_monitor,
-                mode=mode(cfg.early_stopping_monitor),
-                patience=cfg.early_stopping_patience,
-                restore_best_weights=cfg.restore_best_weights,
-                verbose=1,
-            )
+        early_stopping = keras.callbacks.EarlyStopping(
+            monitor=cfg.early_stopping_monitor,
+            mode=mode(cfg.early_stopping_monitor),
+            patience=cfg.early_stopping_patience,
+            restore_best_weights=cfg.restore_best_weights,
+            verbose=verbose,
         )
+        callbacks.append(early_stopping)
     if cfg.checkpoint:
         template = checkpoint_dir(out_dir) / "model_{epoch:02d}_{val_accuracy:.4f}.keras"
         callbacks.append(
             BestCheckpoint(str(template), clock, monitor=cfg.checkpoint_monitor, mode=mode(cfg.checkpoint_monitor))
         )
     if cfg.plateau_enabled:
-        callbacks.append(
-            keras.callbacks.ReduceLROnPlateau(
-                monitor=cfg.plateau_monitor,
-                mode=mode(cfg.plateau_monitor),
-                factor=cfg.plateau_factor,
-                patience=cfg.plateau_patience,
-                min_lr=cfg.plateau_min_lr,
-                verbose=1,
-            )
+        plateau = keras.callbacks.ReduceLROnPlateau(
+            monitor=cfg.plateau_monitor,
+            mode=mode(cfg.plateau_monitor),
+            factor=cfg.plateau_factor,
+            patience=cfg.plateau_patience,
+            min_lr=cfg.plateau_min_lr,
+            verbose=verbose,
         )
+        callbacks.append(plateau)
     if cfg.tensorboard:
         callbacks.append(
             keras.callbacks.TensorBoard(log_dir=str(out_dir / "tensorboard"), histogram_freq=cfg.histogram_freq)
         )
     if cfg.epoch_summary:
-        callbacks.append(EpochSummary(cfg.epochs))
+        callbacks.append(EpochSummary(cfg.epochs, early_stopping=early_stopping, plateau=plateau))
     return callbacks

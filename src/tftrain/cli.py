@@ -10,6 +10,7 @@ import sys
 
 import click
 
+from tftrain import quiet
 from tftrain.checks import check_address, check_dataset, check_inputs, check_training, journal_run
 from tftrain.config import (
     QUANTIZATIONS,
@@ -83,8 +84,15 @@ def _training_args(params: dict) -> TrainConfig:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="tftrain")
-def cli() -> None:
+@click.option(
+    "--verbose",
+    is_flag=True,
+    envvar="TFTRAIN_VERBOSE",
+    help="Show TensorFlow's native log lines and MLflow's progress bars (env: TFTRAIN_VERBOSE=1).",
+)
+def cli(verbose: bool) -> None:
     """Train, track and ship TensorFlow models with MLflow."""
+    quiet.setup(verbose)  # before any command loads TensorFlow
 
 
 @cli.command("train")

@@ -53,6 +53,8 @@ def check_address(host: str, port: int) -> None:
             s.bind((host, port))
     except OSError as e:
         raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    except (TypeError, ValueError) as e:  # a host name that cannot be encoded, a NUL byte
+        raise UserError(f"invalid value for --host: received {host!r}; cannot listen there: {e}") from None
 
 
 def check_inputs(inputs: tuple[str, ...]) -> None:

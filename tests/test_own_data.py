@@ -188,6 +188,24 @@ def test_a_user_builder_file_trains_serves_and_predicts(colour_folder, store_dir
     _serves_and_predicts(store_dir, uri)
 
 
+def test_a_folder_trains_mirrored_in_bfloat16_on_a_schedule(colour_folder, store_dir):
+    """The runtime and schedule options are the same road for a folder task as for the built-ins: two replicas
+    (logical CPUs), mixed_bfloat16, warmup-cosine, the custom engine, on colour images."""
+    tftrain(store_dir, "train", "--dataset", str(colour_folder), "--model", "cnn", "--engine", "custom",
+            "--strategy", "mirrored", "--cpu-replicas", "2", "--precision", "mixed_bfloat16", "--lr-schedule",
+            "warmup_cosine", "--warmup-steps", "2", "--epochs", "2", "--batch-size", "8", "--bad-images", "skip",
+            "--run-name", "mirrored-folder")  # fmt: skip
+    uri, params = _trained_model(store_dir, "mirrored-folder")
+    assert params["strategy_resolved"] == "mirrored" and params["replicas"] == "2"
+    assert params["global_batch_size"] == "16" and params["image_size_resolved"] == "40x30"
+    with mlflow_store(store_dir):
+        run_id = mlflow.search_runs(search_all_experiments=True,
+                                    filter_string="tags.mlflow.runName = 'mirrored-folder'")["run_id"][0]  # fmt: skip
+        rates = [m.value for m in mlflow.MlflowClient().get_metric_history(run_id, "learning_rate")]
+    assert len(rates) == 2 and rates[1] < rates[0]  # the cosine decays
+    _serves_and_predicts(store_dir, uri)
+
+
 def test_a_keras_application_trains_one_epoch_on_small_rgb_images(colour_folder, store_dir):
     tftrain(store_dir, "train", "--dataset", str(colour_folder), "--model", "mobilenet_v3_small", "--image-size",
             "32x32", "--epochs", "1", "--batch-size", "16", "--bad-images", "skip", "--run-name", "application")  # fmt: skip

@@ -115,11 +115,32 @@ def _datasets(cfg: TrainConfig, rt: Runtime, train_xy, val_xy, global_batch: int
         def fn(ctx: tf.distribute.InputContext):
             shard = (ctx.num_input_pipelines, ctx.input_pipeline_id)
             batch = ctx.get_per_replica_batch_size(global_batch)
-            return make_dataset(*xy, batch, shuffle=shuffle, seed=cfg.seed, shard=shard)
+            # training: full batches only with several replicas (see _full_batches_only)
+            drop = shuffle and _full_batches_only(cfg, rt)
+            return make_dataset(*xy, batch, shuffle=shuffle, seed=cfg.seed, shard=shard, drop_remainder=drop)
 
         return rt.strategy.distribute_datasets_from_function(fn)
 
     return per_worker(train_xy, True), per_worker(val_xy, False)
+
+
+def _full_batches_only(cfg: TrainConfig, rt: Runtime) -> bool:
+    """The custom engine over several replicas trains on full global batches only: an epoch's last, smaller batch
+    left a replica an empty one, whose gradient fails in TensorFlow (ReluGrad shapes [0,19,14,32] != [0,20,15,3],
+    the CNN on 40x30 images), and workers whose shards end at different steps would wait on each other. Each
+    epoch is reshuffled, so what one epoch leaves out another trains on."""
+    return cfg.engine == "custom" and rt.replicas > 1
+
+
+def _steps_per_epoch(cfg: TrainConfig, rt: Runtime, examples: int, global_batch: int) -> int:
+    if not _full_batches_only(cfg, rt):
+        return math.ceil(examples / global_batch)
+    if examples < global_batch:
+        raise UserError(
+            f"invalid value for batch_size: received {cfg.batch_size}; with {rt.replicas} replicas the global batch "
+            f"is {global_batch}, more than the {examples} training images; allowed: at most {examples // rt.replicas}"
+        )
+    return examples // global_batch
 
 
 def _run_engine(cfg, rt, model, train_data, val_data, callbacks, steps_per_epoch, global_batch):
@@ -176,7 +197,7 @@ def train(
     task = task or resolve_task(cfg)
     train_xy, val_xy = task.train, task.validation
     global_batch = cfg.batch_size * rt.replicas
-    steps_per_epoch = math.ceil(len(train_xy[0]) / global_batch)
+    steps_per_epoch = _steps_per_epoch(cfg, rt, len(train_xy[0]), global_batch)
     train_data, val_data = _datasets(cfg, rt, train_xy, val_xy, global_batch)
     spe = steps_per_execution(cfg, rt)
     with rt.strategy.scope():

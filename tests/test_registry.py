@@ -48,6 +48,7 @@ def test_threshold(versions):
     threshold = version_accuracy("models:/tftrain-fashion-mnist/1") + 0.001
     decision = promote("models:/tftrain-fashion-mnist/1", alias="strict", min_accuracy=threshold)
     assert not decision.promoted and f"below the threshold {threshold:.4f}" in decision.reason
+    assert decision.reason.startswith("tftrain-fashion-mnist@strict stays unassigned: version 1's test accuracy")
     with pytest.raises(mlflow.exceptions.MlflowException):
         alias_version("strict")
 
@@ -87,7 +88,7 @@ def test_a_version_taking_other_images_does_not_take_the_alias(store, tmp_path):
     for shape in ((8, 8), (12, 12)):
         with mlflow.start_run():
             logged = logged_models.log_keras_model(build_model("mlp", 2, shape), "shapes", np.zeros((1, *shape)), names)
-            mlflow.log_metrics({"test_accuracy": 0.5 if shape == (8, 8) else 0.9}, model_id=logged.model_id)
+            mlflow.log_metrics({"test_accuracy": 0.6 if shape == (8, 8) else 0.9}, model_id=logged.model_id)
     assert promote("models:/shapes/1").promoted
     refused = promote("models:/shapes/2")
     assert not refused.promoted and alias_version_of("shapes") == "1"
@@ -96,3 +97,57 @@ def test_a_version_taking_other_images_does_not_take_the_alias(store, tmp_path):
 
 def alias_version_of(name: str) -> str:
     return str(mlflow.MlflowClient().get_model_version_by_alias(name, "champion").version)
+
+
+def test_a_model_no_better_than_chance_takes_no_alias(store):
+    """The first version of a model has no holder to beat: it must at least beat guessing (1/classes)."""
+    import numpy as np
+
+    from tftrain.models import build_model
+    from tftrain.tracking import logged_models
+
+    for accuracy in (0.25, 0.26):
+        with mlflow.start_run():
+            logged = logged_models.log_keras_model(build_model("mlp", 4, (6, 6)), "chance", np.zeros((1, 6, 6)),
+                                                   ("a", "b", "c", "d"))  # fmt: skip
+            mlflow.log_metrics({"test_accuracy": accuracy}, model_id=logged.model_id)
+    refused = promote("models:/chance/1")
+    assert not refused.promoted
+    assert refused.reason == (
+        "chance@champion stays unassigned: version 1's test accuracy 0.2500 is no better than chance (1/4 = 0.2500)"
+    )
+    assert promote("models:/chance/2").promoted and alias_version_of("chance") == "2"
+
+
+def test_a_score_on_other_data_is_not_linked_to_the_model(versions, tmp_path, tiny_data):
+    """evaluate --dataset/--data-dir of other data logs its scores in its own run; the gate keeps comparing the
+    model's own test split."""
+    from conftest import write_dataset
+
+    before = version_accuracy("models:/tftrain-fashion-mnist/1")
+    other = write_dataset(tmp_path / "other", n_train=64, n_test=50)
+    other_ev = evaluate("models:/tftrain-fashion-mnist/1", data_dir=str(other))
+    assert version_accuracy("models:/tftrain-fashion-mnist/1") == before
+    (run,) = mlflow.search_runs(search_all_experiments=True, filter_string="tags.evaluated_model_uri != ''",
+                                order_by=["start_time DESC"], max_results=1, output_format="list")  # fmt: skip
+    assert run.data.metrics["test_accuracy"] == pytest.approx(other_ev.metrics["test_accuracy"])
+
+
+def test_a_dataset_of_other_classes_is_refused_by_evaluate_and_export(versions, tmp_path):
+    from PIL import Image
+
+    from tftrain.export import export
+
+    for name in ("circle", "cross", "square"):
+        (tmp_path / "shapes" / name).mkdir(parents=True)
+        for i in range(6):
+            Image.new("L", (28, 28), 40 * i).save(tmp_path / "shapes" / name / f"{i}.png")
+    expected = (
+        r"^model_uri 'models:/tftrain-fashion-mnist/1' answers 10 classes \(T-shirt/top, Trouser, Pullover, Dress, "
+        r"Coat, \.\.\.\); dataset shapes has 3 classes \(circle, cross, square\); allowed: a dataset of the model's "
+        r"classes, in the same order$"
+    )
+    for step in (evaluate, export):
+        with pytest.raises(UserError, match=expected):
+            step("models:/tftrain-fashion-mnist/1", dataset=str(tmp_path / "shapes"))
+    assert len(mlflow.MlflowClient().search_model_versions("name='tftrain-fashion-mnist-litert'")) == 0

@@ -157,3 +157,12 @@ def test_between_save_points_only_the_best_checkpoint_is_written_once_at_the_end
     accuracies = result.history["val_accuracy"]
     best = accuracies.index(max(accuracies)) + 1
     assert saved.name == f"model_{best:02d}_{max(accuracies):.4f}.keras"
+
+
+def test_an_epoch_of_a_few_steps_gets_a_word(store, tiny_data, capsys):
+    """512 training images in batches of 256: two optimizer steps an epoch, which can leave a model at chance."""
+    train(tiny_config(tiny_data, epochs=1, batch_size=256, tensorboard=False))
+    assert "note: 512 training images in batches of 256 make 2 steps an epoch; a smaller batch_size (such as 16) " \
+           "learns more per epoch" in capsys.readouterr().out  # fmt: skip
+    train(tiny_config(tiny_data, epochs=1, batch_size=64, tensorboard=False))
+    assert "note:" not in capsys.readouterr().out

@@ -161,7 +161,7 @@ def promote_command(model_uri: str, alias: str, min_accuracy: float) -> None:
     _model_args(model_uri)
     from tftrain.registry import promote
 
-    promote(model_uri, alias, min_accuracy)
+    print(promote(model_uri, alias, min_accuracy).reason)
 
 
 @cli.command("predict")

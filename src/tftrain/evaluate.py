@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import keras
 import matplotlib
@@ -14,7 +15,9 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from tftrain.config import resolved_dataset  # noqa: E402
 from tftrain.data import TaskData, load_task_data  # noqa: E402
+from tftrain.errors import UserError  # noqa: E402
 from tftrain.predict import answers  # noqa: E402
 from tftrain.tracking import logged_models, runs  # noqa: E402
 
@@ -126,17 +129,51 @@ def model_data(ref: logged_models.LoggedModel, dataset: str = "", data_dir: str 
     )  # fmt: skip
 
 
+def own_test_split(ref: logged_models.LoggedModel, dataset: str, data_dir: str = "") -> bool:
+    """Whether `dataset` and `data_dir` (empty: the model's own) are the ones the model trained on, so that the
+    test split is the model's held-out data: only a score there is linked to the model, for the registry gate."""
+    params = logged_models.training_params(ref)
+    same_data = not dataset or resolved_dataset(dataset) == (params.get("dataset_resolved") or params.get("dataset"))
+    trained_dir = params.get("data_dir", "")
+    same_dir = not data_dir or (bool(trained_dir) and Path(data_dir).resolve() == Path(trained_dir).resolve())
+    return same_data and same_dir
+
+
+def check_classes(ref: logged_models.LoggedModel, answered: tuple[str, ...] | int, data: TaskData) -> None:
+    """The model answers the dataset's classes (`answered`: its class names, or for a model logged without them,
+    how many it answers), else scores would compare class indexes of two different tasks."""
+    if answered == data.class_names or answered == len(data.class_names):
+        return
+
+    def said(names):
+        return f"{len(names)} classes ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
+
+    model = said(answered) if isinstance(answered, tuple) else f"{answered} classes"
+    raise UserError(
+        f"model_uri {ref.uri!r} answers {model}; dataset {data.name} has {said(data.class_names)}; allowed: a "
+        "dataset of the model's classes, in the same order"
+    )
+
+
 def evaluate(model_uri: str, dataset: str = "", data_dir: str = "", data: TaskData | None = None) -> Evaluation:
     """Score `model_uri` on the test split of `dataset` (empty: the one the model was trained on); `data`: the
-    task's data already in hand (the main job's)."""
+    task's data already in hand (the main job's). A score on another dataset is logged in the evaluation's run
+    but not linked to the model: the registry gate compares models on their own test splits."""
     ref = logged_models.resolve_model(model_uri)
     data = data or model_data(ref, dataset, data_dir)
+    check_classes(ref, ref.class_names or len(data.class_names), data)
+    own = own_test_split(ref, dataset, data_dir)
     with runs.step_run(f"evaluate-{data.name}"):
         x_test, y_test = data.test
         probs = predict_probabilities(model_uri, x_test)
+        check_classes(ref, probs.shape[1], data)
         ev = score(probs, y_test.astype(np.int64), data.class_names)
-        runs.set_tags({"evaluated_model_uri": model_uri, "evaluated_model_run_id": ref.run_id})
-        runs.log_metrics(ev.metrics, model_id=ref.model_id)
+        runs.set_tags({"evaluated_model_uri": model_uri, "evaluated_model_run_id": ref.run_id,
+                       "evaluated_dataset": data.source})  # fmt: skip
+        runs.log_metrics(ev.metrics, model_id=ref.model_id if own else None)
+        if not own:
+            print(f"note: {data.name} is not the dataset {model_uri} trained on: its scores stay in this run, not "
+                  "linked to the model, so the registry gate does not compare them")  # fmt: skip
         runs.log_figure(confusion_figure(ev, f"{data.name} test split: {model_uri}"), "evaluation/confusion_matrix.png")
         runs.log_dict(
             {

@@ -19,7 +19,7 @@ from tensorflow.lite.python.convert_phase import ConverterError
 from tftrain.config import QUANTIZATIONS
 from tftrain.data import TaskData
 from tftrain.errors import UserError
-from tftrain.evaluate import model_data
+from tftrain.evaluate import check_classes, model_data, own_test_split
 from tftrain.models import float32_copy
 from tftrain.tracking import logged_models, runs
 
@@ -166,9 +166,11 @@ def export(
     ref = logged_models.resolve_model(model_uri)
     model = logged_models.load_keras(model_uri)
     data = data or model_data(ref, dataset, data_dir)
+    check_classes(ref, ref.class_names or len(data.class_names), data)
     # the reference is the model as trained, whatever its precision
     x_test, y_test = data.test
     keras_probs = model.predict(x_test.astype(np.float32), verbose=0)
+    check_classes(ref, keras_probs.shape[1], data)
     keras_accuracy = float((keras_probs.argmax(1) == y_test).mean())
     if mixed := sorted({layer.dtype_policy.name for layer in model.layers} - {"float32"}):
         print(f"  {model_uri} computes in {', '.join(mixed)}: exporting a float32 copy of its weights")
@@ -198,8 +200,9 @@ def export(
         litert = logged_models.log_litert_model(
             served.path, data.class_names, name + LITERT_SUFFIX if name else None, x_test[:2]
         )
-        # what the registry gate reads, as evaluate links it to a Keras model
-        runs.log_metrics({"test_accuracy": served.test_accuracy}, model_id=litert.model_id)
+        # what the registry gate reads, as evaluate links it to a Keras model (on the model's own test split only)
+        own = own_test_split(ref, dataset, data_dir)
+        runs.log_metrics({"test_accuracy": served.test_accuracy}, model_id=litert.model_id if own else None)
     print(table(keras_accuracy, results))
     registered = f", registered as {litert.registered_name} version {litert.version}" if litert.version else ""
     print(f"LiteRT model ({served.mode}): {litert.uri}{registered}")

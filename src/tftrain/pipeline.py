@@ -34,11 +34,11 @@ def _lines(label: str, items: list[str]) -> list[str]:
 
 
 def _serve_commands(decisions: list[Decision]) -> list[str]:
-    """One serve command per promoted model, each on its own port (5001, 5002, ...)."""
-    promoted = [d for d in decisions if d.promoted]
+    """One serve command per alias that someone holds (this run's model or the one it did not displace), each on
+    its own port (5001, 5002, ...)."""
+    held = [d for d in decisions if d.promoted or d.previous_version]
     return [
-        f"bash scripts/serve.sh --model-uri models:/{d.name}@{d.alias} --port {5001 + i}"
-        for i, d in enumerate(promoted)
+        f"bash scripts/serve.sh --model-uri models:/{d.name}@{d.alias} --port {5001 + i}" for i, d in enumerate(held)
     ]
 
 

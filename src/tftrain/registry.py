@@ -46,10 +46,16 @@ def _holder(name: str, alias: str) -> str | None:
 
 
 def _judge(
-    accuracy: float, min_accuracy: float, holder: str | None, holder_accuracy: float | None, shapes: tuple
+    accuracy: float,
+    min_accuracy: float,
+    holder: str | None,
+    holder_accuracy: float | None,
+    shapes: tuple,
+    classes: int | None,
 ) -> str | None:
     """Why the version may not have the alias, or None if it may. `shapes`: the images the version and the holder
-    take; a champion that takes other images would break every client of the alias."""
+    take; a champion that takes other images would break every client of the alias. `classes`: how many the
+    version answers (None: not known), for the floor every model must pass: better than guessing."""
     shape, holder_shape = shapes
     if holder_shape is not None and shape != holder_shape:
         return (
@@ -60,6 +66,8 @@ def _judge(
         return f"test accuracy {accuracy:.4f} is below the threshold {min_accuracy:.4f}"
     if holder_accuracy is not None and accuracy < holder_accuracy:
         return f"test accuracy {accuracy:.4f} is below version {holder}'s {holder_accuracy:.4f}"
+    if classes and accuracy <= 1.0 / classes:
+        return f"test accuracy {accuracy:.4f} is no better than chance (1/{classes} = {1.0 / classes:.4f})"
     return None
 
 
@@ -73,7 +81,8 @@ def promote(model_uri: str, alias: str = "champion", min_accuracy: float = 0.0) 
     holder_accuracy = version_accuracy(f"models:/{name}/{holder}") if holder and holder != version else None
     holder_shape = logged_models.model_input_shape(f"models:/{name}/{holder}") if holder and holder != version else None
     shapes = (logged_models.image_shape(ref), holder_shape)
-    refusal = _judge(accuracy, min_accuracy, holder, holder_accuracy, shapes)
+    classes = len(ref.class_names) if ref.class_names else None
+    refusal = _judge(accuracy, min_accuracy, holder, holder_accuracy, shapes, classes)
     client = mlflow.MlflowClient()
     client.set_model_version_tag(name, version, "test_accuracy", f"{accuracy:.6f}")
     client.set_model_version_tag(name, version, "source_run_id", ref.run_id)
@@ -81,7 +90,8 @@ def promote(model_uri: str, alias: str = "champion", min_accuracy: float = 0.0) 
     if refusal is None:
         client.set_registered_model_alias(name, alias, version)
         reason = f"{name}@{alias} is now version {version} (test accuracy {accuracy:.4f})"
+    elif holder:
+        reason = f"{name}@{alias} stays at version {holder}: version {version}'s {refusal}"
     else:
-        reason = f"{name}@{alias} stays at version {holder or '(none)'}: version {version}'s {refusal}"
-    print(reason)
+        reason = f"{name}@{alias} stays unassigned: version {version}'s {refusal}"
     return Decision(name, version, alias, refusal is None, reason, accuracy, holder, holder_accuracy)

@@ -170,6 +170,18 @@ def _runtime_params(rt: Runtime, global_batch: int, spe: int) -> dict[str, str]:
     }
 
 
+def _few_steps_note(cfg: TrainConfig, rt: Runtime, examples: int, steps: int) -> str | None:
+    """A word when an epoch is only a few optimizer steps (a small folder at the default batch size), which can
+    leave a model at chance after all its epochs."""
+    suggested = max(8, 2 ** int(math.log2(max(1, examples // (20 * rt.replicas)))))
+    if steps >= 4 or suggested >= cfg.batch_size:
+        return None
+    return (
+        f"note: {examples} training images in batches of {cfg.batch_size * rt.replicas} make {steps} step"
+        f"{'s' if steps > 1 else ''} an epoch; a smaller batch_size (such as {suggested}) learns more per epoch"
+    )
+
+
 def check_model(model, task: Task) -> keras.Model:
     """The task's contract: raw pixels of its shape in, one float32 probability per class out."""
     if not isinstance(model, keras.Model):
@@ -198,6 +210,8 @@ def train(
     train_xy, val_xy = task.train, task.validation
     global_batch = cfg.batch_size * rt.replicas
     steps_per_epoch = _steps_per_epoch(cfg, rt, len(train_xy[0]), global_batch)
+    if note := _few_steps_note(cfg, rt, len(train_xy[0]), steps_per_epoch):
+        print(note)
     train_data, val_data = _datasets(cfg, rt, train_xy, val_xy, global_batch)
     spe = steps_per_execution(cfg, rt)
     with rt.strategy.scope():

@@ -38,8 +38,8 @@ OUTPUT_SCHEMA = Schema(
 SIGNATURE = ModelSignature(outputs=OUTPUT_SCHEMA)
 
 
-def _metadata(input_shape: tuple[int, ...]) -> dict:
-    return {"image_shape": list(input_shape), "accepts": serving.accepted(input_shape)}
+def _metadata(input_shape: tuple[int, ...], class_names: tuple[str, ...]) -> dict:
+    return {"image_shape": list(input_shape), "accepts": serving.accepted(input_shape), "class_names": list(class_names)}
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,8 @@ class LoggedModel:
     run_id: str
     registered_name: str | None = None
     version: str | None = None
-    input_shape: tuple[int, ...] | None = None  # (H, W[, C]) from the signature, when resolve_model looked it up
+    input_shape: tuple[int, ...] | None = None  # (H, W[, C]), when resolve_model looked it up
+    class_names: tuple[str, ...] | None = None  # from the MLmodel metadata (models logged before it: None)
 
 
 def _requirements(runtime: str) -> list[str]:
@@ -87,7 +88,7 @@ def log_keras_model(
             class_names=list(class_names),
             signature=SIGNATURE,
             input_example=example,
-            metadata=_metadata(tuple(model.input_shape[1:])),
+            metadata=_metadata(tuple(model.input_shape[1:]), class_names),
             registered_model_name=registered_name,
             pip_requirements=_requirements("tensorflow"),
         )
@@ -117,7 +118,7 @@ def log_litert_model(
             model_config={"class_names": list(class_names)},
             signature=SIGNATURE,
             input_example=example,
-            metadata=_metadata(example.shape[1:]),
+            metadata=_metadata(example.shape[1:], class_names),
             registered_model_name=registered_name,
             pip_requirements=_requirements("ai-edge-litert"),
         )
@@ -127,7 +128,9 @@ def log_litert_model(
 def resolve_model(uri: str) -> LoggedModel:
     """Look the model up (nothing downloaded but its MLmodel file); a model that is not there is a user error."""
     info = model_info(uri)
-    return LoggedModel(uri, info.model_id, info.run_id, input_shape=_image_shape(info))
+    names = (info.metadata or {}).get("class_names")
+    return LoggedModel(uri, info.model_id, info.run_id, input_shape=_image_shape(info),
+                       class_names=tuple(names) if names else None)  # fmt: skip
 
 
 def _image_shape(info) -> tuple[int, ...] | None:

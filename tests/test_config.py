@@ -1,4 +1,5 @@
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -24,14 +25,14 @@ def test_defaults_are_valid_and_match_the_write_up():
         ("model", "resnet", "mlp, cnn, cnn_bn, mobilenet_v2"),
         ("dataset", "cifar10", "fashion_mnist, mnist, an existing folder of class folders, tfds:NAME"),
         ("dataset", "tfds:Not A Name", "tfds:NAME or tfds:NAME:VERSION"),
-        ("dataset", "no/such/loader.py:load", "(no file no/such/loader.py)"),
+        ("dataset", "no/such/loader.py:load", f"(no file {Path('no/such/loader.py').resolve()})"),
         ("test_split", 1.0, "strictly between 0 and 1"),
         ("image_size", "28", "auto, or HEIGHTxWIDTH"),
         ("image_size", "0x28", "auto, or HEIGHTxWIDTH"),
         ("channels", "2", "one of auto, 1, 3"),
         ("bad_images", "ignore", "one of fail, skip"),
-        ("model", "missing.keras", "(no file missing.keras)"),
-        ("model", "no/such/builder.py:build", "(no file no/such/builder.py)"),
+        ("model", "missing.keras", f"(no file {Path('missing.keras').resolve()})"),
+        ("model", "no/such/builder.py:build", f"(no file {Path('no/such/builder.py').resolve()})"),
         ("weights", "/no/such.weights.h5", "empty with model=mlp"),
         ("early_stopping_monitor", "val_acc", "one of val_loss"),
         ("validation_split", 1.0, "strictly between 0 and 1"),
@@ -124,3 +125,24 @@ def test_backbone_options_only_go_with_keras_applications():
         UserError, match="invalid value for freeze_backbone: received 'true'; allowed: false with model=cnn"
     ):
         TrainConfig(model="cnn", freeze_backbone=True)
+
+
+def test_near_misses_get_a_did_you_mean_and_relative_paths_under_mlflow_run_a_hint(monkeypatch):
+    with pytest.raises(UserError, match=r"; did you mean cnn or cnn_bn\?$"):
+        TrainConfig(model="cnnn")
+    with pytest.raises(UserError, match=r"; did you mean fashion_mnist\?$"):
+        TrainConfig(dataset="fashion-mnist")
+    monkeypatch.setenv("MLFLOW_RUN_ID", "0" * 32)
+    with pytest.raises(UserError, match=r"mlflow run resolves relative paths in the project folder; give an absolute"):
+        TrainConfig(model="my_model.py:build")
+
+
+def test_a_data_dir_of_images_points_at_dataset(tmp_path):
+    from PIL import Image
+
+    from tftrain.data import check_idx_folder
+
+    (tmp_path / "cats").mkdir()
+    Image.new("L", (4, 4)).save(tmp_path / "cats" / "a.png")
+    with pytest.raises(UserError, match=rf"; it holds images: a folder of class folders is a dataset \(--dataset {tmp_path}"):
+        check_idx_folder(tmp_path)

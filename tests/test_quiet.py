@@ -96,7 +96,7 @@ def test_a_partial_line_is_passed_on_before_its_newline():
 
 
 def _env(**extra):
-    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TFTRAIN_VERBOSE")}
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TFTRAIN_VERBOSE", "MLFLOW_LOGGING_LEVEL")}
     return {**env, **extra}
 
 
@@ -142,6 +142,8 @@ def test_train_prints_no_tensorflow_log_line_unless_verbose(tmp_path, tiny_data)
     quiet_output = train()
     assert not TF_LOG_LINE.search(quiet_output) and "cuInit" not in quiet_output, quiet_output
     assert "absl::InitializeLog" not in quiet_output, quiet_output
+    # nor MLflow's INFO lines on a new store (its tables, the registered model) or the Keras flavor's false warning
+    assert " INFO mlflow" not in quiet_output and "without specifying model signature" not in quiet_output
     for verbose in (train("--verbose"), train(TFTRAIN_VERBOSE="1")):
         assert TF_LOG_LINE.search(verbose), verbose
         if not quiet.has_nvidia_gpu():

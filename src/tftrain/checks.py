@@ -52,7 +52,7 @@ def check_address(host: str, port: int) -> None:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
             s.bind((host, port))
     except OSError as e:
-        raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+        raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}; pick another port with --port") from None
     except (TypeError, ValueError) as e:  # a host name that cannot be encoded, a NUL byte
         raise UserError(f"invalid value for --host: received {host!r}; cannot listen there: {e}") from None
 

@@ -7,6 +7,7 @@ Every field is a CLI option of `tftrain train` (and `tftrain pipeline`) and a pa
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
 import re
@@ -299,10 +300,24 @@ def parse_function(value: str) -> tuple[str, str] | None:
     return (match["module"], match["name"]) if match else None
 
 
+def _missing(path: str, what: str = "file") -> str:
+    """What a refusal says of a path that is not there: where it was looked for, and under `mlflow run` (which
+    starts its entry points in the project folder) that a relative path means the project's."""
+    where = Path(path).resolve()
+    if "MLFLOW_RUN_ID" in os.environ and not Path(path).is_absolute():
+        return f"no {what} {where}: mlflow run resolves relative paths in the project folder; give an absolute path"
+    return f"no {what} {where}"
+
+
+def _close(value: str, names: tuple[str, ...]) -> str:
+    matches = difflib.get_close_matches(value, names, n=2, cutoff=0.7)
+    return f"; did you mean {' or '.join(matches)}?" if matches else ""
+
+
 def _check_function(name: str, value: str, forms: str) -> None:
     source, _ = parse_function(value)
     if source.endswith(".py") and not Path(source).is_file():
-        raise invalid(name, value, f"{forms} (no file {source})")
+        raise invalid(name, value, f"{forms} ({_missing(source)})")
 
 
 def dataset_kind(value: str) -> str:
@@ -318,7 +333,9 @@ def dataset_kind(value: str) -> str:
         return "function"
     if value and Path(value).is_dir():
         return "folder"
-    raise invalid("dataset", value, DATASET_FORMS)
+    looks_like_path = "/" in value or value.startswith(".")
+    detail = f" ({_missing(value, 'folder')})" if looks_like_path else _close(value, DATASETS)
+    raise UserError(f"invalid value for dataset: received {value!r}; allowed: {DATASET_FORMS}{detail}")
 
 
 def dataset_label(value: str) -> str:
@@ -364,12 +381,12 @@ def model_kind(value: str) -> str:
         return "application"
     if value.endswith(".keras"):
         if not Path(value).is_file():
-            raise invalid("model", value, f"{MODEL_FORMS} (no file {value})")
+            raise invalid("model", value, f"{MODEL_FORMS} ({_missing(value)})")
         return "file"
     if parse_function(value):
         _check_function("model", value, MODEL_FORMS)
         return "builder"
-    raise invalid("model", value, MODEL_FORMS)
+    raise UserError(f"invalid value for model: received {value!r}; allowed: {MODEL_FORMS}{_close(value, MODELS + APPLICATIONS)}")
 
 
 def parse_image_size(value: str) -> tuple[int, int] | None:

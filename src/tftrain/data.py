@@ -99,7 +99,12 @@ def _idx_paths(folder: Path) -> dict[str, Path]:
     paths = {key: _find_idx_file(folder, stem) for key, stem in IDX_FILES.items()}
     missing = [IDX_FILES[k] + ".gz" for k, p in paths.items() if p is None]
     if missing:
-        raise UserError(f"data folder {folder} lacks {', '.join(missing)}")
+        from tftrain.folders import IMAGE_SUFFIXES
+
+        hint = ""
+        if any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.rglob("*")):
+            hint = f"; it holds images: a folder of class folders is a dataset (--dataset {folder}, -P dataset=...)"
+        raise UserError(f"data folder {folder} lacks {', '.join(missing)}{hint}")
     return paths
 
 
@@ -162,7 +167,7 @@ def load_dataset(name: str, data_dir: str = "") -> Dataset:
         return _from_keras(name)
     except Exception as e:  # noqa: BLE001 - any download failure means "not found here"; we list it
         cache = _keras_home() / KERAS_CACHE[name]
-        tried.append(f"Keras cache {cache} and download ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
+        tried.append(f"Keras cache {cache} and download ({type(e).__name__}: {str(e).splitlines()[0][:300]})")
     hint = " (Debian: apt-get install dataset-fashion-mnist)" if name == "fashion_mnist" else ""
     raise UserError(f"dataset {name} not found; tried: {'; '.join(tried)}; pass data_dir=FOLDER{hint}")
 

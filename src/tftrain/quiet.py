@@ -124,6 +124,9 @@ def setup(verbose: bool) -> None:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # INFO off; warnings and errors stay
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one ~1,000-character line per load
+    # MLflow's INFO lines (creating a store's tables, registering a model, validating its input example) repeat
+    # or precede what tftrain says; its warnings and errors stay
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     if _filter is None and sys.stderr is sys.__stderr__ and _fileno(sys.stderr) == 2:
         _start_filter()
 

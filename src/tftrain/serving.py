@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import shutil
 import threading
 from pathlib import Path
@@ -207,7 +208,13 @@ def save_model(path, mlflow_model, keras_model, class_names, **kwargs) -> None:
 
     signature = kwargs.pop("signature", None)  # outputs only, which the Keras flavor refuses: set after it
     Path(path).mkdir(parents=True)  # mlflow.keras.save_model writes the input example before it makes the folder
-    mlflow.keras.save_model(keras_model, path, mlflow_model=mlflow_model, **kwargs)
+    flavor_logger = logging.getLogger("mlflow.keras.save")
+    level = flavor_logger.level
+    flavor_logger.setLevel(logging.ERROR)  # its "saving a Keras model without specifying model signature" is untrue
+    try:
+        mlflow.keras.save_model(keras_model, path, mlflow_model=mlflow_model, **kwargs)
+    finally:
+        flavor_logger.setLevel(level)
     mlflow_model.signature = signature
     path = Path(path)
     write_data(path / "data", class_names)

@@ -137,3 +137,9 @@ def test_missing_model_is_a_user_error(trained):
         UserError, match=r"model_uri 'models:/nope/1' cannot be opened: Registered Model with name=nope"
     ):
         evaluate("models:/nope/1")
+
+
+def test_a_run_without_a_model_at_that_path_says_so(trained):
+    result, _ = trained
+    with pytest.raises(UserError, match=r"cannot be opened: the run has no model at 'modelx' \(tftrain logs it at"):
+        evaluate(f"runs:/{result.run_id}/modelx")

@@ -73,8 +73,11 @@ def model_info(uri: str):
     try:
         return mlflow.models.get_model_info(uri)
     except (MlflowException, OSError) as e:
+        reason = str(e).splitlines()[0]
+        if uri.startswith("runs:/") and "'MLmodel'" in reason:  # the run is there, no model at that path
+            reason = f"the run has no model at {uri.split('/', 3)[-1]!r} (tftrain logs it at 'model')"
         raise UserError(
-            f"model_uri {uri!r} cannot be opened: {str(e).splitlines()[0]} "
+            f"model_uri {uri!r} cannot be opened: {reason} "
             f"(tracking store {mlflow.get_tracking_uri()}; set MLFLOW_TRACKING_URI to use another)"
         ) from None
 

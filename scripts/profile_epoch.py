@@ -59,7 +59,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=MODELS, default="cnn")
     parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--precision", choices=PRECISIONS, default="mixed_bfloat16")
+    parser.add_argument("--precision", choices=[p for p in PRECISIONS if p != "auto"], default="mixed_bfloat16")
     parser.add_argument("--data-dir", default="", help="Fashion-MNIST IDX folder; empty: look it up")
     parser.add_argument("--top", type=int, default=15)
     args = parser.parse_args()

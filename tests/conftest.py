@@ -109,6 +109,8 @@ def run_tagged(tag: str) -> str:
 def tiny_config(data_dir: Path, **overrides):
     from tftrain.config import TrainConfig
 
-    settings = dict(data_dir=str(data_dir), epochs=2, batch_size=64, histogram_freq=1, run_name="tiny")
+    # float32 unless a test asks: tests compare numbers across engines and runs, whatever the machine's CPU
+    settings = dict(data_dir=str(data_dir), epochs=2, batch_size=64, histogram_freq=1, run_name="tiny",
+                    precision="float32")  # fmt: skip
     settings.update(overrides)
     return TrainConfig(**settings)

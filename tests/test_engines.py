@@ -139,3 +139,29 @@ def test_multi_worker_without_tf_config_is_refused(tiny_data, monkeypatch):
 def test_cpu_replicas_after_tensorflow_started_is_refused(tiny_data):
     with pytest.raises(UserError, match="cpu_replicas=2: TensorFlow already started in this process with 1 CPU"):
         train(tiny_config(tiny_data, strategy="mirrored", cpu_replicas=2))
+
+
+def test_precision_auto_resolves_per_machine_and_model_and_is_logged(store, tiny_data, float32_afterwards, capsys):
+    from tftrain.runtime import BFLOAT16_CPU_FLAGS, cpu_flags, resolve_precision
+
+    assert "sse2" in cpu_flags() or not Path("/proc/cpuinfo").exists()  # the real flags are read
+    bfloat16_cpu = bool(set(BFLOAT16_CPU_FLAGS) & cpu_flags())
+    assert resolve_precision(tiny_config(tiny_data, precision="auto")) == ("mixed_bfloat16" if bfloat16_cpu else "float32")
+    assert resolve_precision(tiny_config(tiny_data, precision="auto", model="resnet50", image_size="32x32")) == "float32"
+    assert resolve_precision(tiny_config(tiny_data, precision="float32")) == "float32"
+    assert resolve_precision(tiny_config(tiny_data, precision="mixed_float16")) == "mixed_float16"
+    assert "precision=mixed_float16 on a CPU has no float16 hardware" in capsys.readouterr().out
+    result = train(tiny_config(tiny_data, precision="auto", epochs=1, model_name="auto"))
+    resolved = mlflow.get_run(result.run_id).data.params["precision_resolved"]
+    assert resolved == ("mixed_bfloat16" if bfloat16_cpu else "float32")
+    dense = [layer for layer in result.keras_model.layers if isinstance(layer, keras.layers.Dense)]
+    assert dense[0].compute_dtype == ("bfloat16" if bfloat16_cpu else "float32")
+
+
+def test_bfloat16_trains_as_accurately_as_float32(store, tiny_data, float32_afterwards):
+    """The same epochs in mixed_bfloat16 (what auto picks on this kind of CPU) and float32: within noise."""
+    accuracy = {}
+    for precision in ("float32", "mixed_bfloat16"):
+        cfg = tiny_config(tiny_data, precision=precision, epochs=4, early_stopping=False, model_name=precision)
+        accuracy[precision] = train(cfg).history["val_accuracy"][-1]
+    assert accuracy["float32"] > 0.8 and abs(accuracy["mixed_bfloat16"] - accuracy["float32"]) < 0.05, accuracy

@@ -29,7 +29,7 @@ BAD_IMAGES = ("fail", "skip")
 MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
 ENGINES = ("fit", "custom")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 QUANTIZATIONS = ("float32", "dynamic_range", "float16", "int8")  # TFLite export modes
 LR_SCHEDULES = ("constant", "piecewise", "cosine", "warmup_cosine")
 SWITCH = ("auto", "true", "false")
@@ -160,7 +160,12 @@ class TrainConfig:
         0, "On a CPU-only host, split the CPU into N logical devices for mirrored; 0: no split.", group="runtime"
     )
     precision: str = _opt(
-        "float32", "Keras dtype policy; mixed_* keep the output layer float32.", PRECISIONS, group="runtime"
+        "auto",
+        "Keras dtype policy; mixed_* keep the output layer float32. auto: mixed_bfloat16 on NVIDIA GPUs of compute "
+        "capability 8.0+ and, for the built-in models, on CPUs with AMX or AVX512-BF16; mixed_float16 on 7.x GPUs; "
+        "else float32.",
+        PRECISIONS,
+        group="runtime",
     )
     seed: int = _opt(42, "Seed for weights, dropout and shuffling.", group="runtime")
     # tracking: what is logged and kept, where, and how an interrupted run continues

@@ -167,6 +167,7 @@ def _runtime_params(rt: Runtime, global_batch: int, spe: int) -> dict[str, str]:
         "replicas": str(rt.replicas),
         "workers": str(rt.worker_count),
         "global_batch_size": str(global_batch),
+        "precision_resolved": rt.precision,
     }
 
 
@@ -236,7 +237,7 @@ def train(
         callbacks += resume.backup_callbacks(cfg, callbacks, clock, "chief" if rt.is_chief else worker_index())
         callbacks += extra_callbacks
         print(
-            f"training {model_label(cfg.model)} ({cfg.engine}, {rt.strategy_name} x{rt.replicas}, {cfg.precision}) on "
+            f"training {model_label(cfg.model)} ({cfg.engine}, {rt.strategy_name} x{rt.replicas}, {rt.precision}) on "
             f"{task.source}: {len(train_xy[0])} train / {len(val_xy[0])} validation images of "
             f"{'x'.join(map(str, task.input_shape))}, {task.num_classes} classes, global batch {global_batch}"
         )

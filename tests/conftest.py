@@ -44,6 +44,22 @@ def write_dataset(folder: Path, n_train: int = 640, n_test: int = 200) -> Path:
     return folder
 
 
+QUIET_VARIABLES = ("TF_CPP_MIN_LOG_LEVEL", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "MLFLOW_LOGGING_LEVEL")
+
+
+@pytest.fixture(autouse=True)
+def _quiet_variables_restored():
+    """Tests that call tftrain's main() in this process let quiet.setup set these; later tests' subprocesses
+    (mlflow run, whose INFO lines some tests read) must not inherit them."""
+    before = {k: os.environ.get(k) for k in QUIET_VARIABLES}
+    yield
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     return write_dataset(tmp_path_factory.mktemp("tiny-data"))

@@ -5,6 +5,7 @@ tests/test_cli.py runs every check path in a process that must end without Tenso
 
 from __future__ import annotations
 
+import errno
 import json
 import socket
 from pathlib import Path
@@ -52,7 +53,9 @@ def check_address(host: str, port: int) -> None:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
             s.bind((host, port))
     except OSError as e:
-        raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}; pick another port with --port") from None
+        hint = "; pick another port with --port" if e.errno == errno.EADDRINUSE else ""
+        where = f"{host}:{port}" if host.isprintable() else f"{host!r}:{port}"
+        raise UserError(f"cannot listen on {where}: {e.strerror or e}{hint}") from None
     except (TypeError, ValueError) as e:  # a host name that cannot be encoded, a NUL byte
         raise UserError(f"invalid value for --host: received {host!r}; cannot listen there: {e}") from None
 

@@ -16,11 +16,25 @@ def test_defaults_are_valid_and_match_the_write_up():
     assert set(cfg.as_params()) == {f.name for f in dataclasses.fields(TrainConfig)}
 
 
+def test_batch_size_and_learning_rate_0_choose_by_model_and_data():
+    """The measured batch per model (a global batch, shared by the replicas), halved down to 8 while an epoch would
+    be under 20 steps, with the rate scaled by the square root of the batch's change; given values stay."""
+    assert TrainConfig().training_batch(48000, 1) == (1024, 0.008)
+    assert TrainConfig(model="cnn").training_batch(48000, 1) == (256, 0.004)
+    assert TrainConfig(model="cnn_bn").training_batch(48000, 2) == (128, 0.003)
+    batch, rate = TrainConfig().training_batch(512, 1)
+    assert batch == 16 and rate == pytest.approx(0.008 * (16 / 1024) ** 0.5)
+    assert TrainConfig().training_batch(50, 1)[0] == 8
+    assert TrainConfig(model="mobilenet_v2", image_size="32x32").training_batch(48000, 1) == (128, 0.002)
+    assert TrainConfig(model="cnn", batch_size=1024).training_batch(48000, 1) == (1024, pytest.approx(0.008))
+    assert TrainConfig(batch_size=100, learning_rate=0.01).training_batch(10, 1) == (100, 0.01)
+
+
 @pytest.mark.parametrize(
     "field, value, allowed",
     [
         ("epochs", 0, "an integer >= 1"),
-        ("batch_size", -5, "an integer >= 1"),
+        ("batch_size", -5, "an integer >= 0"),
         ("steps_per_execution", 0, "an integer >= 1"),
         ("model", "resnet", "mlp, cnn, cnn_bn, mobilenet_v2"),
         ("dataset", "cifar10", "fashion_mnist, mnist, an existing folder of class folders, tfds:NAME"),
@@ -37,8 +51,8 @@ def test_defaults_are_valid_and_match_the_write_up():
         ("early_stopping_monitor", "val_acc", "one of val_loss"),
         ("validation_split", 1.0, "strictly between 0 and 1"),
         ("validation_split", 0.0, "strictly between 0 and 1"),
-        ("learning_rate", 0.0, "a number > 0"),
-        ("learning_rate", float("nan"), "a number > 0"),
+        ("learning_rate", -0.01, "a finite number >= 0"),
+        ("learning_rate", float("nan"), "a finite number >= 0"),
         ("plateau_factor", 1.5, "strictly between 0 and 1"),
         ("plateau_min_lr", -1e-3, "a finite number >= 0"),
         ("save_interval", -1.0, "a finite number >= 0"),

@@ -53,8 +53,8 @@ class TrainResult:
 def default_run_name(cfg: TrainConfig) -> str:
     if cfg.run_name != "auto":
         return cfg.run_name
-    stamp = datetime.now().strftime("%m%d-%H%M%S")
-    return f"{model_label(cfg.model)}-{dataset_label(cfg.dataset)}-bs{cfg.batch_size}-lr{cfg.learning_rate:g}-{stamp}"
+    chosen = [f"bs{cfg.batch_size}"] * bool(cfg.batch_size) + [f"lr{cfg.learning_rate:g}"] * bool(cfg.learning_rate)
+    return "-".join([model_label(cfg.model), dataset_label(cfg.dataset), *chosen, datetime.now().strftime("%m%d-%H%M%S")])
 
 
 def steps_per_execution(cfg: TrainConfig, rt: Runtime) -> int:
@@ -132,12 +132,13 @@ def _full_batches_only(cfg: TrainConfig, rt: Runtime) -> bool:
     return cfg.engine == "custom" and rt.replicas > 1
 
 
-def _steps_per_epoch(cfg: TrainConfig, rt: Runtime, examples: int, global_batch: int) -> int:
+def _steps_per_epoch(cfg: TrainConfig, rt: Runtime, examples: int, batch: int) -> int:
+    global_batch = batch * rt.replicas
     if not _full_batches_only(cfg, rt):
         return math.ceil(examples / global_batch)
     if examples < global_batch:
         raise UserError(
-            f"invalid value for batch_size: received {cfg.batch_size}; with {rt.replicas} replicas the global batch "
+            f"invalid value for batch_size: received {batch}; with {rt.replicas} replicas the global batch "
             f"is {global_batch}, more than the {examples} training images; allowed: at most {examples // rt.replicas}"
         )
     return examples // global_batch
@@ -160,25 +161,27 @@ def _run_engine(cfg, rt, model, train_data, val_data, callbacks, steps_per_epoch
     )
 
 
-def _runtime_params(rt: Runtime, global_batch: int, spe: int) -> dict[str, str]:
+def _runtime_params(rt: Runtime, batch: int, rate: float, spe: int) -> dict[str, str]:
     return {
+        "batch_size_resolved": str(batch),
+        "learning_rate_resolved": f"{rate:g}",
         "steps_per_execution_used": str(spe),
         "strategy_resolved": rt.strategy_name,
         "replicas": str(rt.replicas),
         "workers": str(rt.worker_count),
-        "global_batch_size": str(global_batch),
+        "global_batch_size": str(batch * rt.replicas),
         "precision_resolved": rt.precision,
     }
 
 
-def _few_steps_note(cfg: TrainConfig, rt: Runtime, examples: int, steps: int) -> str | None:
+def _few_steps_note(batch: int, rt: Runtime, examples: int, steps: int) -> str | None:
     """A word when an epoch is only a few optimizer steps (a small folder at the default batch size), which can
     leave a model at chance after all its epochs."""
     suggested = max(8, 2 ** int(math.log2(max(1, examples // (20 * rt.replicas)))))
-    if steps >= 4 or suggested >= cfg.batch_size:
+    if steps >= 4 or suggested >= batch:
         return None
     return (
-        f"note: {examples} training images in batches of {cfg.batch_size * rt.replicas} make {steps} step"
+        f"note: {examples} training images in batches of {batch * rt.replicas} make {steps} step"
         f"{'s' if steps > 1 else ''} an epoch; a smaller batch_size (such as {suggested}) learns more per epoch"
     )
 
@@ -209,15 +212,16 @@ def train(
     rt = rt or build_runtime(cfg)  # first: devices and strategy must be set up before TensorFlow runs any op
     task = task or resolve_task(cfg)
     train_xy, val_xy = task.train, task.validation
-    global_batch = cfg.batch_size * rt.replicas
-    steps_per_epoch = _steps_per_epoch(cfg, rt, len(train_xy[0]), global_batch)
-    if note := _few_steps_note(cfg, rt, len(train_xy[0]), steps_per_epoch):
+    batch, rate = cfg.training_batch(len(train_xy[0]), rt.replicas)
+    global_batch = batch * rt.replicas
+    steps_per_epoch = _steps_per_epoch(cfg, rt, len(train_xy[0]), batch)
+    if note := _few_steps_note(batch, rt, len(train_xy[0]), steps_per_epoch):
         print(note)
     train_data, val_data = _datasets(cfg, rt, train_xy, val_xy, global_batch)
     spe = steps_per_execution(cfg, rt)
     with rt.strategy.scope():
         model = check_model(task.build_model(), task)
-        compile_model(model, build_learning_rate(cfg, steps_per_epoch), spe)
+        compile_model(model, build_learning_rate(cfg, steps_per_epoch, rate), spe)
 
     with _run_and_folder(cfg, rt, output_root, run) as (run_id, out_dir, journal):
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -228,7 +232,7 @@ def train(
         epoch_metrics = None
         if run_id:
             runs.log_environment()
-            runs.log_config(cfg, {**_runtime_params(rt, global_batch, spe), **task.resolved})
+            runs.log_config(cfg, {**_runtime_params(rt, batch, rate, spe), **task.resolved})
             runs.set_tags({"dataset_source": task.source, "train_examples": str(len(train_xy[0])),
                            "classes": str(task.num_classes)})  # fmt: skip
             epoch_metrics = EpochMetrics(clock, journal, cfg.log_lr_every_n_steps, runs.logged_steps(run_id))
@@ -239,7 +243,8 @@ def train(
         print(
             f"training {model_label(cfg.model)} ({cfg.engine}, {rt.strategy_name} x{rt.replicas}, {rt.precision}) on "
             f"{task.source}: {len(train_xy[0])} train / {len(val_xy[0])} validation images of "
-            f"{'x'.join(map(str, task.input_shape))}, {task.num_classes} classes, global batch {global_batch}"
+            f"{'x'.join(map(str, task.input_shape))}, {task.num_classes} classes, global batch {global_batch}, "
+            f"learning rate {rate:g} ({cfg.lr_schedule})"
         )
         started = time.perf_counter()
         try:

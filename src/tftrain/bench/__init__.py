@@ -1,4 +1,5 @@
-"""`tftrain bench`: the write-up's recipes against tftrain's engines, on the same data, in one invocation.
+"""`tftrain bench`: tftrain's defaults against the write-up's recipes and a careful user's tf.data pipeline, on
+the same data, in one invocation.
 
 Every configuration trains in a process of its own (`worker.py`: a clean TensorFlow, and a peak memory that is its
 own), on the same Fashion-MNIST split: the training set's first 80% to train, its last 20% to validate, as the
@@ -16,22 +17,45 @@ import tempfile
 import time
 from pathlib import Path
 
+from tftrain.bench import folders
 from tftrain.bench.report import summarize, table, targets, with_comparisons
-from tftrain.bench.setups import Setup, select
+from tftrain.bench.setups import select
+
+FOLDER_EPOCHS = 4  # the folder steps' epochs: the first, and three warm ones
 
 
-def _in_worker(setup: Setup, data_dir: str, epochs: int) -> dict | None:
-    """One configuration in a fresh Python process; its output goes to stderr, its figures come back (None if it
-    failed, which the table then says)."""
+def _in_worker(module: str, *args) -> dict | None:
+    """`python -m module *args OUT.json` in a fresh Python process; its output goes to stderr, its figures come back
+    (None if it failed, which the table then says)."""
     with tempfile.TemporaryDirectory(prefix="tftrain-bench-") as folder:
         out = Path(folder, "figures.json")
-        command = [sys.executable, "-m", "tftrain.bench.worker", setup.name, data_dir, str(epochs), str(out)]
+        command = [sys.executable, "-m", module, *map(str, args), str(out)]
         # the worker tracks into a throwaway store in its own folder (its working directory, where MLflow puts
         # artifacts), never the user's
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
         env["TF_CPP_MIN_LOG_LEVEL"] = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")
         code = subprocess.run(command, stdout=sys.stderr, env=env, cwd=folder, check=False).returncode
         return json.loads(out.read_text()) if code == 0 and out.is_file() else None
+
+
+def folder_figures(data_dir: str, epochs: int, failed: list[str]) -> tuple[list[dict], int]:
+    """The image-folder steps (bench/folders.py), each in a fresh process, on PNG files written to a temporary
+    folder (with its image cache beside it) that is deleted afterwards; failed steps are added to `failed`."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="tftrain-bench-folder-") as root:
+        folder, cache = Path(root, "fashion-mnist-png"), Path(root, "cache")
+        started = time.perf_counter()
+        print(f"[folders] writing Fashion-MNIST as PNG files in {folder}", file=sys.stderr, flush=True)
+        images = folders.write_pngs(data_dir, folder)
+        print(f"  {images:,} files in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+        for step in folders.STEPS:
+            print(f"[folders] {step}", file=sys.stderr, flush=True)
+            figures = _in_worker("tftrain.bench.folders", step, folder, cache, epochs, data_dir or "-")
+            if figures is None:
+                failed.append(f"folders {step}")
+            else:
+                rows.append(figures)
+    return rows, images
 
 
 def machine() -> str:
@@ -47,11 +71,11 @@ def log_to_mlflow(rows: list[dict], report: str) -> str:
     import mlflow
 
     mlflow.set_experiment("tftrain-bench")
-    numeric = ("epochs", "seconds_per_epoch", "samples_per_second", "speedup", "gflops", "seconds_to_target",
-               "seconds_to_recipe_accuracy", "fit_seconds", "test_accuracy", "tracking_share", "model_logging_seconds",
-               "peak_rss_mb")  # fmt: skip
+    numeric = ("epochs", "seconds_per_epoch", "samples_per_second", "speedup", "vs_user", "gflops",
+               "seconds_to_val_target", "user_time_ratio", "seconds_to_target",
+               "fit_seconds", "test_accuracy", "tracking_share", "model_logging_seconds", "peak_rss_mb")  # fmt: skip
     with mlflow.start_run(run_name="bench") as parent:
-        mlflow.log_text(report, "bench.md")
+        mlflow.log_text(report, "bench.md")  # the folder figures too
         for r in rows:
             with mlflow.start_run(run_name=r["name"], nested=True):
                 mlflow.log_params({"configuration": r["describe"][:500], "target_accuracy": r["target"]})
@@ -63,7 +87,7 @@ def bench(only: str, full: bool, repeat: int, data_dir: str, epochs: int, log: b
     """Run the configurations `repeat` times, print the table and the targets; True if every configuration ran."""
     from tftrain.data import load_dataset
 
-    setups = select(only, full)
+    setups, with_folders = select(only, full)
     load_dataset("fashion_mnist", data_dir)  # a missing or corrupt dataset: one line now, not one per worker
     data_dir = str(Path(data_dir).resolve()) if data_dir else ""  # workers run in folders of their own
     repeats, failed = [], []
@@ -76,7 +100,7 @@ def bench(only: str, full: bool, repeat: int, data_dir: str, epochs: int, log: b
                 flush=True,
             )
             started = time.perf_counter()
-            figures = _in_worker(setup, data_dir, epochs)
+            figures = _in_worker("tftrain.bench.worker", setup.name, data_dir, epochs)
             if figures is None:
                 failed.append(setup.name)
                 print(f"tftrain: {setup.name} failed (its output is above); going on", file=sys.stderr, flush=True)
@@ -86,7 +110,11 @@ def bench(only: str, full: bool, repeat: int, data_dir: str, epochs: int, log: b
                   file=sys.stderr, flush=True)  # fmt: skip
         repeats.append(with_comparisons(results))
     rows, host = summarize(repeats), machine()
-    report = "\n\n".join([f"Fashion-MNIST; {host}; medians of {repeat} repeat(s)", table(rows), targets(rows)])
+    parts = [f"Fashion-MNIST; {host}; medians of {repeat} repeat(s)"] + [table(rows), targets(rows)] * bool(rows)
+    if with_folders:
+        steps, images = folder_figures(data_dir, epochs or FOLDER_EPOCHS, failed)
+        parts += [folders.table(steps, images), folders.verdicts(steps)]
+    report = "\n\n".join(parts)
     print(report)
     if failed:
         print(f"failed: {', '.join(failed)}")

@@ -142,5 +142,5 @@ def test_folder_figures_decode_once_then_read_the_cache(tmp_path, tiny_data):
     assert rows == [("keras-loader", "640"), ("tftrain-first", "840"), ("tftrain-second", "0"), ("tftrain-idx", "-")]
     assert "Fashion-MNIST as 840 PNG files" in done.stdout
     assert re.search(r"a second run on the same folder decoded 0 images, loaded in [\d.]+ s .*: met", done.stdout)
-    assert "decoding the folder, Keras' loader's seconds over tftrain's" in done.stdout
+    assert "decoding the folder, Keras' loader's seconds per image over tftrain's" in done.stdout
     assert "later epochs on the folder against the IDX files" in done.stdout

@@ -24,19 +24,27 @@ def kinds(callbacks):
     return {type(c) for c in callbacks[2:]}
 
 
+def write_up(tmp_path, **overrides):
+    """The write-up's constant learning rate, under which its ReduceLROnPlateau is on (auto)."""
+    return tiny_config(tmp_path, lr_schedule="constant", **overrides)
+
+
 def test_all_write_up_callbacks_are_on_by_default(tmp_path):
-    assert kinds(build_callbacks(tiny_config(tmp_path), tmp_path, SaveClock(0))) == set(KINDS.values())
+    assert kinds(build_callbacks(write_up(tmp_path), tmp_path, SaveClock(0))) == set(KINDS.values())
+    # the default schedule, warmup-cosine, sets the rate itself: the plateau rule is off under it
+    by_default = kinds(build_callbacks(tiny_config(tmp_path), tmp_path, SaveClock(0)))
+    assert by_default == set(KINDS.values()) - {keras.callbacks.ReduceLROnPlateau}
 
 
 @pytest.mark.parametrize("switch", list(KINDS))
 def test_each_callback_can_be_switched_off(tmp_path, switch):
     off = "false" if switch == "reduce_lr_on_plateau" else False  # a three-way switch: auto, true, false
-    callbacks = build_callbacks(tiny_config(tmp_path, **{switch: off}), tmp_path, SaveClock(0))
+    callbacks = build_callbacks(write_up(tmp_path, **{switch: off}), tmp_path, SaveClock(0))
     assert kinds(callbacks) == set(KINDS.values()) - {KINDS[switch]}
 
 
 def test_callbacks_get_their_parameters(tmp_path):
-    cfg = tiny_config(
+    cfg = write_up(
         tmp_path, early_stopping_monitor="val_accuracy", early_stopping_patience=7, restore_best_weights=False,
         plateau_factor=0.5, plateau_patience=4, plateau_min_lr=1e-5, histogram_freq=3, checkpoint_monitor="val_loss",
     )  # fmt: skip
@@ -131,7 +139,7 @@ def test_plateau_and_early_stopping_messages_land_in_the_epoch_lines(tmp_path, c
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(10, activation="softmax")])
     model.compile(optimizer=keras.optimizers.SGD(1e-3), loss="sparse_categorical_crossentropy")
     x, y = np.zeros((60, 4), np.float32), np.arange(60) % 10
-    cfg = tiny_config(
+    cfg = write_up(
         tmp_path, epochs=8, checkpoint=False, tensorboard=False, plateau_patience=1, plateau_factor=0.2,
         early_stopping_patience=3,
     )  # fmt: skip
@@ -147,6 +155,6 @@ def test_plateau_and_early_stopping_messages_land_in_the_epoch_lines(tmp_path, c
 
 
 def test_without_the_epoch_summary_keras_prints_its_own_messages(tmp_path):
-    by_kind = {type(c): c for c in build_callbacks(tiny_config(tmp_path, epoch_summary=False), tmp_path, SaveClock(0))}
+    by_kind = {type(c): c for c in build_callbacks(write_up(tmp_path, epoch_summary=False), tmp_path, SaveClock(0))}
     assert by_kind[keras.callbacks.EarlyStopping].verbose == 1
     assert by_kind[keras.callbacks.ReduceLROnPlateau].verbose == 1

@@ -146,8 +146,12 @@ def test_precision_auto_resolves_per_machine_and_model_and_is_logged(store, tiny
     from tftrain.runtime import BFLOAT16_CPU_FLAGS, cpu_flags, resolve_precision
 
     assert "sse2" in cpu_flags() or not Path("/proc/cpuinfo").exists()  # the real flags are read
-    bfloat16_cpu = bool(set(BFLOAT16_CPU_FLAGS) & cpu_flags())
+    bfloat16_cpu = bool(set(BFLOAT16_CPU_FLAGS["mlp"]) & cpu_flags())
+    bfloat16_cnn = bool(set(BFLOAT16_CPU_FLAGS["cnn"]) & cpu_flags())
     assert resolve_precision(tiny_config(tiny_data, precision="auto")) == ("mixed_bfloat16" if bfloat16_cpu else "float32")
+    assert resolve_precision(tiny_config(tiny_data, precision="auto", model="cnn")) == (
+        "mixed_bfloat16" if bfloat16_cnn else "float32"
+    )
     assert resolve_precision(tiny_config(tiny_data, precision="auto", model="resnet50", image_size="32x32")) == "float32"
     assert resolve_precision(tiny_config(tiny_data, precision="float32")) == "float32"
     assert resolve_precision(tiny_config(tiny_data, precision="mixed_float16")) == "mixed_float16"

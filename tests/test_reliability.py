@@ -371,7 +371,8 @@ def test_callback_counters_survive_a_resume(tmp_path, tiny_data):
 
     def fresh():
         clock = SaveClock(0.0)
-        callbacks = build_callbacks(tiny_config(tiny_data, output_dir=str(tmp_path)), tmp_path, clock)
+        cfg = tiny_config(tiny_data, output_dir=str(tmp_path), lr_schedule="constant")  # the plateau rule on
+        callbacks = build_callbacks(cfg, tmp_path, clock)
         model = build_model("mlp", 10)
         state = CallbackState(tmp_path / "backup", callbacks, clock)
         for c in [*callbacks, state]:

@@ -176,8 +176,8 @@ class TrainConfig:
     precision: str = _opt(
         "auto",
         "Keras dtype policy; mixed_* keep the output layer float32. auto: mixed_bfloat16 on NVIDIA GPUs of compute "
-        "capability 8.0+ and, for the built-in models, on CPUs with AMX or AVX512-BF16; mixed_float16 on 7.x GPUs; "
-        "else float32.",
+        "capability 8.0+, for cnn and cnn_bn on CPUs with AMX or AVX512-BF16, and for mlp on CPUs with AMX; "
+        "mixed_float16 on 7.x GPUs; else float32.",
         PRECISIONS,
         group="runtime",
     )

@@ -94,7 +94,9 @@ def to_pixels(image: Image.Image, size: tuple[int, int], channels: int) -> np.nd
         image = Image.fromarray(np.clip(values * (255.0 / high), 0, 255).astype(np.uint8), "L")
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")  # Pillow warns when a palette with transparency goes straight to RGB
-    image = image.convert("L" if channels == 1 else "RGB")
+    mode = "L" if channels == 1 else "RGB"
+    if image.mode != mode:
+        image = image.convert(mode)
     height, width = size
     if image.size != (width, height):
         image = image.resize((width, height), Image.Resampling.BILINEAR)

@@ -14,7 +14,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from tftrain.config import MODELS, TrainConfig
+from tftrain.config import TrainConfig
 from tftrain.errors import UserError
 
 
@@ -138,7 +138,10 @@ def build_runtime(cfg: TrainConfig) -> Runtime:
     return Runtime(strategy, name, strategy.num_replicas_in_sync, chief, max(workers, 1), precision)
 
 
-BFLOAT16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # bfloat16 matrix instructions TensorFlow's oneDNN uses
+# precision=auto on a CPU, per built-in model: the bfloat16 instructions (oneDNN uses them) with which `tftrain bench`
+# measured it faster than float32. The MLP's small products gain only with AMX (a Xeon: 13.0 s against 13.9 s for
+# 20 epochs); with AVX512-BF16 alone its casts cost more than they save (an EPYC: 0.254 s against 0.234 s an epoch).
+BFLOAT16_CPU_FLAGS = {"mlp": ("amx_bf16",), "cnn": ("amx_bf16", "avx512_bf16"), "cnn_bn": ("amx_bf16", "avx512_bf16")}
 
 
 def cpu_flags() -> set[str]:
@@ -151,9 +154,9 @@ def cpu_flags() -> set[str]:
 
 
 def resolve_precision(cfg: TrainConfig) -> str:
-    """precision=auto: what measured fastest at equal accuracy (README, Measured figures). On a CPU, bfloat16 is
-    measured faster only for the built-in models; other architectures are not measured here, so they stay in
-    float32 there."""
+    """precision=auto: what measured fastest at equal accuracy (README, Measured figures). On a CPU, bfloat16 only
+    for the built-in models, on the CPUs where it measured faster (BFLOAT16_CPU_FLAGS); other architectures are
+    not measured here, so they stay in float32 there."""
     if cfg.precision != "auto":
         if cfg.precision == "mixed_float16" and not tf.config.list_physical_devices("GPU"):
             print("note: precision=mixed_float16 on a CPU has no float16 hardware to use and runs much slower than "
@@ -164,7 +167,7 @@ def resolve_precision(cfg: TrainConfig) -> str:
     if gpus:
         capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability") or (0, 0)
         return "mixed_bfloat16" if capability >= (8, 0) else "mixed_float16" if capability >= (7, 0) else "float32"
-    if cfg.model in MODELS and set(BFLOAT16_CPU_FLAGS) & cpu_flags():
+    if set(BFLOAT16_CPU_FLAGS.get(cfg.model, ())) & cpu_flags():
         return "mixed_bfloat16"
     return "float32"
 

@@ -113,7 +113,7 @@ def bench(only: str, full: bool, repeat: int, data_dir: str, epochs: int, log: b
     parts = [f"Fashion-MNIST; {host}; medians of {repeat} repeat(s)"] + [table(rows), targets(rows)] * bool(rows)
     if with_folders:
         steps, images = folder_figures(data_dir, epochs or FOLDER_EPOCHS, failed)
-        parts += [folders.table(steps, images), folders.verdicts(steps)]
+        parts += [folders.table(steps, images), folders.verdicts(steps, images)]
     report = "\n\n".join(parts)
     print(report)
     if failed:

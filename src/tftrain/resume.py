@@ -47,18 +47,26 @@ def interrupted_run(cfg: TrainConfig) -> str | None:
 
 
 def check_backup(cfg: TrainConfig) -> None:
-    """A backup torn by a crash: Keras falls back to the copy before it; if that one is unreadable too, say which
-    files and what to do, rather than fail inside Keras."""
-    weights = state_dir(cfg) / "backup-chief" / "latest.weights.h5"
-    copies = [p for p in (weights, Path(f"{weights}.bkp")) if p.exists()]
-    readable = [p for p in copies if _readable(p)]
-    if copies and not readable:
+    """A backup torn by a crash: the weights file or the epoch file (training_metadata.json) that Keras was
+    writing when the process died. Go back to the copy before it, both files together (Keras itself falls back
+    for torn weights only, and fails on a torn epoch file); if that copy is unreadable too, say which files and
+    what to do, rather than fail inside Keras."""
+    backup = state_dir(cfg) / "backup-chief"
+    weights, epoch = backup / "latest.weights.h5", backup / "training_metadata.json"
+    if not weights.exists() and not epoch.exists():
+        return
+    if _readable(weights) and _epoch_readable(epoch):
+        return
+    before = (Path(f"{weights}.bkp"), Path(f"{epoch}.bkp"))
+    if not (_readable(before[0]) and _epoch_readable(before[1])):
+        torn = weights if not _readable(weights) else epoch
         raise UserError(
-            f"cannot resume: the backup {copies[0]} is corrupt, and so is the copy before it; delete "
+            f"cannot resume: the backup {torn} is corrupt, and so is the copy before it; delete "
             f"{state_dir(cfg)} to lose it and start afresh, or run with resume=never"
         )
-    if weights in copies and weights not in readable:
-        print(f"note: the latest backup {weights} is corrupt; resuming from the one before it")
+    for copy, latest in zip(before, (weights, epoch), strict=True):
+        shutil.copyfile(copy, latest)
+    print(f"note: the latest backup in {backup} is corrupt; resuming from the one before it")
 
 
 def _readable(path: Path) -> bool:
@@ -66,6 +74,13 @@ def _readable(path: Path) -> bool:
         with h5py.File(path, "r"):
             return True
     except OSError:
+        return False
+
+
+def _epoch_readable(path: Path) -> bool:
+    try:
+        return isinstance(json.loads(path.read_text())["epoch"], int)
+    except (OSError, ValueError, KeyError, TypeError):
         return False
 
 

@@ -28,6 +28,8 @@ def test_batch_size_and_learning_rate_0_choose_by_model_and_data():
     assert TrainConfig(model="mobilenet_v2", image_size="32x32").training_batch(48000, 1) == (128, 0.002)
     assert TrainConfig(model="cnn", batch_size=1024).training_batch(48000, 1) == (1024, pytest.approx(0.008))
     assert TrainConfig(batch_size=100, learning_rate=0.01).training_batch(10, 1) == (100, 0.01)
+    # a batch larger than the data: the rate follows the batch a step really sees, the whole data
+    assert TrainConfig(batch_size=100000).training_batch(129, 1) == (100000, pytest.approx(0.008 * (129 / 1024) ** 0.5))
 
 
 @pytest.mark.parametrize(

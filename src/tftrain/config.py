@@ -115,7 +115,8 @@ class TrainConfig:
     batch_size: int = _opt(
         0,
         "Examples per step per replica; the global batch is this times the replicas. 0: by model, a global batch of "
-        "1024 for mlp, 256 for cnn and cnn_bn, 128 for others, smaller where an epoch would be under 20 steps.",
+        "1024 for mlp, 256 for cnn and cnn_bn, 128 for other models (keras.applications, builders, .keras files), "
+        "smaller (down to 8 per replica) where an epoch would be under 20 steps.",
         group="trainer",
     )
     learning_rate: float = _opt(
@@ -149,7 +150,8 @@ class TrainConfig:
     )
     reduce_lr_on_plateau: str = _opt(
         "auto",
-        "Cut the learning rate when the monitored metric stalls; auto: on unless lr_schedule is set.",
+        "Cut the learning rate when the monitored metric stalls (the write-up's rule); auto: on with "
+        "lr_schedule=constant only, off under a schedule (the default); true needs lr_schedule=constant.",
         SWITCH,
         group="trainer",
     )
@@ -290,14 +292,17 @@ class TrainConfig:
     def training_batch(self, examples: int, replicas: int) -> tuple[int, float]:
         """(batch size per replica, peak learning rate) for `examples` training images over `replicas`: the given
         ones; for 0, the model's (AUTO_BATCH), the batch shared among the replicas and halved while an epoch would
-        have fewer than AUTO_MIN_STEPS steps, the rate scaled by the square root of the batch's change (Adam)."""
+        have fewer than AUTO_MIN_STEPS steps (down to 8 per replica), the rate scaled by the square root of the change
+        of the batch a step really sees (Adam)."""
         reference_batch, reference_rate = AUTO_BATCH.get(self.model, AUTO_BATCH_OTHER)
         batch = self.batch_size
         if not batch:
             batch = max(1, reference_batch // replicas)
             while batch > 8 and batch * replicas * AUTO_MIN_STEPS > examples:
                 batch //= 2
-        rate = self.learning_rate or reference_rate * math.sqrt(batch * replicas / reference_batch)
+        # the batch a step really sees: a batch larger than the data is the data
+        used = min(batch * replicas, max(examples, 1))
+        rate = self.learning_rate or reference_rate * math.sqrt(used / reference_batch)
         return batch, rate
 
     @property

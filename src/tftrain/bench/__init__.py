@@ -17,7 +17,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from tftrain.bench import folders
 from tftrain.bench.report import summarize, table, targets, with_comparisons
 from tftrain.bench.setups import select
 
@@ -41,6 +40,8 @@ def _in_worker(module: str, *args) -> dict | None:
 def folder_figures(data_dir: str, epochs: int, failed: list[str]) -> tuple[list[dict], int]:
     """The image-folder steps (bench/folders.py), each in a fresh process, on PNG files written to a temporary
     folder (with its image cache beside it) that is deleted afterwards; failed steps are added to `failed`."""
+    from tftrain.bench import folders  # here: `python -m tftrain.bench.folders` must not find it imported
+
     rows = []
     with tempfile.TemporaryDirectory(prefix="tftrain-bench-folder-") as root:
         folder, cache = Path(root, "fashion-mnist-png"), Path(root, "cache")
@@ -112,6 +113,8 @@ def bench(only: str, full: bool, repeat: int, data_dir: str, epochs: int, log: b
     rows, host = summarize(repeats), machine()
     parts = [f"Fashion-MNIST; {host}; medians of {repeat} repeat(s)"] + [table(rows), targets(rows)] * bool(rows)
     if with_folders:
+        from tftrain.bench import folders
+
         steps, images = folder_figures(data_dir, epochs or FOLDER_EPOCHS, failed)
         parts += [folders.table(steps, images), folders.verdicts(steps, images)]
     report = "\n\n".join(parts)

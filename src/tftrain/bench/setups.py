@@ -10,7 +10,6 @@ RECIPE_EPOCHS = 5  # the write-up's listings train 5 epochs
 
 
 USER_BATCH, USER_EPOCHS = 256, 20  # the careful user's pipeline: batch(256), and tftrain's default epochs
-KINDS = ("recipe", "user", "tftrain")
 
 
 @dataclass(frozen=True)

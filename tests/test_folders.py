@@ -156,6 +156,37 @@ def test_gray_only_folder_gives_one_channel(tmp_path):
     assert f.train[0].shape[1:] == (8, 6)
 
 
+def test_a_sample_that_guesses_the_size_and_channels_wrong_costs_a_second_decode_not_a_wrong_answer(tmp_path, capsys):
+    # 200 files: the sample reads every 3rd header (all 8x6 gray), but most files are 10x4 and one is colour
+    root = tmp_path / "data"
+    for i in range(200):
+        sampled = i % 3 == 0
+        save(root / f"c{i // 100}" / f"{i:03d}.png", i, (8, 6) if sampled else (10, 4), colour=i == 199)
+    f = load(root, tmp_path)
+    err = capsys.readouterr().err
+    assert "most images are 10x4 colour, not 8x6 gray as sampled: decoding again" in err
+    assert err.count("decoding 200 images") == 2 and "reading the sizes" not in err
+    assert (f.image_size, f.channels) == ((10, 4), 3)
+    exact = load(root, tmp_path, image_size=(10, 4), channels=3)  # what a right guess would have decoded
+    for split in ("train", "validation", "test"):
+        np.testing.assert_array_equal(getattr(f, split)[0], getattr(exact, split)[0])
+
+
+def test_a_right_guess_decodes_once_and_no_dominant_size_reads_every_header_first(tmp_path, capsys):
+    make_classes(tmp_path / "same", {"a": 30, "b": 30})
+    save(tmp_path / "same" / "a" / "odd.png", 3, (5, 5))  # not in the sample: resized, no second pass
+    assert load(tmp_path / "same", tmp_path).image_size == (8, 6)
+    err = capsys.readouterr().err
+    assert err.count("decoding 61 images") == 1 and "reading the sizes" not in err
+    root = tmp_path / "mixed"  # three sizes, none of them half the sample: every header is read, then one decode
+    for i in range(60):
+        save(root / f"c{i % 2}" / f"{i:03d}.png", i, [(8, 6), (6, 8), (7, 7)][i % 3])
+    f = load(root, tmp_path)
+    err = capsys.readouterr().err
+    assert "reading the sizes of 60 images" in err and err.count("decoding 60 images") == 1
+    assert f.image_size == (8, 6)  # the three tie at 20: the first in listing order (c0/000.png)
+
+
 def test_explicit_size_is_height_by_width_and_pixels_survive_exactly(tmp_path):
     root = tmp_path / "data"
     rng = np.random.default_rng(0)

@@ -29,6 +29,7 @@ from tftrain.errors import UserError, invalid
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+Native = tuple[int, int, bool]  # a file's own height, width and whether it is gray
 BAD_IMAGES = ("fail", "skip")
 LAYOUTS = "PATH/<class>/<images>, or PATH/train/<class>/... with PATH/test/<class>/... and optionally PATH/val/"
 IMAGES_ALLOWED = "PNG, JPEG, BMP or GIF files (.png .jpg .jpeg .bmp .gif) in it or its subfolders"
@@ -36,10 +37,11 @@ CACHE_VERSION = 1  # part of the key: bump when the decoded pixels or the json c
 # Measured on 2 shared cores, whole load_folder calls: 2,000 28x28 PNGs take 0.20 s in-process and 0.26 s with
 # 2 forkserver workers (0.15-0.3 s to start the first pool); 20,000 take 1.7 s and 1.1 s; 16 12-megapixel JPEGs
 # to 224x224, 0.26 s and 0.48 s. With the cores busy, 2 workers only break even at 20,000. So in-process below
-# an estimated PARALLEL_SECONDS of in-process work: ~100 us per small file (header + decode), ~15 ns per JPEG byte.
+# an estimated PARALLEL_SECONDS of in-process work: ~100 us per small file, ~15 ns per JPEG byte.
 SECONDS_PER_FILE, SECONDS_PER_BYTE, PARALLEL_SECONDS = 100e-6, 15e-9, 1.5
 CHUNK_FILES = 256  # files per task: amortizes the ~1 ms round trip per task, small enough to balance the workers
 CHUNK_BYTES = 16 << 20  # decoded bytes per task, so a chunk of big images does not pile up in the pipe
+SAMPLE_FILES = 64  # headers read to guess an "auto" size and channels before the one decoding pass
 PROGRESS_EVERY = 2.0  # seconds between progress lines
 # What Pillow raises on a damaged or hostile file (struct.error for a cut header, EOFError for cut frames).
 READ_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error,
@@ -62,6 +64,7 @@ class Listing:
     class_names: tuple[str, ...]
     splits: dict[str, list[tuple[str, int]]]  # "all" (flat layout), or "train", "test" and maybe "val"
     ignored: int  # files that are not images by suffix (or hidden, like .DS_Store and macOS ._ files)
+    stats: dict[str, tuple[int, int]]  # path relative to root -> (size, mtime_ns); (-1, -1) for a dangling link
 
 
 @dataclass(frozen=True)
@@ -123,12 +126,18 @@ def conform(images: np.ndarray, size: tuple[int, int] | None, channels: int | No
 def read_image(path: Path, size: tuple[int, int], channels: int) -> np.ndarray:
     """One image file (PNG, JPEG, BMP or GIF; a GIF's first frame) as uint8 pixels of `size` and `channels`
     (see `to_pixels`); UnreadableImage names the file if it cannot be decoded."""
+    return _read(path, size, channels)[0]
+
+
+def _read(path: Path | str, size: tuple[int, int], channels: int) -> tuple[np.ndarray, Native]:
+    """`read_image`, and the file's own (height, width, gray) as its header says."""
     try:
         with Image.open(path) as image:
+            native = (image.size[1], image.size[0], image.mode in GRAY_MODES)
             if image.format == "JPEG":
                 image.draft("L" if channels == 1 else "RGB", (size[1], size[0]))  # decode at reduced scale
             image.load()
-            return to_pixels(image, size, channels)
+            return to_pixels(image, size, channels), native
     except READ_ERRORS as e:
         raise UnreadableImage(Path(path), _reason(e, path)) from None
 
@@ -139,30 +148,30 @@ def _reason(error: Exception, path: Path | str) -> str:
     return text or type(error).__name__
 
 
-def _read_headers(root: str, rels: list[str]) -> list[tuple[int, int, str] | str]:
-    """(height, width, mode) of each file from its header alone (no pixels decoded), or why it cannot be read."""
-    out: list[tuple[int, int, str] | str] = []
+def _read_headers(root: str, rels: list[str]) -> list[Native | str]:
+    """(height, width, gray) of each file from its header alone (no pixels decoded), or why it cannot be read."""
+    out: list[Native | str] = []
     for rel in rels:
         try:
             with Image.open(os.path.join(root, rel)) as image:
-                out.append((image.size[1], image.size[0], image.mode))
+                out.append((image.size[1], image.size[0], image.mode in GRAY_MODES))
         except READ_ERRORS as e:
             out.append(_reason(e, os.path.join(root, rel)))
     return out
 
 
-def _decode_rows(root: str, rels: list[str | None], size: tuple[int, int], channels: int):
-    """A chunk of files decoded into consecutive rows; a None or unreadable file stays a zero row, its reason
-    returned by position, so the rows keep the listing's order."""
+def _decode_rows(root: str, rels: list[str], size: tuple[int, int], channels: int):
+    """A chunk of files decoded into consecutive rows, in the listing's order, with each file's own
+    (height, width, gray); an unreadable file stays a zero row, its reason in place of those."""
     shape = (len(rels), *size) if channels == 1 else (len(rels), *size, 3)
-    rows, errors = np.zeros(shape, np.uint8), []
+    rows, natives = np.zeros(shape, np.uint8), []
     for j, rel in enumerate(rels):
-        if rel is not None:
-            try:
-                rows[j] = read_image(Path(root, rel), size, channels)
-            except UnreadableImage as e:
-                errors.append((j, e.reason))
-    return rows, errors
+        try:
+            rows[j], native = _read(os.path.join(root, rel), size, channels)
+            natives.append(native)
+        except UnreadableImage as e:
+            natives.append(e.reason)
+    return rows, natives
 
 
 # ---------------------------------------------------------------- scan: layout, classes, files
@@ -205,9 +214,11 @@ def scan(path: str | Path) -> Listing:
         _check_same_classes(root, name, class_names, tuple(found[name][0]))
     label = {name: k for k, name in enumerate(class_names)}
     splits = {
-        name: [(rel, label[c]) for c, rels in classes.items() for rel in rels] for name, (classes, _) in found.items()
+        name: [(rel, label[c]) for c, images in classes.items() for rel in sorted(images)]
+        for name, (classes, _) in found.items()
     }
-    return Listing(root, class_names, splits, loose + sum(ignored for _, ignored in found.values()))
+    stats = {rel: stat for classes, _ in found.values() for images in classes.values() for rel, stat in images.items()}
+    return Listing(root, class_names, splits, loose + sum(ignored for _, ignored in found.values()), stats)
 
 
 def _subfolders(folder: Path) -> list[str]:
@@ -215,8 +226,9 @@ def _subfolders(folder: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith((".", "__MACOSX")))
 
 
-def _scan_classes(folder: Path, root: Path, primary: bool) -> tuple[dict[str, list[str]], int]:
-    """Class name -> its image files (relative to root, sorted), and the count of other files, for one split.
+def _scan_classes(folder: Path, root: Path, primary: bool) -> tuple[dict[str, dict[str, tuple[int, int]]], int]:
+    """Class name -> its image files (relative to root) with their (size, mtime), and the count of other files,
+    for one split.
     Only the primary split (train/ or the folder itself) must have 2 classes: test/ and val/ must match it."""
     classes = _subfolders(folder)
     where = folder if folder == root else f"{root}/{folder.name}"
@@ -228,32 +240,39 @@ def _scan_classes(folder: Path, root: Path, primary: bool) -> tuple[dict[str, li
             f"allowed: at least 2 class folders, one per class, named after it ({LAYOUTS})"
         )
     found = {name: _walk_images(folder / name, root) for name in classes}
-    empty = [name for name, (rels, _) in found.items() if not rels]
+    empty = [name for name, (images, _) in found.items() if not images]
     if empty:
         others = sum(found[name][1] for name in empty)
         raise UserError(
             f"class folder(s) with no images in {where}: {_names(empty)} (received {others} other files); "
             f"allowed: {IMAGES_ALLOWED}"
         )
-    return {name: rels for name, (rels, _) in found.items()}, loose + sum(n for _, n in found.values())
+    return {name: images for name, (images, _) in found.items()}, loose + sum(n for _, n in found.values())
 
 
-def _walk_images(folder: Path, root: Path) -> tuple[list[str], int]:
+def _walk_images(folder: Path, root: Path) -> tuple[dict[str, tuple[int, int]], int]:
     """Image files anywhere under `folder` (following symlinks, each real folder once so a link loop ends),
-    relative to root and sorted, and the number of other files."""
-    images, ignored, seen, start = [], 0, set(), len(str(root)) + 1
-    for here, dirs, files in os.walk(folder, followlinks=True):
+    relative to root, with their (size, mtime) for the cache key; and the number of other files."""
+    images, ignored, seen, todo, start = {}, 0, set(), [str(folder)], len(str(root)) + 1
+    while todo:
+        here = todo.pop()
         real = os.path.realpath(here)
-        dirs[:] = [] if real in seen else [d for d in dirs if not d.startswith(".")]
         if real in seen:
             continue
         seen.add(real)
-        for name in files:
-            if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith("."):
-                images.append(os.path.join(here, name)[start:])
+        try:
+            entries = list(os.scandir(here))
+        except OSError:  # unreadable folder: skipped, as os.walk does
+            continue
+        for e in entries:
+            if e.is_dir():
+                if not e.name.startswith("."):
+                    todo.append(e.path)
+            elif e.name.lower().endswith(IMAGE_SUFFIXES) and not e.name.startswith("."):
+                images[e.path[start:]] = _stat(e)
             else:
                 ignored += 1
-    return sorted(images), ignored
+    return images, ignored
 
 
 def _check_same_classes(root: Path, split: str, train: tuple[str, ...], other: tuple[str, ...]) -> None:
@@ -295,7 +314,7 @@ def load_folder(
         say(f"ignoring {listing.ignored:,} file(s) in {listing.root} that are not {', '.join(IMAGE_SUFFIXES)} images")
     rels = [rel for part in listing.splits.values() for rel, _ in part]
     labels = np.array([k for part in listing.splits.values() for _, k in part], np.int32)
-    stats = [_stat(listing.root / rel) for rel in rels]
+    stats = [listing.stats[rel] for rel in rels]
     key = _cache_key(rels, stats, image_size, channels)
     folder = _cache_folder(cache_dir)
     cached = _load_cache(folder, key, rels, say)
@@ -347,9 +366,9 @@ def _short(path: Path | str, limit: int = 48) -> str:
 # ---------------------------------------------------------------- the cache
 
 
-def _stat(path: Path) -> tuple[int, int]:
+def _stat(entry: os.DirEntry) -> tuple[int, int]:
     try:
-        st = os.stat(path)
+        st = entry.stat()
         return st.st_size, st.st_mtime_ns
     except OSError:  # a dangling symlink: listed, then reported unreadable by the decode
         return -1, -1
@@ -464,31 +483,55 @@ class _Rows:
 
 
 def _decode_folder(listing, rels, stats, image_size, channels, bad_images, stem, say) -> tuple[np.ndarray, dict]:
-    """Every file decoded once into one uint8 array (listing order) in the cache; the json lists the unreadable."""
+    """Every file decoded into one uint8 array (listing order) in the cache; the json lists the unreadable.
+    An "auto" size or channels is taken from a sample's headers and checked against every file's own header
+    during the decode, so a folder is read once; when the whole folder answers otherwise, it is decoded again at
+    the right size. A sample with no dominant size (photos of all sizes) has every header read first instead."""
     root, start = str(listing.root), time.monotonic()
     workers = _workers(len(rels), sum(max(s, 0) for s, _ in stats))
     with _pool(workers) as pool:
-        unreadable: dict[int, str] = {}
-        if image_size is None or channels is None:
-            image_size, channels, unreadable = _resolve(pool, workers, root, rels, image_size, channels, say)
-            if unreadable and bad_images == "fail":  # stop before the long part
-                _check_unreadable(listing.root, {rels[i]: r for i, r in unreadable.items()}, bad_images)
-        shape = (len(rels), *image_size) if channels == 1 else (len(rels), *image_size, 3)
-        how = f"{workers} processes" if workers > 1 else "in-process"
-        say(f"decoding {len(rels):,} images from {_short(root, 40)} ({how})")
-        out = _Rows(stem, shape)
-        try:
-            todo = [None if i in unreadable else rel for i, rel in enumerate(rels)]
-            chunks = _chunks(todo, min(CHUNK_FILES, CHUNK_BYTES // int(np.prod(shape[1:]))), workers)
-            for first, (rows, errors) in _map(pool, _decode_rows, root, chunks, "decoding", say, image_size, channels):
-                out.add(rows)
-                unreadable.update({first + j: reason for j, reason in errors})
-            meta = _meta(listing, rels, image_size, channels, unreadable)
-            images, where = out.finish(meta)
-        finally:
-            out.close()
+        size, depth = image_size, channels
+        if size is None or depth is None:
+            size, depth = _guess(root, rels, image_size, channels) or _resolve(
+                pool, workers, root, rels, image_size, channels, say
+            )
+        while True:
+            natives, out = _decode_pass(pool, workers, root, rels, size, depth, stem, say)
+            try:
+                auto = _auto(natives, image_size, channels)
+                if auto == (size, depth):
+                    unreadable = {i: n for i, n in enumerate(natives) if isinstance(n, str)}
+                    meta = _meta(listing, rels, size, depth, unreadable)
+                    images, where = out.finish(meta)
+                    break
+            finally:
+                out.close()
+            say(f"most images are {_describe(*auto)}, not {_describe(size, depth)} as sampled: decoding again")
+            size, depth = auto
     say(f"decoded {len(rels):,} images in {time.monotonic() - start:.1f} s; cache: {_short(where, 50)}")
     return images, meta
+
+
+def _decode_pass(pool, workers, root, rels, size, channels, stem, say) -> tuple[list[Native | str], _Rows]:
+    """Every file decoded at `size` and `channels` into rows of the cache (not yet complete: the caller finishes
+    or drops them), and each file's own (height, width, gray) or why it cannot be read."""
+    shape = (len(rels), *size) if channels == 1 else (len(rels), *size, 3)
+    how = f"{workers} processes" if workers > 1 else "in-process"
+    say(f"decoding {len(rels):,} images from {_short(root, 40)} ({how})")
+    out, natives = _Rows(stem, shape), []
+    try:
+        chunks = _chunks(rels, min(CHUNK_FILES, CHUNK_BYTES // int(np.prod(shape[1:]))), workers)
+        for _, (rows, part) in _map(pool, _decode_rows, root, chunks, "decoding", say, size, channels):
+            out.add(rows)
+            natives.extend(part)
+    except BaseException:
+        out.close()
+        raise
+    return natives, out
+
+
+def _describe(size: tuple[int, int], channels: int) -> str:
+    return f"{size[0]}x{size[1]} {'gray' if channels == 1 else 'colour'}"
 
 
 def _meta(listing: Listing, rels, image_size, channels, unreadable: dict[int, str]) -> dict:
@@ -498,19 +541,32 @@ def _meta(listing: Listing, rels, image_size, channels, unreadable: dict[int, st
             "channels": channels, "paths": rels, "labels": labels, "unreadable": bad}  # fmt: skip
 
 
-def _resolve(pool, workers, root, rels, image_size, channels, say):
-    """The "auto" size (most common; ties: first in listing order) and channels (1 if every image is gray),
-    from the files' headers alone; and the files whose header cannot be read."""
+def _auto(heads: list[Native | str], image_size, channels) -> tuple[tuple[int, int], int]:
+    """The "auto" size (the most common; ties: first in listing order) and channels (1 if every image is gray)
+    of the readable files among `heads`, where they are not given."""
+    good = [h for h in heads if not isinstance(h, str)]
+    if not good:
+        return tuple(image_size or (1, 1)), channels or 1
+    size = image_size or Counter((h, w) for h, w, _ in good).most_common(1)[0][0]
+    return tuple(size), channels or (1 if all(gray for _, _, gray in good) else 3)
+
+
+def _guess(root: str, rels: list[str], image_size, channels) -> tuple[tuple[int, int], int] | None:
+    """`_auto` of SAMPLE_FILES headers spread over the listing, or None when their most common size is under
+    half of them (then a guess would likely be wrong and cost a second decode)."""
+    heads = _read_headers(root, rels[:: max(1, len(rels) // SAMPLE_FILES)])
+    sizes = Counter((h[0], h[1]) for h in heads if not isinstance(h, str))
+    if image_size is None and (not sizes or 2 * sizes.most_common(1)[0][1] < sum(sizes.values())):
+        return None
+    return _auto(heads, image_size, channels)
+
+
+def _resolve(pool, workers, root, rels, image_size, channels, say) -> tuple[tuple[int, int], int]:
+    """`_auto` from every file's header (no pixels decoded)."""
     say(f"reading the sizes of {len(rels):,} images from {_short(root, 40)}")
     chunks = _chunks(rels, CHUNK_FILES, workers)
-    heads = [h for _, part in _map(pool, _read_headers, root, chunks, "reading sizes", say) for h in part]
-    good = [h for h in heads if not isinstance(h, str)]
-    unreadable = {i: h for i, h in enumerate(heads) if isinstance(h, str)}
-    if not good:
-        return image_size or (1, 1), channels or 1, unreadable
-    size = image_size or Counter((h, w) for h, w, _ in good).most_common(1)[0][0]
-    depth = channels or (1 if all(mode in GRAY_MODES for _, _, mode in good) else 3)
-    return tuple(size), depth, unreadable
+    return _auto([h for _, part in _map(pool, _read_headers, root, chunks, "reading sizes", say) for h in part],
+                 image_size, channels)  # fmt: skip
 
 
 def _workers(count: int, total_bytes: int) -> int:

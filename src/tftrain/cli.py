@@ -23,6 +23,7 @@ from tftrain.config import (
     parse_version_uri,
 )
 from tftrain.errors import TrainingFailed, UserError, invalid
+from tftrain.space import SweepConfig, check_sweep
 from tftrain.store import StoreError, check_keras_model, check_run, check_tracking_store, mark_refused, model_info
 
 _TYPES = {"int": int, "float": float, "str": str, "bool": click.BOOL}
@@ -236,6 +237,26 @@ def pipeline_command(**params) -> None:
     from tftrain.pipeline import pipeline
 
     pipeline(cfg)
+
+
+@cli.command("sweep")
+@config_options(TrainConfig)
+@config_options(SweepConfig)
+def sweep_command(**params) -> None:
+    """Search hyperparameters with Optuna: each trial a training run nested under the study's parent run, losers
+    pruned by epoch; the best model tested, exported and gated. Rerun the same command to continue a stopped
+    sweep; run it on several machines with a shared storage to spread the trials."""
+    names = {f.name for f in dataclasses.fields(SweepConfig)}
+    sw = SweepConfig(**{k: v for k, v in params.items() if k in names})
+    cfg = _training_args({k: v for k, v in params.items() if k not in names})
+    dims = check_sweep(sw, cfg)
+    from tftrain.sweep import report, sweep
+
+    result = sweep(cfg, sw, dims)
+    if result.summarized:
+        print(report(result, sw.objective))
+    if not result.best and result.summarized:
+        raise TrainingFailed(f"study {result.study}: no trial completed ({result.counts}); see the trial runs")
 
 
 @cli.command("bench")

@@ -19,7 +19,7 @@ from tftrain.tracking.logged_models import LoggedModel
 from tftrain.train import TrainResult, default_run_name, train
 
 
-def _mlflow_command() -> str:
+def mlflow_command() -> str:
     """The mlflow executable of this environment, as the user would type it from here."""
     exe = Path(sys.executable).parent / "mlflow"
     if not exe.exists():
@@ -28,7 +28,7 @@ def _mlflow_command() -> str:
     return str(exe) if relative.startswith("..") else relative
 
 
-def _lines(label: str, items: list[str]) -> list[str]:
+def aligned(label: str, items: list[str]) -> list[str]:
     """`label` beside the first item, the rest aligned under it."""
     return [f"{label if i == 0 else '':<16}{item}" for i, item in enumerate(items or ["none"])]
 
@@ -44,7 +44,7 @@ def _serve_commands(decisions: list[Decision]) -> list[str]:
 
 def report(result: TrainResult, ev: Evaluation, models: list[LoggedModel], decisions: list[Decision]) -> str:
     link = runs.run_link(result.run_id)
-    ui = link["ui_command"].replace("mlflow ui", f"{_mlflow_command()} ui", 1)
+    ui = link["ui_command"].replace("mlflow ui", f"{mlflow_command()} ui", 1)
     registered = [
         f"models:/{m.registered_name}/{m.version} ({kind})"
         for m, kind in zip(models, ("Keras", "LiteRT"), strict=True)
@@ -55,9 +55,9 @@ def report(result: TrainResult, ev: Evaluation, models: list[LoggedModel], decis
             "",
             f"run:            {link['run_name']} ({result.run_id}), {result.epochs_run} epochs",
             f"test accuracy:  {ev.metrics['test_accuracy']:.4f}",
-            *_lines("registered:", registered),
-            *_lines("champion:", [d.reason for d in decisions]),
-            *_lines("serve:", _serve_commands(decisions)),
+            *aligned("registered:", registered),
+            *aligned("champion:", [d.reason for d in decisions]),
+            *aligned("serve:", _serve_commands(decisions)),
             f"local files:    {result.out_dir}",
             f"MLflow UI:      {ui}",
             f"                then open {link['run_page']}",

@@ -60,17 +60,24 @@ class Task:
         return len(self.class_names)
 
 
-def resolve_task(cfg: TrainConfig) -> Task:
+def resolve_task(cfg: TrainConfig, data=None) -> Task:
     """The task `cfg.dataset` and `cfg.model` name: data loaded (decoded once, cached), the model's builder
-    checked to exist. TensorFlow may run here (tfds, user functions): call it after the runtime is set up."""
-    from tftrain.config import parse_image_size
-    from tftrain.data import load_task_data
+    checked to exist; `data` the TaskData already loaded for the same data settings (a sweep's trials share it).
+    TensorFlow may run here (tfds, user functions): call it after the runtime is set up."""
     from tftrain.models import model_builder
 
-    data = load_task_data(
+    data = data or load_data(cfg)
+    build = model_builder(cfg.model, len(data.class_names), data.input_shape, cfg.weights, cfg.freeze_backbone)
+    return Task(data.name, data.class_names, data.train, data.validation, data.test, build, data.source, data.resolved)
+
+
+def load_data(cfg: TrainConfig):
+    """The TaskData of cfg's data settings (the data group of TrainConfig)."""
+    from tftrain.config import parse_image_size
+    from tftrain.data import load_task_data
+
+    return load_task_data(
         cfg.dataset, cfg.data_dir, image_size=parse_image_size(cfg.image_size),
         channels=None if cfg.channels == "auto" else int(cfg.channels), test_split=cfg.test_split,
         validation_split=cfg.validation_split, bad_images=cfg.bad_images,
     )  # fmt: skip
-    build = model_builder(cfg.model, len(data.class_names), data.input_shape, cfg.weights, cfg.freeze_backbone)
-    return Task(data.name, data.class_names, data.train, data.validation, data.test, build, data.source, data.resolved)

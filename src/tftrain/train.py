@@ -54,7 +54,9 @@ def default_run_name(cfg: TrainConfig) -> str:
     if cfg.run_name != "auto":
         return cfg.run_name
     chosen = [f"bs{cfg.batch_size}"] * bool(cfg.batch_size) + [f"lr{cfg.learning_rate:g}"] * bool(cfg.learning_rate)
-    return "-".join([model_label(cfg.model), dataset_label(cfg.dataset), *chosen, datetime.now().strftime("%m%d-%H%M%S")])
+    return "-".join(
+        [model_label(cfg.model), dataset_label(cfg.dataset), *chosen, datetime.now().strftime("%m%d-%H%M%S")]
+    )
 
 
 def steps_per_execution(cfg: TrainConfig, rt: Runtime) -> int:
@@ -204,10 +206,12 @@ def train(
     rt: Runtime | None = None,
     extra_callbacks: tuple[keras.callbacks.Callback, ...] = (),
     run: runs.StepRun | None = None,
+    register: bool = True,
 ) -> TrainResult:
     """Train `task` (None: the one cfg.dataset and cfg.model name) as `cfg` says; `rt` the runtime already built
     (None: built here, first thing); `extra_callbacks` (the benchmark's) run after all of tftrain's own; `run` the
-    caller's open run to train in (None: the active run, MLFLOW_RUN_ID's, the interrupted one's, or a new one)."""
+    caller's open run to train in (None: the active run, MLFLOW_RUN_ID's, the interrupted one's, or a new one);
+    `register` False logs the model without registering it (a sweep registers its best trial's only)."""
     output_root = check_output_dir(cfg.output_dir)
     rt = rt or build_runtime(cfg)  # first: devices and strategy must be set up before TensorFlow runs any op
     task = task or resolve_task(cfg)
@@ -272,7 +276,11 @@ def train(
         logged, model_logging_seconds = None, 0.0
         if run_id:
             logged = log_keras_model(
-                portable_copy(model), cfg.registered_model_name, val_xy[0][:2], task.class_names, journal
+                portable_copy(model),
+                cfg.registered_model_name if register else None,
+                val_xy[0][:2],
+                task.class_names,
+                journal,
             )
             model_logging_seconds = time.perf_counter() - uploaded
             log_timings(journal, fit_seconds, tracking_seconds, model_logging_seconds)

@@ -3,8 +3,10 @@ twin, registering them, and looking a model up or loading it by URI."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -39,7 +41,11 @@ SIGNATURE = ModelSignature(outputs=OUTPUT_SCHEMA)
 
 
 def _metadata(input_shape: tuple[int, ...], class_names: tuple[str, ...]) -> dict:
-    return {"image_shape": list(input_shape), "accepts": serving.accepted(input_shape), "class_names": list(class_names)}
+    return {
+        "image_shape": list(input_shape),
+        "accepts": serving.accepted(input_shape),
+        "class_names": list(class_names),
+    }
 
 
 @dataclass(frozen=True)
@@ -146,7 +152,9 @@ def _image_shape(info) -> tuple[int, ...] | None:
 def image_shape(ref: LoggedModel) -> tuple[int, ...]:
     """The image shape, (H, W) or (H, W, C), in a resolved model's signature; none is a user error."""
     if ref.input_shape is None:
-        raise UserError(f"model_uri {ref.uri!r} says no image shape (MLmodel metadata or signature): not a tftrain model")
+        raise UserError(
+            f"model_uri {ref.uri!r} says no image shape (MLmodel metadata or signature): not a tftrain model"
+        )
     return ref.input_shape
 
 
@@ -179,3 +187,33 @@ def load_keras(uri: str):
             f"model_uri {uri!r} is not a Keras model (flavors: {', '.join(info.flavors)}); export needs one"
         )
     return mlflow.keras.load_model(uri)
+
+
+CLAIM_TAG = "tftrain.gating"  # on a registered version: the process scoring and gating it (JSON), or "done"
+
+
+def register_once(model_uri: str, name: str, run_id: str, claim: dict, held: Callable[[dict], bool]) -> str | None:
+    """Register `model_uri` (logged by run `run_id`) under `name` once, and claim the version for this process to
+    gate: None if another process has it (registered at the same moment: the lower version stays and the higher
+    is deleted; or registered before and claimed by a process that `held` says still works on it, or gated)."""
+    client = mlflow.MlflowClient()
+    query = f"name = '{name}' and run_id = '{run_id}'"
+    existing = sorted(client.search_model_versions(query), key=lambda v: int(v.version))
+    if existing:
+        version = existing[0]
+        owner = version.tags.get(CLAIM_TAG)
+        if owner == "done" or (owner and held(json.loads(owner))):
+            return None
+        mine = str(version.version)
+    else:
+        mine = str(mlflow.register_model(model_uri, name).version)
+        lowest = min(int(v.version) for v in client.search_model_versions(query))
+        if str(lowest) != mine:
+            client.delete_model_version(name, mine)
+            return None
+    client.set_model_version_tag(name, mine, CLAIM_TAG, json.dumps(claim))
+    return mine
+
+
+def mark_gated(name: str, version: str) -> None:
+    mlflow.MlflowClient().set_model_version_tag(name, version, CLAIM_TAG, "done")

@@ -8,11 +8,13 @@ import dataclasses
 import os
 import platform
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from tftrain.config import TrainConfig
@@ -54,13 +56,86 @@ def step_run(name: str, resume_run_id: str | None = None, within: StepRun | None
             log_system_metrics=_system_metrics(),
         )
         mlflow.set_tag("mlflow.runName", name)
-    run = StepRun(started.info.run_id)
+    with _ended(StepRun(started.info.run_id)) as run:
+        yield run
+
+
+@contextlib.contextmanager
+def child_run(parent_run_id: str, name: str, tags: dict[str, str], killed: tuple = ()) -> Iterator[StepRun]:
+    """A new run nested under `parent_run_id` (in its experiment), active for the block and ended by it: FINISHED,
+    KILLED for KeyboardInterrupt or an exception of a `killed` type (a pruned trial), else FAILED with the
+    reason. Made with the client, so MLFLOW_RUN_ID (`mlflow run`'s own run) is not taken for it."""
+    client = mlflow.MlflowClient()
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    created = client.create_run(experiment_id, run_name=name, tags={"mlflow.parentRunId": parent_run_id, **tags})
+    mlflow.start_run(run_id=created.info.run_id, log_system_metrics=_system_metrics())
+    with _ended(StepRun(created.info.run_id), killed) as run:
+        yield run
+
+
+@contextlib.contextmanager
+def _ended(run: StepRun, killed: tuple = ()) -> Iterator[StepRun]:
+    """The active run `run` ends with the block: FINISHED, or KILLED/FAILED with the reason (a crash never looks
+    like success in the UI); the exception propagates."""
     try:
         yield run
     except BaseException as e:
-        _end_run(run, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED", f"{type(e).__name__}: {e}"[:5000])
+        status = "KILLED" if isinstance(e, (KeyboardInterrupt, *killed)) else "FAILED"
+        _end_run(run, status, f"{type(e).__name__}: {e}"[:5000])
         raise
     _end_run(run, "FINISHED")
+
+
+def new_run(name: str) -> str:
+    """A run in this process's experiment (see _experiment_id), not made active."""
+    return mlflow.MlflowClient().create_run(_experiment_id(), run_name=name).info.run_id
+
+
+def reopen_run(run_id: str) -> None:
+    """A run that ended (a sweep's parent, killed with its process) is RUNNING again while work goes on in it."""
+    mlflow.MlflowClient().update_run(run_id, status="RUNNING")
+
+
+def end_other_run(run_id: str, status: str, failure: str | None = None) -> None:
+    """End a run that is not this process's active one (a dead process's trial, a sweep's parent)."""
+    client = mlflow.MlflowClient()
+    if failure:
+        client.set_tag(run_id, "tftrain.failure", failure[:5000])
+    client.set_terminated(run_id, status)
+
+
+@contextlib.contextmanager
+def reopened(run_id: str) -> Iterator[StepRun]:
+    """A finished run active again for the block (the steps log into it), and FINISHED again after."""
+    mlflow.start_run(run_id=run_id)
+    with _ended(StepRun(run_id)) as run:
+        yield run
+
+
+def tag_run(run_id: str, tags: dict[str, str]) -> None:
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+
+
+def log_params_to(run_id: str, params: dict[str, str]) -> None:
+    existing = mlflow.MlflowClient().get_run(run_id).data.params  # `mlflow run` logged its own already
+    fresh = [Param(k, str(v)) for k, v in params.items() if k not in existing]
+    mlflow.MlflowClient().log_batch(run_id, params=fresh)
+
+
+def log_to(run_id: str, metrics: dict[str, float], tags: dict[str, str], step: int) -> None:
+    stamp = int(time.time() * 1000)
+    mlflow.MlflowClient().log_batch(
+        run_id,
+        metrics=[Metric(k, float(v), stamp, step) for k, v in metrics.items()],
+        tags=[RunTag(k, v) for k, v in tags.items()],
+    )
+
+
+def log_files_to(run_id: str, files: list[Path], artifact_path: str) -> None:
+    for path in files:
+        mlflow.MlflowClient().log_artifact(run_id, str(path), artifact_path)
 
 
 def _end_run(run: StepRun, status: str, failure: str | None = None) -> None:

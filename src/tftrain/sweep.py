@@ -1,0 +1,528 @@
+"""The `sweep` step: a hyperparameter search with Optuna, each trial a full tftrain training run nested under one
+parent run per study; losers pruned by epoch; resumable and shareable between processes through Optuna's storage.
+
+- The study lives in Optuna's RDB storage (sqlite beside a sqlite MLflow store, else in output_dir; a team's
+  PostgreSQL when `storage` names it). The process that creates the study (the storage's unique study name decides,
+  so two processes starting together agree) creates the parent run and records it in the study.
+- Each process runs trials until `trials` of them are done or running (completed, pruned, or failed by
+  themselves); one that asked for a trial beyond that gives it back unrun (a race of two processes), so the
+  total is `trials`.
+- A trial whose process died (SIGKILL, a lost machine) is failed and queued again with the same values: at once
+  when its process was on this host and is gone, otherwise when its heartbeat is older than HEARTBEAT_GRACE. Its
+  child run ends KILLED, saying so.
+- When the study is done and no trial runs anywhere, the process that finished last registers the best trial's
+  model (one version even if two processes get there together: the later version is removed), evaluates it on
+  the test split, exports it and puts it through the registry gate, all in the best trial's run, and the parent
+  gets the summary: best value and values, counts per state, and the plots.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import socket
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import mlflow
+import optuna
+import psutil
+import tensorflow as tf
+from optuna.trial import TrialState
+
+from tftrain import resume
+from tftrain.config import TrainConfig, dataset_label, model_label
+from tftrain.errors import TrainingFailed, UserError
+from tftrain.runtime import build_runtime
+from tftrain.space import OBJECTIVES, Dimension, SweepConfig
+from tftrain.task import load_data, resolve_task
+from tftrain.tracking import runs
+from tftrain.tracking.logged_models import mark_gated, register_once
+
+HEARTBEAT_INTERVAL = 10  # seconds between a running trial's heartbeats in the storage
+HEARTBEAT_GRACE = 60  # a trial of another host whose last heartbeat is older than this is taken as dead
+PARENT_WAIT = 60.0  # seconds a joining process waits for the study's creator to record the parent run
+DATA_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["group"] == "data")
+ATTR = "tftrain"  # the study's and each trial's user attribute holding tftrain's records
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    study: str
+    parent_run_id: str
+    best: optuna.trial.FrozenTrial | None  # None: no trial completed
+    summarized: bool  # False: trials still run elsewhere, or time ran out before the study was done
+    counts: dict[str, int]
+    decisions: list = dataclasses.field(default_factory=list)
+
+
+class _Surplus(Exception):
+    """A trial asked for beyond `trials` (another process took the last one first): given back unrun."""
+
+
+def study_name(sw: SweepConfig, base: TrainConfig, dims: tuple[Dimension, ...]) -> str:
+    """`study`, or for auto a name from the model, the dataset and a digest of what defines the search: the same
+    command continues its study, another command starts its own."""
+    if sw.study != "auto":
+        return sw.study
+    digest = hashlib.sha256(json.dumps(_settings(sw, base, dims), sort_keys=True).encode()).hexdigest()[:8]
+    return f"sweep-{model_label(base.model)}-{dataset_label(base.dataset)}-{digest}"
+
+
+def _settings(sw: SweepConfig, base: TrainConfig, dims: tuple[Dimension, ...]) -> dict:
+    """What every process of one study must agree on: the space, the objective and the fixed training settings
+    (not the tracking ones: where files go and how often they are written)."""
+    fixed = {k: v for k, v in dataclasses.asdict(base).items() if k in _TRAINING_FIELDS}
+    return {"space": [str(d) for d in dims], "objective": sw.objective, "base": fixed}
+
+
+_TRAINING_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["group"] != "tracking")
+
+
+def storage_url(sw: SweepConfig, base: TrainConfig) -> str:
+    """`storage`, or a sqlite file beside a sqlite MLflow store (else in output_dir): optuna.db."""
+    if sw.storage:
+        return sw.storage
+    tracking = mlflow.get_tracking_uri()
+    if tracking.startswith("sqlite:///"):
+        folder = Path(tracking.removeprefix("sqlite:///")).parent
+    else:
+        folder = Path(base.output_dir).resolve()
+        folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'optuna.db'}"
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage at `url`, with heartbeats (an experimental argument, stable since Optuna 2.9)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        try:
+            return optuna.storages.RDBStorage(
+                url,
+                heartbeat_interval=HEARTBEAT_INTERVAL,
+                grace_period=HEARTBEAT_GRACE,
+                heartbeat_stale_trial_callback=_interrupted,
+            )
+        except Exception as e:  # SQLAlchemy's errors: a server that refuses, a file that cannot be made
+            reason = str(e).splitlines()[0][:300]
+            raise UserError(f"cannot open the sweep storage {_hidden(url)}: {reason}; allowed: a reachable "
+                            "database URL (sqlite:///FILE, postgresql://...)") from None  # fmt: skip
+
+
+def _hidden(url: str) -> str:
+    """A URL without its password."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def _sampler(sw: SweepConfig, dims: tuple[Dimension, ...], seed: int) -> optuna.samplers.BaseSampler:
+    if sw.sampler == "grid":
+        return optuna.samplers.GridSampler({d.name: d.grid() for d in dims}, seed=seed)
+    if sw.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def _pruner(sw: SweepConfig, base: TrainConfig) -> optuna.pruners.BasePruner:
+    if sw.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
+    if sw.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=base.epochs)
+    return optuna.pruners.NopPruner()
+
+
+class _NoRetracingWarning(logging.Filter):
+    """Each trial builds a new model, whose train step TensorFlow counts as a retracing of the last trial's and
+    warns about from the fifth trial on: expected in a sweep, and no help to its user."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+def sweep(base: TrainConfig, sw: SweepConfig, dims: tuple[Dimension, ...]) -> SweepResult:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    tf.get_logger().addFilter(_NoRetracingWarning())
+    name = study_name(sw, base, dims)
+    storage = open_storage(storage_url(sw, base))
+    # a process's own seed: two processes sampling with the same seed would propose the same values
+    seed = base.seed + os.getpid()
+    study, parent = _open_study(name, storage, sw, base, dims, _sampler(sw, dims, seed), _pruner(sw, base))
+    started = time.monotonic()
+    data: dict[tuple, object] = {}
+    print(f"study {name}: {sw.trials} trials over {', '.join(str(d) for d in dims)}; parent run {parent}")
+    out_of_time = False
+    while True:
+        _fail_dead_trials(study)
+        if _taken(study) >= sw.trials or _exhausted(study):
+            break
+        if sw.timeout and time.monotonic() - started >= sw.timeout:
+            out_of_time = True
+            print(f"timeout: {sw.timeout:g} s passed; no new trial starts")
+            break
+        study.optimize(
+            lambda trial: _objective(trial, study, base, sw, dims, parent, data),
+            n_trials=1,
+            catch=(TrainingFailed, _Surplus),
+        )
+    return _finish(study, name, parent, base, sw, data, out_of_time)
+
+
+def _open_study(name, storage, sw, base, dims, sampler, pruner) -> tuple[optuna.Study, str]:
+    """Create the study and its parent run, or join them; refuse a study that searches something else."""
+    settings = _settings(sw, base, dims)
+    try:
+        study = optuna.create_study(
+            study_name=name, storage=storage, sampler=sampler, pruner=pruner, direction=OBJECTIVES[sw.objective]
+        )
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+        return study, _join(study, name, settings)
+    parent = _own_run() or runs.new_run(name)
+    runs.tag_run(parent, {"tftrain.study": name, "tftrain.sweep": "parent"})
+    study.set_user_attr(ATTR, {**settings, "parent_run_id": parent})
+    runs.log_params_to(parent, {"study": name, "space": ";".join(settings["space"]), "objective": sw.objective,
+                                "sampler": sw.sampler, "pruner": sw.pruner, **base.as_params()})  # fmt: skip
+    return study, parent
+
+
+def _join(study: optuna.Study, name: str, settings: dict) -> str:
+    deadline = time.monotonic() + PARENT_WAIT
+    while ATTR not in study.user_attrs and time.monotonic() < deadline:
+        time.sleep(0.5)  # the creator is recording the parent run
+    recorded = study.user_attrs.get(ATTR)
+    if recorded is None:
+        raise UserError(f"study {name} exists in the storage but names no parent run (its creator stopped before "
+                        "recording it); allowed: another study name")  # fmt: skip
+    for key in ("space", "objective", "base"):
+        if recorded[key] != settings[key]:
+            what = _difference(key, recorded[key], settings[key])
+            raise UserError(f"invalid value for study: received {name}, which {what}; allowed: the same settings "
+                            "to continue it, or another study name (study=auto names one per command)")  # fmt: skip
+    parent = recorded["parent_run_id"]
+    runs.reopen_run(parent)
+    own = _own_run()
+    if own and own != parent:  # `mlflow run` made a run for this process: it goes under the parent
+        runs.tag_run(own, {"mlflow.parentRunId": parent, "tftrain.study": name, "tftrain.sweep": "worker",
+                           "mlflow.note.content": f"A process that worked on study {name}; its trials are the "
+                           f"parent run {parent}'s children."})  # fmt: skip
+    print(f"continuing study {name} (parent run {parent})")
+    return parent
+
+
+def _difference(key: str, recorded, given) -> str:
+    if key == "base":
+        changed = sorted(k for k in given if recorded.get(k) != given[k])
+        return "was run with " + ", ".join(f"{k}={recorded.get(k)!r} (now {given[k]!r})" for k in changed[:4])
+    return f"has {key} {recorded!r} (now {given!r})"
+
+
+def _own_run() -> str | None:
+    """The run `mlflow run` started for this process, if any."""
+    return os.environ.get("MLFLOW_RUN_ID") or None
+
+
+def _counted(trial: optuna.trial.FrozenTrial) -> bool:
+    """A trial that counts toward `trials`: completed, pruned, or failed by itself (not one whose process died)."""
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    return trial.state == TrialState.FAIL and "failure" in trial.user_attrs
+
+
+def _taken(study: optuna.Study) -> int:
+    return sum(_counted(t) or t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False))
+
+
+def _exhausted(study: optuna.Study) -> bool:
+    sampler = study.sampler
+    return isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study)
+
+
+def _owner(trial) -> dict:
+    """This process, as a trial records it: host, pid and the pid's start time (a pid can be reused)."""
+    return {"trial": trial.number, "host": socket.gethostname(), "pid": os.getpid(),
+            "started": psutil.Process().create_time()}  # fmt: skip
+
+
+def _alive(owner: dict) -> bool:
+    try:
+        return abs(psutil.Process(owner["pid"]).create_time() - owner["started"]) < 1.0
+    except psutil.Error:
+        return False
+
+
+def _still_gating(claim: dict) -> bool:
+    """A claim on the best model by a process alive on this host, or by another host within the hour."""
+    if claim.get("host") == socket.gethostname():
+        return _alive(claim)
+    return time.time() - claim.get("at", 0) < 3600
+
+
+def _fail_dead_trials(study: optuna.Study) -> None:
+    """Running trials of processes on this host that are gone: failed and queued again now (other hosts': by the
+    heartbeat, in the storage's fail_stale_trials)."""
+    host = socket.gethostname()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = trial.user_attrs.get(ATTR, {})
+        # a retried trial carries its original's record until its own process writes its own
+        if owner.get("trial") != trial.number or owner.get("host") != host or _alive(owner):
+            continue
+        try:
+            study.tell(trial.number, state=TrialState.FAIL)
+        except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+            continue  # another process got there first
+        _interrupted(study, study.get_trials(deepcopy=False)[trial.number])
+
+
+def _interrupted(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """A trial whose process died: its child run ends KILLED, saying so, and the trial is queued again."""
+    run_id = (
+        trial.user_attrs.get(ATTR, {}).get("run_id")
+        if trial.user_attrs.get(ATTR, {}).get("trial") == trial.number
+        else None
+    )
+    epoch = max(trial.intermediate_values, default=0)
+    if run_id:
+        runs.end_other_run(
+            run_id, "KILLED", f"interrupted: the sweep process stopped during epoch {epoch + 1} of trial "
+            f"{trial.number}; the trial is run again with the same values"
+        )  # fmt: skip
+    optuna.storages.RetryHeartbeatStaleTrialCallback()(study, trial)
+    print(f"trial {trial.number} was interrupted (its process is gone) after {epoch} epochs: queued again")
+
+
+def _values(trial, dims: tuple[Dimension, ...]) -> dict:
+    return {d.name: d.suggest(trial) for d in dims}
+
+
+def _objective(trial, study, base, sw, dims, parent, data) -> float:
+    trial.set_user_attr(ATTR, _owner(trial))
+    taken = sorted(t.number for t in study.get_trials(deepcopy=False) if _counted(t) or t.state == TrialState.RUNNING)
+    if trial.number not in taken[: sw.trials]:
+        trial.set_user_attr("surplus", True)
+        raise _Surplus(f"trial {trial.number}: the study has its {sw.trials} trials")
+    values = _values(trial, dims)
+    shown = _shown(values)
+    cfg = dataclasses.replace(base, **values, run_name=f"trial-{trial.number:03d}", resume="never")
+    print(f"\ntrial {trial.number} ({len(_done(study)) + 1} of {sw.trials}): {shown}", flush=True)
+    key = tuple(getattr(cfg, f) for f in DATA_FIELDS)
+    tags = {"tftrain.study": study.study_name, "tftrain.trial": str(trial.number), "tftrain.sweep": "trial"}
+    pruning = PruneLosers(trial, sw.objective)
+    started = time.perf_counter()
+    try:
+        with runs.child_run(parent, cfg.run_name, tags, killed=(optuna.TrialPruned,)) as run:
+            trial.set_user_attr(ATTR, {**_owner(trial), "run_id": run.run_id})
+            mlflow.log_params({"trial_number": trial.number, **{f"trial_{k}": v for k, v in values.items()}})
+            from tftrain.train import train
+
+            rt = build_runtime(cfg)
+            if key not in data:
+                data[key] = load_data(cfg)
+            task = resolve_task(cfg, data[key])
+            result = train(cfg, task, rt, extra_callbacks=(pruning,), run=run, register=False)
+            value = _kept_value(result.keras_model, task, sw.objective, result.history)
+            mlflow.log_metric(f"trial_{sw.objective}", value)
+            trial.set_user_attr("model_uri", result.model.uri if result.model else "")
+            trial.set_user_attr("epochs", result.epochs_run)
+    except optuna.TrialPruned:
+        trial.set_user_attr("epochs", pruning.epochs)
+        runs.tag_run(run.run_id, {"tftrain.pruned_at_epoch": str(pruning.epochs)})
+        print(f"trial {trial.number}: pruned after epoch {pruning.epochs} ({sw.objective} "
+              f"{pruning.last:.4f}, behind the other trials at that epoch)")  # fmt: skip
+        raise
+    except TrainingFailed as e:
+        trial.set_user_attr("failure", str(e))
+        trial.set_user_attr("epochs", pruning.epochs)
+        print(f"trial {trial.number}: failed: {e}; the sweep goes on")
+        raise
+    finally:
+        resume.forget(cfg)
+    print(f"trial {trial.number}: {sw.objective} {value:.4f} after {result.epochs_run} epochs, "
+          f"{time.perf_counter() - started:.1f} s")  # fmt: skip
+    return value
+
+
+def _done(study: optuna.Study) -> list:
+    return [t for t in study.get_trials(deepcopy=False) if _counted(t)]
+
+
+def _kept_value(model: keras.Model, task, objective: str, history: dict) -> float:
+    """The objective for the weights training ended with (early stopping may have gone back to an earlier epoch):
+    the validation split scored again."""
+    x, y = task.validation
+    scores = model.evaluate(x.astype("float32"), y, batch_size=1024, verbose=0, return_dict=True)
+    key = {"val_accuracy": "accuracy", "val_loss": "loss"}[objective]
+    value = float(scores[key])
+    if not math.isfinite(value):
+        raise TrainingFailed(f"training ended with {objective} {value}")
+    return value
+
+
+class PruneLosers(keras.callbacks.Callback):
+    """Reports the objective to the trial at each epoch's end (step = the epoch, from 1) and stops the trial when
+    the pruner says it is behind. Goes after tftrain's own callbacks: the epoch is logged and backed up first."""
+
+    def __init__(self, trial: optuna.Trial, monitor: str):
+        super().__init__()
+        self.trial, self.monitor = trial, monitor
+        self.epochs, self.last = 0, math.nan
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs = epoch + 1
+        value = (logs or {}).get(self.monitor)
+        if value is None or not math.isfinite(float(value)):
+            return
+        self.last = float(value)
+        self.trial.report(self.last, self.epochs)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after epoch {self.epochs}: {self.monitor} {self.last:.4f}")
+
+
+def _counts(study: optuna.Study) -> dict[str, int]:
+    trials = study.get_trials(deepcopy=False)
+    return {
+        "complete": sum(t.state == TrialState.COMPLETE for t in trials),
+        "pruned": sum(t.state == TrialState.PRUNED for t in trials),
+        "failed": sum(t.state == TrialState.FAIL and "failure" in t.user_attrs for t in trials),
+        "interrupted": sum(
+            t.state == TrialState.FAIL and "failure" not in t.user_attrs and "surplus" not in t.user_attrs
+            for t in trials
+        ),  # fmt: skip
+        "running": sum(t.state == TrialState.RUNNING for t in trials),
+    }
+
+
+def _finish(study, name, parent, base, sw, data, out_of_time) -> SweepResult:
+    counts = _counts(study)
+    best = _best(study)
+    done = len(_done(study)) >= sw.trials or _exhausted(study) or out_of_time
+    if not done or counts["running"]:
+        where = f"{counts['running']} trial(s) still running elsewhere" if counts["running"] else "not done"
+        print(f"study {name}: {len(_done(study))} of {sw.trials} trials done, {where}; the process that finishes "
+              "last summarizes it")  # fmt: skip
+        return SweepResult(name, parent, best, False, counts)
+    decisions = _gate(study, best, base, data) if best else []
+    _summarize(study, parent, best, sw, counts, decisions)
+    runs.end_other_run(parent, "FINISHED")
+    return SweepResult(name, parent, best, True, counts, decisions)
+
+
+def _best(study: optuna.Study):
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    return study.best_trial if complete else None
+
+
+def _gate(study, best, base, data) -> list:
+    """The best trial's model: registered once, scored on the test split, exported and gated like the main job's,
+    in the best trial's run."""
+    from tftrain.evaluate import evaluate
+    from tftrain.export import export
+    from tftrain.registry import promote
+
+    model_uri = best.user_attrs.get("model_uri")
+    run_id = best.user_attrs[ATTR]["run_id"]
+    if not model_uri:
+        print(f"the best trial {best.number}'s model was not logged (the tracking server was away); nothing to gate")
+        return []
+    cfg = dataclasses.replace(base, **best.params)
+    claim = {**_owner(best), "at": time.time()}
+    version = register_once(model_uri, cfg.registered_model_name, run_id, claim, _still_gating)
+    if version is None:
+        print(f"the best trial {best.number}'s model is registered and gated already, or another process gates it")
+        return []
+    task_data = data.get(tuple(getattr(cfg, f) for f in DATA_FIELDS)) or load_data(cfg)
+    uri = f"models:/{cfg.registered_model_name}/{version}"
+    with runs.reopened(run_id):
+        evaluate(uri, data=task_data)
+        exported = export(uri, output_dir=base.output_dir, data=task_data)
+        uris = [uri] + ([f"models:/{exported.litert.registered_name}/{exported.litert.version}"]
+                        if exported.litert.version else [])  # fmt: skip
+        decisions = [promote(u) for u in uris]
+    mark_gated(cfg.registered_model_name, version)
+    for d in decisions:
+        print(d.reason)
+    return decisions
+
+
+def _summarize(study, parent, best, sw, counts, decisions) -> None:
+    """The parent run's summary: best value, values and run, counts per state, epochs trained, the trials as a
+    table, and the plots Optuna draws."""
+    trials = study.get_trials(deepcopy=False)
+    step = len(_done(study))
+    metrics = {f"trials_{k}": v for k, v in counts.items() if k != "running"}
+    metrics["epochs_trained"] = sum(t.user_attrs.get("epochs", 0) for t in trials if _counted(t))
+    tags = {}
+    if best:
+        metrics[f"best_{sw.objective}"] = best.value
+        tags = {"best_trial": str(best.number), "best_run_id": best.user_attrs[ATTR]["run_id"],
+                "best_params": json.dumps(best.params)}  # fmt: skip
+        tags.update({f"best.{k}": str(v) for k, v in best.params.items()})
+    runs.log_to(parent, metrics, tags, step)
+    with tempfile.TemporaryDirectory() as tmp:
+        table = Path(tmp, "trials.csv")
+        study.trials_dataframe().to_csv(table, index=False)
+        files = [table, *_plots(study, Path(tmp))]
+        runs.log_files_to(parent, files, "sweep")
+    if decisions:
+        runs.log_to(parent, {"best_test_accuracy": decisions[0].test_accuracy}, {}, step)
+
+
+def _shown(values: dict) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+
+
+def report(result: SweepResult, objective: str) -> str:
+    """Where the study ended and where to look: the counts, the best trial, its test score, the gate's word."""
+    from tftrain.pipeline import aligned, mlflow_command
+
+    c = result.counts
+    link = runs.run_link(result.parent_run_id)
+    ui = link["ui_command"].replace("mlflow ui", f"{mlflow_command()} ui", 1)
+    counts = f"{c['complete']} complete, {c['pruned']} pruned, {c['failed']} failed"
+    if c["interrupted"]:
+        counts += f", {c['interrupted']} interrupted and run again"
+    best = result.best
+    lines = ["", f"study:          {result.study}: {counts}"]
+    if best:
+        lines.append(f"best:           trial {best.number}: {objective} {best.value:.4f} with {_shown(best.params)}")
+    if result.decisions:
+        lines.append(f"test accuracy:  {result.decisions[0].test_accuracy:.4f}")
+        lines += aligned("champion:", [d.reason for d in result.decisions])
+    return "\n".join([*lines, f"MLflow UI:      {ui}", f"                then open {link['run_page']}"])
+
+
+def _plots(study: optuna.Study, folder: Path) -> list[Path]:
+    """Optimisation history, parallel coordinates and parameter importances as PNG files (those the trials
+    allow: importances need two completed trials)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as plots
+
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    wanted = {"optimization_history.png": plots.plot_optimization_history}
+    if complete:
+        wanted["parallel_coordinates.png"] = plots.plot_parallel_coordinate
+    if len(complete) >= 2 and len(study.best_trial.params) >= 1:
+        wanted["param_importances.png"] = plots.plot_param_importances
+    paths = []
+    for file, plot in wanted.items():
+        with contextlib.suppress(ValueError, RuntimeError, ZeroDivisionError), warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            axes = plot(study)
+            figure = getattr(axes, "figure", None) or axes.flat[0].figure
+            figure.set_size_inches(10, 6)
+            figure.tight_layout()
+            figure.savefig(folder / file, dpi=100)
+            plt.close(figure)
+            paths.append(folder / file)
+    return paths

@@ -18,6 +18,7 @@ from mlflow.projects._project_spec import load_project
 from conftest import REPO
 from tftrain.cli import cli
 from tftrain.config import TrainConfig, grouped_fields
+from tftrain.space import SweepConfig
 
 RUN = "0123456789abcdef0123456789abcdef"
 
@@ -33,7 +34,7 @@ def parsed(entry_point: str, params: dict) -> tuple[str, dict]:
 
 def test_entry_points_are_the_steps():
     entry_points = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]
-    assert set(entry_points) == {"main", "train", "evaluate", "export", "promote"}
+    assert set(entry_points) == {"main", "train", "evaluate", "export", "promote", "sweep"}
 
 
 def test_train_and_main_take_every_config_field_with_the_cli_defaults():
@@ -43,6 +44,16 @@ def test_train_and_main_take_every_config_field_with_the_cli_defaults():
         assert set(params) == set(defaults)
         name, received = parsed(entry_point, {})
         assert name == command and received == defaults
+
+
+def test_sweep_takes_every_config_field_and_the_sweep_settings_with_the_cli_defaults():
+    defaults = {f.name: f.default for f in (*dataclasses.fields(TrainConfig), *dataclasses.fields(SweepConfig))}
+    assert set(load_project(str(REPO)).get_entry_point("sweep").parameters) == set(defaults)
+    name, received = parsed("sweep", {})
+    assert name == "sweep" and received == defaults
+    space = "learning_rate=loguniform(1e-4,1e-2);model=choice(mlp,cnn)"
+    _, received = parsed("sweep", {"space": space, "trials": "3", "epochs": "2"})
+    assert (received["space"], received["trials"], received["epochs"]) == (space, 3, 2)
 
 
 def test_mlproject_parameters_reach_the_cli_as_given():

@@ -153,9 +153,10 @@ def sweep(base: TrainConfig, sw: SweepConfig, dims: tuple[Dimension, ...]) -> Sw
     tf.get_logger().addFilter(_NoRetracingWarning())
     name = study_name(sw, base, dims)
     storage = open_storage(storage_url(sw, base))
-    # a process's own seed: two processes sampling with the same seed would propose the same values
-    seed = base.seed + os.getpid()
-    study, parent = _open_study(name, storage, sw, base, dims, _sampler(sw, dims, seed), _pruner(sw, base))
+    study, parent, created = _open_study(name, storage, sw, base, dims, _pruner(sw, base))
+    # the study's creator samples with the seed; a process joining it (or continuing it) with its own, or it
+    # would propose the values the creator did
+    study.sampler = _sampler(sw, dims, base.seed if created else base.seed + os.getpid())
     started = time.monotonic()
     data: dict[tuple, object] = {}
     print(f"study {name}: {sw.trials} trials over {', '.join(str(d) for d in dims)}; parent run {parent}")
@@ -176,22 +177,20 @@ def sweep(base: TrainConfig, sw: SweepConfig, dims: tuple[Dimension, ...]) -> Sw
     return _finish(study, name, parent, base, sw, data, out_of_time)
 
 
-def _open_study(name, storage, sw, base, dims, sampler, pruner) -> tuple[optuna.Study, str]:
-    """Create the study and its parent run, or join them; refuse a study that searches something else."""
+def _open_study(name, storage, sw, base, dims, pruner) -> tuple[optuna.Study, str, bool]:
+    """Create the study and its parent run, or join them (False); refuse a study that searches something else."""
     settings = _settings(sw, base, dims)
     try:
-        study = optuna.create_study(
-            study_name=name, storage=storage, sampler=sampler, pruner=pruner, direction=OBJECTIVES[sw.objective]
-        )
+        study = optuna.create_study(study_name=name, storage=storage, pruner=pruner, direction=OBJECTIVES[sw.objective])
     except optuna.exceptions.DuplicatedStudyError:
-        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
-        return study, _join(study, name, settings)
+        study = optuna.load_study(study_name=name, storage=storage, pruner=pruner)
+        return study, _join(study, name, settings), False
     parent = _own_run() or runs.new_run(name)
     runs.tag_run(parent, {"tftrain.study": name, "tftrain.sweep": "parent"})
     study.set_user_attr(ATTR, {**settings, "parent_run_id": parent})
     runs.log_params_to(parent, {"study": name, "space": ";".join(settings["space"]), "objective": sw.objective,
                                 "sampler": sw.sampler, "pruner": sw.pruner, **base.as_params()})  # fmt: skip
-    return study, parent
+    return study, parent, True
 
 
 def _join(study: optuna.Study, name: str, settings: dict) -> str:
@@ -518,6 +517,7 @@ def _plots(study: optuna.Study, folder: Path) -> list[Path]:
     for file, plot in wanted.items():
         with contextlib.suppress(ValueError, RuntimeError, ZeroDivisionError), warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            warnings.simplefilter("ignore", UserWarning)  # matplotlib: a parameter with one value has no range
             axes = plot(study)
             figure = getattr(axes, "figure", None) or axes.flat[0].figure
             figure.set_size_inches(10, 6)

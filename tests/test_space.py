@@ -135,6 +135,8 @@ def test_a_grid_needs_points_and_a_sweep_runs_in_one_process_per_trial():
         (["--sampler", "grid"], "with sampler=grid"),
         (["--trials", "0"], "invalid value for trials: received 0"),
         (["--storage", "postgres://x"], "invalid value for storage"),
+        (["--storage", "postgresql://nobody:secret@127.0.0.1:1/x"], "nobody:***@127.0.0.1:1/x: connection to server"),
+        (["--storage", "sqlite:////proc/no/optuna.db"], "cannot open the sweep storage sqlite:////proc/no/optuna.db"),
     ],
 )
 def test_sweep_mistakes_are_said_before_tensorflow_loads_and_before_any_trial(tmp_path, tiny_data, args, expected):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -42,7 +43,8 @@ def _as_postgres(args: list[str]) -> list[str]:
 
 @pytest.fixture(scope="module")
 def postgres():
-    """A PostgreSQL server on 127.0.0.1 and a free port, with databases `mlflow` and `mlflow_auth`; its URI base."""
+    """A PostgreSQL server on 127.0.0.1 and a free port, with databases `mlflow`, `mlflow_auth` and `optuna` (a
+    sweep's study); its URI base."""
     bin_dir = _postgres_bin()
     folder = Path(tempfile.mkdtemp(prefix="tftrain-pg-"))  # under /tmp: the postgres user can reach it
     data = folder / "data"
@@ -55,7 +57,7 @@ def postgres():
     options = f"-c listen_addresses=127.0.0.1 -p {port} -k {data}"
     run("pg_ctl", "-D", str(data), "-o", options, "-l", str(folder / "postgres.log"), "-w", "start")
     try:
-        for database in ("mlflow", "mlflow_auth"):
+        for database in ("mlflow", "mlflow_auth", "optuna"):
             run("createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", database)
         yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}"
     finally:
@@ -234,3 +236,43 @@ def test_the_ui_shows_both_runs_and_their_metrics(steps, as_client, team_server,
     assert all(chart in body for chart in charts), body[:3000]
     screenshot = Path(os.environ.get("TFTRAIN_SCREENSHOT", tmp_path / "mlflow-ui-runs.png"))
     assert browser.save_screenshot(str(screenshot)) and screenshot.stat().st_size > 10_000
+
+
+@pytest.fixture(scope="module")
+def shared_sweep(client_env, team_server, tiny_data, tmp_path_factory):
+    """Two `tftrain sweep` processes started together on one study: its trials in PostgreSQL, its runs on the
+    team server. Returns both outputs."""
+    out = tmp_path_factory.mktemp("sweep-outputs")
+    command = [sys.executable, "-m", "tftrain", "sweep", "--data-dir", str(tiny_data), "--epochs", "3",
+               "--batch-size", "64", "--trials", "6", "--study", "team-sweep", "--storage",
+               f"{team_server['postgres']}/optuna", "--space", "learning_rate=loguniform(1e-3,1e-2)",
+               "--pruner", "none", "--model-name", "team-swept", "--output-dir", str(out), "--histogram-freq", "0"]  # fmt: skip
+    env = {**client_env, "PYTHONUNBUFFERED": "1"}
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                  cwd=tempfile.gettempdir()) for _ in range(2)]  # fmt: skip
+    outputs = [p.communicate(timeout=900)[0] for p in processes]
+    for p, output in zip(processes, outputs, strict=True):
+        assert p.returncode == 0, output[-4000:]
+    return outputs
+
+
+def test_two_sweep_processes_share_one_study_and_one_parent_run(shared_sweep, as_client, team_server):
+    import optuna
+
+    from tftrain.sweep import open_storage
+
+    study = optuna.load_study(study_name="team-sweep", storage=open_storage(f"{team_server['postgres']}/optuna"))
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 6
+    ran = [{int(n) for n in re.findall(r"^trial (\d+) \(", output, re.MULTILINE)} for output in shared_sweep]
+    assert ran[0] and ran[1] and not ran[0] & ran[1] and ran[0] | ran[1] == set(range(6)), ran  # each its own
+    (parent,) = as_client.search_runs(
+        [as_client.get_experiment_by_name("team").experiment_id], "tags.`tftrain.sweep` = 'parent'"
+    )
+    assert parent.info.status == "FINISHED" and parent.info.run_name == "team-sweep"
+    trials = as_client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(int(r.data.params["trial_number"]) for r in trials) == list(range(6))
+    assert all(r.info.status == "FINISHED" for r in trials)
+    (version,) = as_client.search_model_versions("name = 'team-swept'")
+    assert version.run_id == parent.data.tags["best_run_id"]
+    assert as_client.get_model_version_by_alias("team-swept", "champion").version == version.version
+    assert sum("champion:" in output for output in shared_sweep) == 1  # one process gated the best model

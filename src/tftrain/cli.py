@@ -23,7 +23,7 @@ from tftrain.config import (
     parse_version_uri,
 )
 from tftrain.errors import TrainingFailed, UserError, invalid
-from tftrain.space import SweepConfig, check_sweep
+from tftrain.space import SweepConfig, check_storage, check_sweep, storage_url
 from tftrain.store import StoreError, check_keras_model, check_run, check_tracking_store, mark_refused, model_info
 
 _TYPES = {"int": int, "float": float, "str": str, "bool": click.BOOL}
@@ -250,6 +250,7 @@ def sweep_command(**params) -> None:
     sw = SweepConfig(**{k: v for k, v in params.items() if k in names})
     cfg = _training_args({k: v for k, v in params.items() if k not in names})
     dims = check_sweep(sw, cfg)
+    check_storage(storage_url(sw, cfg))
     from tftrain.sweep import report, sweep
 
     result = sweep(cfg, sw, dims)

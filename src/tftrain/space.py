@@ -100,6 +100,41 @@ def check_sweep(sw: SweepConfig, base: TrainConfig) -> tuple[Dimension, ...]:
     return dims
 
 
+def storage_url(sw: SweepConfig, base: TrainConfig) -> str:
+    """`storage` (postgresql:// meaning psycopg2, which tftrain[server] installs), or a sqlite file optuna.db beside
+    a sqlite MLflow store, else in output_dir."""
+    import mlflow
+
+    if sw.storage:
+        return re.sub(r"^postgresql://", "postgresql+psycopg2://", sw.storage)
+    tracking = mlflow.get_tracking_uri()
+    folder = Path(tracking.removeprefix("sqlite:///")).parent if tracking.startswith("sqlite:///") else None
+    return f"sqlite:///{(folder or Path(base.output_dir)).resolve() / 'optuna.db'}"
+
+
+def check_storage(url: str) -> None:
+    """The study's database answers (a sqlite file's folder is made), before any trial runs."""
+    import sqlalchemy
+
+    try:
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        with sqlalchemy.create_engine(url).connect():
+            pass
+    except ModuleNotFoundError as e:
+        raise UserError(f"invalid value for storage: received {_hidden(url)}; its driver {e.name} is not "
+                        "installed; allowed: sqlite, or PostgreSQL after pip install 'tftrain[server]'") from None  # fmt: skip
+    except (OSError, sqlalchemy.exc.SQLAlchemyError) as e:
+        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0][:300]
+        raise UserError(f"cannot open the sweep storage {_hidden(url)}: {reason}; allowed: a database that "
+                        "answers (sqlite:///FILE, postgresql://USER:PASSWORD@HOST:PORT/DATABASE)") from None  # fmt: skip
+
+
+def _hidden(url: str) -> str:
+    """A URL without its password."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
 KINDS = ("uniform", "loguniform", "int", "choice")
 FORMS = "uniform(low, high), loguniform(low, high), int(low, high[, step]) or choice(a, b, ...)"
 # Not searchable: where the data is and how it is split (trials must be scored on the same validation images),

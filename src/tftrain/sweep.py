@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-import re
 import socket
 import tempfile
 import time
@@ -44,7 +43,7 @@ from tftrain import resume
 from tftrain.config import TrainConfig, dataset_label, model_label
 from tftrain.errors import TrainingFailed, UserError
 from tftrain.runtime import build_runtime
-from tftrain.space import OBJECTIVES, Dimension, SweepConfig
+from tftrain.space import OBJECTIVES, Dimension, SweepConfig, storage_url
 from tftrain.task import load_data, resolve_task
 from tftrain.tracking import runs
 from tftrain.tracking.logged_models import mark_gated, register_once
@@ -71,11 +70,12 @@ class _Surplus(Exception):
 
 
 def study_name(sw: SweepConfig, base: TrainConfig, dims: tuple[Dimension, ...]) -> str:
-    """`study`, or for auto a name from the model, the dataset and a digest of what defines the search: the same
-    command continues its study, another command starts its own."""
+    """`study`, or for auto a name from the model, the dataset and a digest of what defines the search (space,
+    objective, fixed settings, sampler, pruner): the same command continues its study, another starts its own."""
     if sw.study != "auto":
         return sw.study
-    digest = hashlib.sha256(json.dumps(_settings(sw, base, dims), sort_keys=True).encode()).hexdigest()[:8]
+    identity = {**_settings(sw, base, dims), "sampler": sw.sampler, "pruner": sw.pruner}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
     return f"sweep-{model_label(base.model)}-{dataset_label(base.dataset)}-{digest}"
 
 
@@ -89,39 +89,28 @@ def _settings(sw: SweepConfig, base: TrainConfig, dims: tuple[Dimension, ...]) -
 _TRAINING_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["group"] != "tracking")
 
 
-def storage_url(sw: SweepConfig, base: TrainConfig) -> str:
-    """`storage`, or a sqlite file beside a sqlite MLflow store (else in output_dir): optuna.db."""
-    if sw.storage:
-        return sw.storage
-    tracking = mlflow.get_tracking_uri()
-    if tracking.startswith("sqlite:///"):
-        folder = Path(tracking.removeprefix("sqlite:///")).parent
-    else:
-        folder = Path(base.output_dir).resolve()
-        folder.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{folder / 'optuna.db'}"
-
-
 def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """Optuna's RDB storage at `url`, with heartbeats (an experimental argument, stable since Optuna 2.9)."""
-    with warnings.catch_warnings():
+    """Optuna's RDB storage at `url` (checked reachable by space.check_storage), with heartbeats. Two processes
+    opening a new database together both create Optuna's tables, and one fails on PostgreSQL's unique type names
+    (measured here): it tries again, and finds them."""
+    import sqlalchemy.exc
+
+    for attempt in range(3):
+        with contextlib.suppress(sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            return _rdb_storage(url)
+        time.sleep(1.0 + attempt)
+    return _rdb_storage(url)
+
+
+def _rdb_storage(url: str) -> optuna.storages.RDBStorage:
+    with warnings.catch_warnings():  # heartbeats: an experimental argument, stable since Optuna 2.9
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        try:
-            return optuna.storages.RDBStorage(
-                url,
-                heartbeat_interval=HEARTBEAT_INTERVAL,
-                grace_period=HEARTBEAT_GRACE,
-                heartbeat_stale_trial_callback=_interrupted,
-            )
-        except Exception as e:  # SQLAlchemy's errors: a server that refuses, a file that cannot be made
-            reason = str(e).splitlines()[0][:300]
-            raise UserError(f"cannot open the sweep storage {_hidden(url)}: {reason}; allowed: a reachable "
-                            "database URL (sqlite:///FILE, postgresql://...)") from None  # fmt: skip
-
-
-def _hidden(url: str) -> str:
-    """A URL without its password."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+        return optuna.storages.RDBStorage(
+            url,
+            heartbeat_interval=HEARTBEAT_INTERVAL,
+            grace_period=HEARTBEAT_GRACE,
+            heartbeat_stale_trial_callback=_interrupted,
+        )
 
 
 def _sampler(sw: SweepConfig, dims: tuple[Dimension, ...], seed: int) -> optuna.samplers.BaseSampler:
@@ -155,8 +144,10 @@ def sweep(base: TrainConfig, sw: SweepConfig, dims: tuple[Dimension, ...]) -> Sw
     storage = open_storage(storage_url(sw, base))
     study, parent, created = _open_study(name, storage, sw, base, dims, _pruner(sw, base))
     # the study's creator samples with the seed; a process joining it (or continuing it) with its own, or it
-    # would propose the values the creator did
-    study.sampler = _sampler(sw, dims, base.seed if created else base.seed + os.getpid())
+    # would propose the values the creator did. Except on a grid: its seed orders the grid, which every process
+    # must see alike (grid points are told apart by their number in it)
+    same_seed = created or sw.sampler == "grid"
+    study.sampler = _sampler(sw, dims, base.seed if same_seed else base.seed + os.getpid())
     started = time.monotonic()
     data: dict[tuple, object] = {}
     print(f"study {name}: {sw.trials} trials over {', '.join(str(d) for d in dims)}; parent run {parent}")

@@ -207,9 +207,8 @@ def test_the_probe_sees_tensorflow_when_the_checks_pass(mistakes):
 def test_a_python_without_the_dependencies_gets_one_line():
     """`mlflow run --env-manager local` runs whichever `python` is first on PATH: outside the venv, say so."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-    done = subprocess.run(
-        [sys.executable, "-S", "-m", "tftrain", "train"], capture_output=True, text=True, env=env, timeout=60
-    )  # fmt: skip  (-S: no site-packages, so none of the dependencies)
+    done = subprocess.run([sys.executable, "-S", "-m", "tftrain", "train"], capture_output=True, text=True, env=env,
+                          timeout=60)  # fmt: skip  (-S: no site-packages, so none of the dependencies)
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith(f"tftrain: error: {sys.executable} has no click, numpy, PIL, mlflow, tensorflow")
     assert "source .venv/bin/activate" in done.stderr

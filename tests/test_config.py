@@ -160,7 +160,5 @@ def test_a_data_dir_of_images_points_at_dataset(tmp_path):
 
     (tmp_path / "cats").mkdir()
     Image.new("L", (4, 4)).save(tmp_path / "cats" / "a.png")
-    with pytest.raises(
-        UserError, match=rf"; it holds images: a folder of class folders is a dataset \(--dataset {tmp_path}"
-    ):
+    with pytest.raises(UserError, match=rf"; it holds images: a folder of class folders is a dataset \(--dataset {tmp_path}"):
         check_idx_folder(tmp_path)

@@ -208,11 +208,7 @@ def test_csv_rows_of_flattened_pixels_answer_like_the_model_in_process(server, i
 
 
 MALFORMED = {
-    "wrong shape": (
-        {"inputs": [[[0] * 27] * 28]},
-        400,
-        "wrong image shape (1, 28, 27); this model takes images (N, 28, 28)",
-    ),
+    "wrong shape": ({"inputs": [[[0] * 27] * 28]}, 400, "wrong image shape (1, 28, 27); this model takes images (N, 28, 28)"),
     "wrong dtype": ({"inputs": [[["dark"] * 28] * 28]}, 400, "pixels must be numbers; received values of type <U4"),
     "ragged": ({"inputs": [[[0] * 28] * 27 + [[0] * 5]]}, 400, "inhomogeneous"),
     "above 255": ({"inputs": [[[300] * 28] * 28]}, 400, "pixel values must be from 0 to 255"),

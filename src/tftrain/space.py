@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from tftrain.config import TrainConfig, grouped_fields
-from tftrain.errors import UserError
+from tftrain.errors import UserError, invalid
 
 OBJECTIVES = {"val_accuracy": "maximize", "val_loss": "minimize"}
 SAMPLERS = ("tpe", "random", "grid")
@@ -73,18 +73,17 @@ class SweepConfig:
         for f in dataclasses.fields(self):
             choices = f.metadata["choices"]
             if choices and getattr(self, f.name) not in choices:
-                raise UserError(f"invalid value for {f.name}: received {getattr(self, f.name)!r}; allowed: one of "
-                                f"{', '.join(choices)}")  # fmt: skip
+                raise invalid(f.name, getattr(self, f.name), "one of " + ", ".join(choices))
         if self.trials < 1:
-            raise UserError(f"invalid value for trials: received {self.trials}; allowed: a whole number >= 1")
+            raise invalid("trials", self.trials, "a whole number >= 1")
         if not (math.isfinite(self.timeout) and self.timeout >= 0):
-            raise UserError(f"invalid value for timeout: received {self.timeout}; allowed: seconds >= 0 (0: none)")
+            raise invalid("timeout", self.timeout, "seconds >= 0 (0: none)")
         if not _STUDY.match(self.study):
-            raise UserError(f"invalid value for study: received {self.study!r}; allowed: letters, digits, '.', '_' "
-                            "and '-', up to 120 characters, starting with a letter or digit")  # fmt: skip
+            raise invalid("study", self.study, "letters, digits, '.', '_' and '-', up to 120 characters, starting "
+                          "with a letter or digit")  # fmt: skip
         if self.storage and not _STORAGE.match(self.storage):
-            raise UserError(f"invalid value for storage: received {self.storage!r}; allowed: empty, sqlite:///FILE, "
-                            "postgresql://USER:PASSWORD@HOST:PORT/DATABASE or mysql://...")  # fmt: skip
+            raise invalid("storage", self.storage, "empty, sqlite:///FILE, postgresql://USER:PASSWORD@HOST:PORT/"
+                          "DATABASE or mysql://...")  # fmt: skip
 
 
 def check_sweep(sw: SweepConfig, base: TrainConfig) -> tuple[Dimension, ...]:

@@ -227,8 +227,13 @@ def _counted(trial: optuna.trial.FrozenTrial) -> bool:
     return trial.state == TrialState.FAIL and "failure" in trial.user_attrs
 
 
+def _taking(trial: optuna.trial.FrozenTrial) -> bool:
+    """A trial that holds one of the `trials` places: counted, or running."""
+    return _counted(trial) or trial.state == TrialState.RUNNING
+
+
 def _taken(study: optuna.Study) -> int:
-    return sum(_counted(t) or t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False))
+    return sum(map(_taking, study.get_trials(deepcopy=False)))
 
 
 def _exhausted(study: optuna.Study) -> bool:
@@ -256,14 +261,20 @@ def _still_gating(claim: dict) -> bool:
     return time.time() - claim.get("at", 0) < 3600
 
 
+def _own_record(trial: optuna.trial.FrozenTrial) -> dict:
+    """What this trial's process recorded (ATTR): its owner and child run. Empty while a retried trial still
+    carries its original's record, copied with its values, until its own process writes its own."""
+    record = trial.user_attrs.get(ATTR, {})
+    return record if record.get("trial") == trial.number else {}
+
+
 def _fail_dead_trials(study: optuna.Study) -> None:
     """Running trials of processes on this host that are gone: failed and queued again now (other hosts': by the
     heartbeat, in the storage's fail_stale_trials)."""
     host = socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner = trial.user_attrs.get(ATTR, {})
-        # a retried trial carries its original's record until its own process writes its own
-        if owner.get("trial") != trial.number or owner.get("host") != host or _alive(owner):
+        owner = _own_record(trial)
+        if owner.get("host") != host or _alive(owner):
             continue
         try:
             study.tell(trial.number, state=TrialState.FAIL)
@@ -274,11 +285,7 @@ def _fail_dead_trials(study: optuna.Study) -> None:
 
 def _interrupted(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     """A trial whose process died: its child run ends KILLED, saying so, and the trial is queued again."""
-    run_id = (
-        trial.user_attrs.get(ATTR, {}).get("run_id")
-        if trial.user_attrs.get(ATTR, {}).get("trial") == trial.number
-        else None
-    )
+    run_id = _own_record(trial).get("run_id")
     epoch = max(trial.intermediate_values, default=0)
     if run_id:
         runs.end_other_run(
@@ -289,20 +296,15 @@ def _interrupted(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     print(f"trial {trial.number} was interrupted (its process is gone) after {epoch} epochs: queued again")
 
 
-def _values(trial, dims: tuple[Dimension, ...]) -> dict:
-    return {d.name: d.suggest(trial) for d in dims}
-
-
 def _objective(trial, study, base, sw, dims, parent, data) -> float:
     trial.set_user_attr(ATTR, _owner(trial))
-    taken = sorted(t.number for t in study.get_trials(deepcopy=False) if _counted(t) or t.state == TrialState.RUNNING)
+    taken = sorted(t.number for t in study.get_trials(deepcopy=False) if _taking(t))
     if trial.number not in taken[: sw.trials]:
         trial.set_user_attr("surplus", True)
         raise _Surplus(f"trial {trial.number}: the study has its {sw.trials} trials")
-    values = _values(trial, dims)
-    shown = _shown(values)
+    values = {d.name: d.suggest(trial) for d in dims}
     cfg = dataclasses.replace(base, **values, run_name=f"trial-{trial.number:03d}", resume="never")
-    print(f"\ntrial {trial.number} ({len(_done(study)) + 1} of {sw.trials}): {shown}", flush=True)
+    print(f"\ntrial {trial.number} ({len(_done(study)) + 1} of {sw.trials}): {_shown(values)}", flush=True)
     key = tuple(getattr(cfg, f) for f in DATA_FIELDS)
     tags = {"tftrain.study": study.study_name, "tftrain.trial": str(trial.number), "tftrain.sweep": "trial"}
     pruning = PruneLosers(trial, sw.objective)
@@ -318,7 +320,7 @@ def _objective(trial, study, base, sw, dims, parent, data) -> float:
                 data[key] = load_data(cfg)
             task = resolve_task(cfg, data[key])
             result = train(cfg, task, rt, extra_callbacks=(pruning,), run=run, register=False)
-            value = _kept_value(result.keras_model, task, sw.objective, result.history)
+            value = _kept_value(result.keras_model, task, sw.objective)
             mlflow.log_metric(f"trial_{sw.objective}", value)
             trial.set_user_attr("model_uri", result.model.uri if result.model else "")
             trial.set_user_attr("epochs", result.epochs_run)
@@ -344,7 +346,7 @@ def _done(study: optuna.Study) -> list:
     return [t for t in study.get_trials(deepcopy=False) if _counted(t)]
 
 
-def _kept_value(model: keras.Model, task, objective: str, history: dict) -> float:
+def _kept_value(model: keras.Model, task, objective: str) -> float:
     """The objective for the weights training ended with (early stopping may have gone back to an earlier epoch):
     the validation split scored again."""
     x, y = task.validation
@@ -393,10 +395,10 @@ def _counts(study: optuna.Study) -> dict[str, int]:
 def _finish(study, name, parent, base, sw, data, out_of_time) -> SweepResult:
     counts = _counts(study)
     best = _best(study)
-    done = len(_done(study)) >= sw.trials or _exhausted(study) or out_of_time
-    if not done or counts["running"]:
+    finished = len(_done(study))
+    if not (finished >= sw.trials or _exhausted(study) or out_of_time) or counts["running"]:
         where = f"{counts['running']} trial(s) still running elsewhere" if counts["running"] else "not done"
-        print(f"study {name}: {len(_done(study))} of {sw.trials} trials done, {where}; the process that finishes "
+        print(f"study {name}: {finished} of {sw.trials} trials done, {where}; the process that finishes "
               "last summarizes it")  # fmt: skip
         return SweepResult(name, parent, best, False, counts)
     decisions = _gate(study, best, base, data) if best else []
@@ -418,7 +420,7 @@ def _gate(study, best, base, data) -> list:
     from tftrain.registry import promote
 
     model_uri = best.user_attrs.get("model_uri")
-    run_id = best.user_attrs[ATTR]["run_id"]
+    run_id = _own_record(best)["run_id"]
     if not model_uri:
         print(f"the best trial {best.number}'s model was not logged (the tracking server was away); nothing to gate")
         return []
@@ -452,17 +454,17 @@ def _summarize(study, parent, best, sw, counts, decisions) -> None:
     tags = {}
     if best:
         metrics[f"best_{sw.objective}"] = best.value
-        tags = {"best_trial": str(best.number), "best_run_id": best.user_attrs[ATTR]["run_id"],
+        tags = {"best_trial": str(best.number), "best_run_id": _own_record(best)["run_id"],
                 "best_params": json.dumps(best.params)}  # fmt: skip
         tags.update({f"best.{k}": str(v) for k, v in best.params.items()})
+    if decisions:
+        metrics["best_test_accuracy"] = decisions[0].test_accuracy
     runs.log_to(parent, metrics, tags, step)
     with tempfile.TemporaryDirectory() as tmp:
         table = Path(tmp, "trials.csv")
         study.trials_dataframe().to_csv(table, index=False)
         files = [table, *_plots(study, Path(tmp))]
         runs.log_files_to(parent, files, "sweep")
-    if decisions:
-        runs.log_to(parent, {"best_test_accuracy": decisions[0].test_accuracy}, {}, step)
 
 
 def _shown(values: dict) -> str:
@@ -502,7 +504,7 @@ def _plots(study: optuna.Study, folder: Path) -> list[Path]:
     wanted = {"optimization_history.png": plots.plot_optimization_history}
     if complete:
         wanted["parallel_coordinates.png"] = plots.plot_parallel_coordinate
-    if len(complete) >= 2 and len(study.best_trial.params) >= 1:
+    if len(complete) >= 2:
         wanted["param_importances.png"] = plots.plot_param_importances
     paths = []
     for file, plot in wanted.items():

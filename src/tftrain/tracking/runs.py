@@ -98,10 +98,9 @@ def reopen_run(run_id: str) -> None:
 
 def end_other_run(run_id: str, status: str, failure: str | None = None) -> None:
     """End a run that is not this process's active one (a dead process's trial, a sweep's parent)."""
-    client = mlflow.MlflowClient()
     if failure:
-        client.set_tag(run_id, "tftrain.failure", failure[:5000])
-    client.set_terminated(run_id, status)
+        tag_run(run_id, {"tftrain.failure": failure[:5000]})
+    mlflow.MlflowClient().set_terminated(run_id, status)
 
 
 @contextlib.contextmanager
@@ -113,15 +112,13 @@ def reopened(run_id: str) -> Iterator[StepRun]:
 
 
 def tag_run(run_id: str, tags: dict[str, str]) -> None:
-    client = mlflow.MlflowClient()
-    for key, value in tags.items():
-        client.set_tag(run_id, key, value)
+    mlflow.MlflowClient().log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
 
 def log_params_to(run_id: str, params: dict[str, str]) -> None:
-    existing = mlflow.MlflowClient().get_run(run_id).data.params  # `mlflow run` logged its own already
-    fresh = [Param(k, str(v)) for k, v in params.items() if k not in existing]
-    mlflow.MlflowClient().log_batch(run_id, params=fresh)
+    client = mlflow.MlflowClient()
+    existing = client.get_run(run_id).data.params  # `mlflow run` logged its own already
+    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items() if k not in existing])
 
 
 def log_to(run_id: str, metrics: dict[str, float], tags: dict[str, str], step: int) -> None:

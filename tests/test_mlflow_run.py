@@ -120,3 +120,18 @@ def test_a_refused_command_leaves_a_failed_run_that_says_why(project_store, entr
     assert run.data.tags["tftrain.failure"] == line.removeprefix("tftrain: error: ")
     declared = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"][entry_point]["parameters"]
     assert set(run.data.params) == set(declared) | set(params)  # what mlflow run logs; tftrain logged nothing
+
+
+def test_the_sweep_entry_point_nests_its_trials_under_the_run_mlflow_made(project_store, tiny_data):
+    params = {"data_dir": tiny_data, "epochs": 2, "batch_size": 64, "trials": 2, "sampler": "grid",
+              "space": "learning_rate=choice(0.001,0.003)", "model_name": "project-swept"}  # fmt: skip
+    done = mlflow_run("sweep", params, project_store[0], "project-sweep")
+    parent = mlflow.get_run(run_id_of(done))
+    assert parent.data.tags["tftrain.sweep"] == "parent" and parent.info.run_name == parent.data.tags["tftrain.study"]
+    trials = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                                filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")  # fmt: skip
+    assert sorted(r.data.params["learning_rate"] for r in trials) == ["0.001", "0.003"]
+    assert (
+        mlflow.MlflowClient().get_model_version_by_alias("project-swept", "champion").run_id
+        == (parent.data.tags["best_run_id"])
+    )

@@ -146,3 +146,17 @@ def test_sweep_mistakes_are_said_before_tensorflow_loads_and_before_any_trial(tm
     assert expected in done.stderr
     assert done.stdout == "[]\n", f"imported {done.stdout.strip()} before refusing: {done.stderr}"
     assert not (tmp_path / "optuna.db").exists()
+
+
+def test_a_builder_or_folder_a_space_names_is_checked_before_tensorflow(tmp_path, tiny_data):
+    (tmp_path / "mynet.py").write_text("def build(input_shape, num_classes):\n    pass\n")
+    (tmp_path / "empty").mkdir()
+    for space, expected in [
+        ("model=choice(mlp,mynet.py:buld)", "model builder mynet.py:buld: mynet.py has no function 'buld'"),
+        ("dataset=choice(fashion_mnist,empty)", "empty"),
+    ]:
+        done = probe(["sweep", "--data-dir", str(tiny_data), "--space", space], tmp_path)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+        assert expected in done.stderr and done.stdout == "[]\n", done.stderr
+    assert probe(["sweep", "--data-dir", str(tiny_data), "--space", "model=choice(mlp,mynet.py:build)", "--trials",
+                  "0"], tmp_path).stderr.startswith("tftrain: error: invalid value for trials")  # fmt: skip

@@ -145,6 +145,9 @@ def test_a_study_asked_to_search_something_else_is_refused(swept):
     other = SweepConfig(trials=8, space="learning_rate=choice(0.1,0.2)", sampler="grid", study=result.study)
     with pytest.raises(UserError, match=f"received {result.study}, which has space"):
         sweep(base, other, check_sweep(other, base))
+    other = SweepConfig(trials=8, space=sw.space, sampler="random", study=result.study)
+    with pytest.raises(UserError, match=f"received {result.study}, which has sampler 'grid' \\(now 'random'\\)"):
+        sweep(base, other, check_sweep(other, base))
 
 
 def _sweep_command(tiny_data, folder) -> list[str]:
@@ -189,3 +192,30 @@ def test_a_sweep_killed_mid_trial_continues_with_the_same_command(tmp_path, tiny
     assert states.count("COMPLETE") == 3 and states.count("FAIL") == 1
     assert len(mlflow.MlflowClient().search_model_versions("name = 'killed'")) == 1
     assert not any(p.name == "optuna.db" for p in REPO.iterdir())
+
+
+def test_a_sweep_interrupted_with_ctrl_c_runs_the_interrupted_trial_again(tmp_path, tiny_data, store):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_TRACKING_URI": store}
+    command = _sweep_command(tiny_data, tmp_path)
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                             cwd=tmp_path)  # fmt: skip
+    in_second = False
+    for line in first.stdout:
+        in_second = in_second or line.startswith("trial 1 (")
+        if in_second and line.startswith("epoch 3/"):
+            first.send_signal(signal.SIGINT)
+            break
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 130 and "Traceback" not in err, err[-3000:]
+    assert "trial 1 was interrupted (Ctrl-C) after " in out
+    (parent,) = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`tftrain.sweep` = 'parent'",
+                                   output_format="list")  # fmt: skip
+    assert parent.info.status == "KILLED"
+    again = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    runs = children(parent.info.run_id)
+    (killed,) = [r for r in runs if r.info.status == "KILLED"]
+    assert killed.data.tags["tftrain.failure"].startswith("interrupted: the sweep process stopped during epoch")
+    finished = sorted(r.data.params["learning_rate"] for r in runs if r.info.status == "FINISHED")
+    assert finished == ["0.001", "0.002", "0.003"] and killed.data.params["learning_rate"] in finished
+    assert mlflow.get_run(parent.info.run_id).info.status == "FINISHED"

@@ -41,10 +41,15 @@ def check_dataset(dataset: str, data_dir: str) -> None:
 def check_training(cfg: TrainConfig) -> None:
     """The data and, for a user's builder, that its file parses and defines the function."""
     check_dataset(cfg.dataset, cfg.data_dir)
-    if model_kind(cfg.model) == "builder":
+    check_model(cfg.model)
+
+
+def check_model(model: str) -> None:
+    """A user's builder: its file parses and defines the function."""
+    if model_kind(model) == "builder":
         from tftrain.user_code import check_source
 
-        check_source(cfg.model, "model builder")
+        check_source(model, "model builder")
 
 
 def check_address(host: str, port: int) -> None:

@@ -424,7 +424,9 @@ def model_kind(value: str) -> str:
     if parse_function(value):
         _check_function("model", value, MODEL_FORMS)
         return "builder"
-    raise UserError(f"invalid value for model: received {value!r}; allowed: {MODEL_FORMS}{_close(value, MODELS + APPLICATIONS)}")
+    raise UserError(
+        f"invalid value for model: received {value!r}; allowed: {MODEL_FORMS}{_close(value, MODELS + APPLICATIONS)}"
+    )
 
 
 def parse_image_size(value: str) -> tuple[int, int] | None:

@@ -87,12 +87,20 @@ class SweepConfig:
 
 
 def check_sweep(sw: SweepConfig, base: TrainConfig) -> tuple[Dimension, ...]:
-    """The space against the base, and what the base must be for a sweep; the dimensions."""
+    """The space against the base, what the base must be for a sweep, and the data and builders the space names
+    as `train` checks its own before TensorFlow loads; the dimensions."""
     if base.strategy == "multi_worker":
         raise UserError("invalid value for strategy: received multi_worker; a sweep runs its trials one at a time "
                         "in each process; allowed: auto, one_device or mirrored (start several sweep processes "
                         "with the same study to use several machines)")  # fmt: skip
     dims = parse_space(sw.space, base)
+    from tftrain.checks import check_dataset, check_model
+
+    for d in dims:  # a folder's layout, a builder's file: what train checks of its own before TensorFlow
+        for value in d.args if d.name == "dataset" else ():
+            check_dataset(value, base.data_dir)
+        for value in d.args if d.name == "model" else ():
+            check_model(value)
     if sw.sampler == "grid":
         for d in dims:
             d.grid()

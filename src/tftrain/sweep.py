@@ -74,16 +74,16 @@ def study_name(sw: SweepConfig, base: TrainConfig, dims: tuple[Dimension, ...]) 
     objective, fixed settings, sampler, pruner): the same command continues its study, another starts its own."""
     if sw.study != "auto":
         return sw.study
-    identity = {**_settings(sw, base, dims), "sampler": sw.sampler, "pruner": sw.pruner}
+    identity = {**_settings(sw, base, dims), "pruner": sw.pruner}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
     return f"sweep-{model_label(base.model)}-{dataset_label(base.dataset)}-{digest}"
 
 
 def _settings(sw: SweepConfig, base: TrainConfig, dims: tuple[Dimension, ...]) -> dict:
-    """What every process of one study must agree on: the space, the objective and the fixed training settings
-    (not the tracking ones: where files go and how often they are written)."""
+    """What every process of one study must agree on: the space, the objective, the sampler (a grid's points are
+    numbered by it) and the fixed training settings (not the tracking ones: where files go, how often)."""
     fixed = {k: v for k, v in dataclasses.asdict(base).items() if k in _TRAINING_FIELDS}
-    return {"space": [str(d) for d in dims], "objective": sw.objective, "base": fixed}
+    return {"space": [str(d) for d in dims], "objective": sw.objective, "sampler": sw.sampler, "base": fixed}
 
 
 _TRAINING_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["group"] != "tracking")
@@ -138,7 +138,8 @@ class _NoRetracingWarning(logging.Filter):
 
 
 def sweep(base: TrainConfig, sw: SweepConfig, dims: tuple[Dimension, ...]) -> SweepResult:
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Optuna logs each failed trial with its traceback; tftrain says in one line what happened to every trial
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     tf.get_logger().addFilter(_NoRetracingWarning())
     name = study_name(sw, base, dims)
     storage = open_storage(storage_url(sw, base))
@@ -152,20 +153,45 @@ def sweep(base: TrainConfig, sw: SweepConfig, dims: tuple[Dimension, ...]) -> Sw
     data: dict[tuple, object] = {}
     print(f"study {name}: {sw.trials} trials over {', '.join(str(d) for d in dims)}; parent run {parent}")
     out_of_time = False
-    while True:
-        _fail_dead_trials(study)
-        if _taken(study) >= sw.trials or _exhausted(study):
-            break
-        if sw.timeout and time.monotonic() - started >= sw.timeout:
-            out_of_time = True
-            print(f"timeout: {sw.timeout:g} s passed; no new trial starts")
-            break
-        study.optimize(
-            lambda trial: _objective(trial, study, base, sw, dims, parent, data),
-            n_trials=1,
-            catch=(TrainingFailed, _Surplus),
-        )
+    try:
+        while True:
+            _fail_dead_trials(study)
+            if _taken(study) >= sw.trials:
+                break
+            if _exhausted(study):
+                print(f"the grid's {_grid_size(dims)} points are all tried: the study ends before {sw.trials} trials")
+                break
+            if sw.timeout and time.monotonic() - started >= sw.timeout:
+                out_of_time = True
+                print(f"timeout: {sw.timeout:g} s passed; no new trial starts")
+                break
+            study.optimize(
+                lambda trial: _objective(trial, study, base, sw, dims, parent, data),
+                n_trials=1,
+                catch=(TrainingFailed, _Surplus),
+            )
+    except BaseException as e:
+        _stopped(study, parent, e)
+        raise
     return _finish(study, name, parent, base, sw, data, out_of_time)
+
+
+def _grid_size(dims: tuple[Dimension, ...]) -> int:
+    return math.prod(len(d.grid()) for d in dims)
+
+
+def _stopped(study: optuna.Study, parent: str, error: BaseException) -> None:
+    """The sweep stops on an interrupt (Ctrl-C) or an error: an interrupted trial (Optuna has failed it) is queued
+    again with its values, for the same command to run; the parent ends KILLED or FAILED with the reason unless
+    trials still run elsewhere (`mlflow run` ends its own run itself)."""
+    if isinstance(error, KeyboardInterrupt):
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+            mine = _own_record(trial).get("pid") == os.getpid()
+            if mine and not _counted(trial) and "surplus" not in trial.user_attrs:
+                _interrupted(study, trial, "Ctrl-C")
+    if _own_run() != parent and not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+        runs.end_other_run(parent, status, f"{type(error).__name__}: {error}; run the same command to continue")
 
 
 def _open_study(name, storage, sw, base, dims, pruner) -> tuple[optuna.Study, str, bool]:
@@ -177,7 +203,7 @@ def _open_study(name, storage, sw, base, dims, pruner) -> tuple[optuna.Study, st
         study = optuna.load_study(study_name=name, storage=storage, pruner=pruner)
         return study, _join(study, name, settings), False
     parent = _own_run() or runs.new_run(name)
-    runs.tag_run(parent, {"tftrain.study": name, "tftrain.sweep": "parent"})
+    runs.tag_run(parent, {"tftrain.study": name, "tftrain.sweep": "parent", "mlflow.runName": name})
     study.set_user_attr(ATTR, {**settings, "parent_run_id": parent})
     runs.log_params_to(parent, {"study": name, "space": ";".join(settings["space"]), "objective": sw.objective,
                                 "sampler": sw.sampler, "pruner": sw.pruner, **base.as_params()})  # fmt: skip
@@ -192,8 +218,8 @@ def _join(study: optuna.Study, name: str, settings: dict) -> str:
     if recorded is None:
         raise UserError(f"study {name} exists in the storage but names no parent run (its creator stopped before "
                         "recording it); allowed: another study name")  # fmt: skip
-    for key in ("space", "objective", "base"):
-        if recorded[key] != settings[key]:
+    for key in ("space", "objective", "sampler", "base"):
+        if recorded.get(key) != settings[key]:
             what = _difference(key, recorded[key], settings[key])
             raise UserError(f"invalid value for study: received {name}, which {what}; allowed: the same settings "
                             "to continue it, or another study name (study=auto names one per command)")  # fmt: skip
@@ -283,8 +309,9 @@ def _fail_dead_trials(study: optuna.Study) -> None:
         _interrupted(study, study.get_trials(deepcopy=False)[trial.number])
 
 
-def _interrupted(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    """A trial whose process died: its child run ends KILLED, saying so, and the trial is queued again."""
+def _interrupted(study: optuna.Study, trial: optuna.trial.FrozenTrial, why: str = "its process is gone") -> None:
+    """A trial whose process died (or was interrupted: `why`): its child run ends KILLED, saying so, and the trial
+    is queued again with its values."""
     run_id = _own_record(trial).get("run_id")
     epoch = max(trial.intermediate_values, default=0)
     if run_id:
@@ -292,8 +319,11 @@ def _interrupted(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
             run_id, "KILLED", f"interrupted: the sweep process stopped during epoch {epoch + 1} of trial "
             f"{trial.number}; the trial is run again with the same values"
         )  # fmt: skip
-    optuna.storages.RetryHeartbeatStaleTrialCallback()(study, trial)
-    print(f"trial {trial.number} was interrupted (its process is gone) after {epoch} epochs: queued again")
+    with warnings.catch_warnings():  # experimental since Optuna 2.8, the one way to queue a trial with its values
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.RetryHeartbeatStaleTrialCallback()(study, trial)
+    done = f"{epoch} epoch{'s' * (epoch != 1)}"
+    print(f"trial {trial.number} was interrupted ({why}) after {done}: queued again, with the same values")
 
 
 def _objective(trial, study, base, sw, dims, parent, data) -> float:

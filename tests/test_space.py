@@ -50,7 +50,7 @@ def test_dimensions_sample_what_they_say_in_an_optuna_trial():
 BAD_SPACES = [
     ("", "received ''; allowed: NAME=EXPR parts separated by ';'"),
     ("learning_rate", "received the part 'learning_rate'; allowed: NAME=EXPR"),
-    ("learnig_rate=uniform(0.1,0.2)", "learnig_rate is not a train parameter; allowed: dataset, image_size"),
+    ("learnig_rate=uniform(0.1,0.2)", "learnig_rate is not a train parameter (did you mean learning_rate?); allowed: dataset, image_size"),
     ("data_dir=choice(a,b)", "data_dir is fixed for every trial of a sweep"),
     ("run_name=choice(a,b)", "run_name is fixed for every trial of a sweep"),
     ("learning_rate=uniform(0.1,0.01)", "low 0.1 is not below high 0.01; allowed: low < high"),
@@ -131,6 +131,7 @@ def test_a_grid_needs_points_and_a_sweep_runs_in_one_process_per_trial():
     [
         (["--space", "learning_rate=uniform(0.1,0.01)"], "low 0.1 is not below high 0.01"),
         (["--space", "lr=loguniform(1e-4,1e-2)"], "lr is not a train parameter"),
+        (["--space", "batch_sise=choice(64,128)"], "not a train parameter (did you mean batch_size?)"),
         (["--space", "model=choice(mlp,nope.py:build)"], "nope.py"),
         (["--sampler", "grid"], "with sampler=grid"),
         (["--trials", "0"], "invalid value for trials: received 0"),

@@ -16,7 +16,8 @@ import pytest
 
 from conftest import REPO, tiny_config
 from tftrain.space import SweepConfig, check_sweep
-from tftrain.sweep import open_storage, study_name, sweep
+from tftrain.study import open_storage, study_name
+from tftrain.sweep import report, sweep
 
 # a builder whose model answers NaN: its trials fail on a non-finite loss
 NAN_BUILDER = """
@@ -136,6 +137,9 @@ def test_the_same_sweep_again_runs_nothing_and_registers_nothing(swept):
     assert again.parent_run_id == result.parent_run_id and again.best.number == result.best.number
     assert len(children(result.parent_run_id)) == 8
     assert len(mlflow.MlflowClient().search_model_versions("name = 'swept'")) == 1
+    shown = report(again, sw.objective)
+    best_test = mlflow.get_run(result.parent_run_id).data.metrics["best_test_accuracy"]
+    assert f"test accuracy:  {best_test:.4f} (gated when the study first finished)" in shown
 
 
 def test_a_study_asked_to_search_something_else_is_refused(swept):
@@ -146,8 +150,20 @@ def test_a_study_asked_to_search_something_else_is_refused(swept):
     with pytest.raises(UserError, match=f"received {result.study}, which has space"):
         sweep(base, other, check_sweep(other, base))
     other = SweepConfig(trials=8, space=sw.space, sampler="random", study=result.study)
-    with pytest.raises(UserError, match=f"received {result.study}, which has sampler 'grid' \\(now 'random'\\)"):
+    with pytest.raises(UserError, match=f"received {result.study}, which has sampler grid \\(now random\\)"):
         sweep(base, other, check_sweep(other, base))
+
+
+def test_a_study_that_searches_something_else_is_refused_before_tensorflow(swept, tiny_data):
+    from test_cli import probe
+
+    result, _, _, folder = swept
+    done = probe(["sweep", "--data-dir", str(tiny_data), "--study", result.study, "--space",
+                  "learning_rate=choice(0.1,0.2)"], folder)  # fmt: skip
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert f"received {result.study}, which has space learning_rate=choice(0.004" in done.stderr
+    assert "(now learning_rate=choice(0.1, 0.2))" in done.stderr
+    assert done.stdout == "[]\n", f"imported {done.stdout.strip()} before refusing: {done.stderr}"
 
 
 def _sweep_command(tiny_data, folder) -> list[str]:

@@ -25,6 +25,7 @@ from tftrain.config import (
 from tftrain.errors import TrainingFailed, UserError, invalid
 from tftrain.space import SweepConfig, check_storage, check_sweep, storage_url
 from tftrain.store import StoreError, check_keras_model, check_run, check_tracking_store, mark_refused, model_info
+from tftrain.study import check_study
 
 _TYPES = {"int": int, "float": float, "str": str, "bool": click.BOOL}
 
@@ -251,6 +252,7 @@ def sweep_command(**params) -> None:
     cfg = _training_args({k: v for k, v in params.items() if k not in names})
     dims = check_sweep(sw, cfg)
     check_storage(storage_url(sw, cfg))
+    check_study(sw, cfg, dims)
     from tftrain.sweep import report, sweep
 
     result = sweep(cfg, sw, dims)

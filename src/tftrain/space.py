@@ -18,6 +18,7 @@ parameter on the sweep's base configuration, so a value `train` would refuse fai
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import re
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ OBJECTIVES = {"val_accuracy": "maximize", "val_loss": "minimize"}
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "hyperband", "none")
 _STUDY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,119}$")
-_STORAGE = re.compile(r"^(sqlite:///.+|postgresql(\+psycopg2)?://.+|mysql(\+pymysql)?://.+)$")
+_STORAGE = re.compile(r"^(sqlite:///.+|postgresql(\+psycopg2)?://.+)$")
 
 
 def _opt(default, help: str, choices: tuple[str, ...] | None = None):
@@ -82,8 +83,8 @@ class SweepConfig:
             raise invalid("study", self.study, "letters, digits, '.', '_' and '-', up to 120 characters, starting "
                           "with a letter or digit")  # fmt: skip
         if self.storage and not _STORAGE.match(self.storage):
-            raise invalid("storage", self.storage, "empty, sqlite:///FILE, postgresql://USER:PASSWORD@HOST:PORT/"
-                          "DATABASE or mysql://...")  # fmt: skip
+            raise invalid("storage", self.storage, "empty, sqlite:///FILE or postgresql://USER:PASSWORD@HOST:"
+                          "PORT/DATABASE")  # fmt: skip
 
 
 def check_sweep(sw: SweepConfig, base: TrainConfig) -> tuple[Dimension, ...]:
@@ -238,6 +239,8 @@ def _dimension(name: str, expression: str | list, base: TrainConfig) -> Dimensio
     shown = f"{name}={expression}"
     if name not in SEARCHABLE:
         why = "fixed for every trial of a sweep" if name in FIXED or hasattr(base, name) else "not a train parameter"
+        if near := difflib.get_close_matches(name, SEARCHABLE, n=1):
+            why += f" (did you mean {near[0]}?)"
         raise UserError(f"invalid value for space: received {shown!r}: {name} is {why}; allowed: "
                         f"{', '.join(SEARCHABLE)}")  # fmt: skip
     if isinstance(expression, list):

@@ -8,7 +8,7 @@ parent run per study; losers pruned by epoch; resumable and shareable between pr
   themselves); one that asked for a trial beyond that gives it back unrun (a race of two processes), so the
   total is `trials`.
 - A trial whose process died (SIGKILL, a lost machine) is failed and queued again with the same values: at once
-  when its process was on this host and is gone, otherwise when its heartbeat is older than HEARTBEAT_GRACE. Its
+  when its process was on this host and is gone, otherwise when its heartbeat is older than study.HEARTBEAT_GRACE. Its
   child run ends KILLED, saying so.
 - When the study is done and no trial runs anywhere, the process that finished last registers the best trial's
   model (one version even if two processes get there together: the later version is removed), evaluates it on
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -40,19 +39,17 @@ import tensorflow as tf
 from optuna.trial import TrialState
 
 from tftrain import resume
-from tftrain.config import TrainConfig, dataset_label, model_label
+from tftrain.config import TrainConfig
 from tftrain.errors import TrainingFailed, UserError
 from tftrain.runtime import build_runtime
 from tftrain.space import OBJECTIVES, Dimension, SweepConfig, storage_url
+from tftrain.study import ATTR, open_storage, refuse_other, settings, study_name
 from tftrain.task import load_data, resolve_task
 from tftrain.tracking import runs
 from tftrain.tracking.logged_models import mark_gated, register_once
 
-HEARTBEAT_INTERVAL = 10  # seconds between a running trial's heartbeats in the storage
-HEARTBEAT_GRACE = 60  # a trial of another host whose last heartbeat is older than this is taken as dead
 PARENT_WAIT = 60.0  # seconds a joining process waits for the study's creator to record the parent run
 DATA_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["group"] == "data")
-ATTR = "tftrain"  # the study's and each trial's user attribute holding tftrain's records
 
 
 @dataclass(frozen=True)
@@ -67,50 +64,6 @@ class SweepResult:
 
 class _Surplus(Exception):
     """A trial asked for beyond `trials` (another process took the last one first): given back unrun."""
-
-
-def study_name(sw: SweepConfig, base: TrainConfig, dims: tuple[Dimension, ...]) -> str:
-    """`study`, or for auto a name from the model, the dataset and a digest of what defines the search (space,
-    objective, fixed settings, sampler, pruner): the same command continues its study, another starts its own."""
-    if sw.study != "auto":
-        return sw.study
-    identity = {**_settings(sw, base, dims), "pruner": sw.pruner}
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
-    return f"sweep-{model_label(base.model)}-{dataset_label(base.dataset)}-{digest}"
-
-
-def _settings(sw: SweepConfig, base: TrainConfig, dims: tuple[Dimension, ...]) -> dict:
-    """What every process of one study must agree on: the space, the objective, the sampler (a grid's points are
-    numbered by it) and the fixed training settings (not the tracking ones: where files go, how often)."""
-    fixed = {k: v for k, v in dataclasses.asdict(base).items() if k in _TRAINING_FIELDS}
-    return {"space": [str(d) for d in dims], "objective": sw.objective, "sampler": sw.sampler, "base": fixed}
-
-
-_TRAINING_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["group"] != "tracking")
-
-
-def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """Optuna's RDB storage at `url` (checked reachable by space.check_storage), with heartbeats. Two processes
-    opening a new database together both create Optuna's tables, and one fails on PostgreSQL's unique type names
-    (measured here): it tries again, and finds them."""
-    import sqlalchemy.exc
-
-    for attempt in range(3):
-        with contextlib.suppress(sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
-            return _rdb_storage(url)
-        time.sleep(1.0 + attempt)
-    return _rdb_storage(url)
-
-
-def _rdb_storage(url: str) -> optuna.storages.RDBStorage:
-    with warnings.catch_warnings():  # heartbeats: an experimental argument, stable since Optuna 2.9
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(
-            url,
-            heartbeat_interval=HEARTBEAT_INTERVAL,
-            grace_period=HEARTBEAT_GRACE,
-            heartbeat_stale_trial_callback=_interrupted,
-        )
 
 
 def _sampler(sw: SweepConfig, dims: tuple[Dimension, ...], seed: int) -> optuna.samplers.BaseSampler:
@@ -142,7 +95,7 @@ def sweep(base: TrainConfig, sw: SweepConfig, dims: tuple[Dimension, ...]) -> Sw
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     tf.get_logger().addFilter(_NoRetracingWarning())
     name = study_name(sw, base, dims)
-    storage = open_storage(storage_url(sw, base))
+    storage = open_storage(storage_url(sw, base), on_stale=_interrupted)
     study, parent, created = _open_study(name, storage, sw, base, dims, _pruner(sw, base))
     # the study's creator samples with the seed; a process joining it (or continuing it) with its own, or it
     # would propose the values the creator did. Except on a grid: its seed orders the grid, which every process
@@ -196,21 +149,21 @@ def _stopped(study: optuna.Study, parent: str, error: BaseException) -> None:
 
 def _open_study(name, storage, sw, base, dims, pruner) -> tuple[optuna.Study, str, bool]:
     """Create the study and its parent run, or join them (False); refuse a study that searches something else."""
-    settings = _settings(sw, base, dims)
+    given = settings(sw, base, dims)
     try:
         study = optuna.create_study(study_name=name, storage=storage, pruner=pruner, direction=OBJECTIVES[sw.objective])
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=name, storage=storage, pruner=pruner)
-        return study, _join(study, name, settings), False
+        return study, _join(study, name, given), False
     parent = _own_run() or runs.new_run(name)
     runs.tag_run(parent, {"tftrain.study": name, "tftrain.sweep": "parent", "mlflow.runName": name})
-    study.set_user_attr(ATTR, {**settings, "parent_run_id": parent})
-    runs.log_params_to(parent, {"study": name, "space": ";".join(settings["space"]), "objective": sw.objective,
+    study.set_user_attr(ATTR, {**given, "parent_run_id": parent})
+    runs.log_params_to(parent, {"study": name, "space": ";".join(given["space"]), "objective": sw.objective,
                                 "sampler": sw.sampler, "pruner": sw.pruner, **base.as_params()})  # fmt: skip
     return study, parent, True
 
 
-def _join(study: optuna.Study, name: str, settings: dict) -> str:
+def _join(study: optuna.Study, name: str, given: dict) -> str:
     deadline = time.monotonic() + PARENT_WAIT
     while ATTR not in study.user_attrs and time.monotonic() < deadline:
         time.sleep(0.5)  # the creator is recording the parent run
@@ -218,11 +171,7 @@ def _join(study: optuna.Study, name: str, settings: dict) -> str:
     if recorded is None:
         raise UserError(f"study {name} exists in the storage but names no parent run (its creator stopped before "
                         "recording it); allowed: another study name")  # fmt: skip
-    for key in ("space", "objective", "sampler", "base"):
-        if recorded.get(key) != settings[key]:
-            what = _difference(key, recorded[key], settings[key])
-            raise UserError(f"invalid value for study: received {name}, which {what}; allowed: the same settings "
-                            "to continue it, or another study name (study=auto names one per command)")  # fmt: skip
+    refuse_other(name, recorded, given)
     parent = recorded["parent_run_id"]
     runs.reopen_run(parent)
     own = _own_run()
@@ -232,13 +181,6 @@ def _join(study: optuna.Study, name: str, settings: dict) -> str:
                            f"parent run {parent}'s children."})  # fmt: skip
     print(f"continuing study {name} (parent run {parent})")
     return parent
-
-
-def _difference(key: str, recorded, given) -> str:
-    if key == "base":
-        changed = sorted(k for k in given if recorded.get(k) != given[k])
-        return "was run with " + ", ".join(f"{k}={recorded.get(k)!r} (now {given[k]!r})" for k in changed[:4])
-    return f"has {key} {recorded!r} (now {given!r})"
 
 
 def _own_run() -> str | None:
@@ -518,6 +460,10 @@ def report(result: SweepResult, objective: str) -> str:
     if result.decisions:
         lines.append(f"test accuracy:  {result.decisions[0].test_accuracy:.4f}")
         lines += aligned("champion:", [d.reason for d in result.decisions])
+    elif best and (
+        earlier := mlflow.MlflowClient().get_run(result.parent_run_id).data.metrics.get("best_test_accuracy")
+    ):
+        lines.append(f"test accuracy:  {earlier:.4f} (gated when the study first finished)")
     return "\n".join([*lines, f"MLflow UI:      {ui}", f"                then open {link['run_page']}"])
 
 

@@ -55,18 +55,28 @@ def figures(out: Path, walls: dict[str, float]) -> list[str]:
 
 
 def screenshot(out: Path, path: Path) -> None:
-    """The pruned sweep's child runs on MLflow's compare page, whose first chart is parallel coordinates."""
+    """The pruned sweep's child runs on MLflow's compare page, its parallel coordinates panel set to the searched
+    parameters (each child's trial_<name> params) and the objective's latest value as the last, coloured axis
+    (trial_<objective> is missing on pruned trials, which MLflow would draw above the best)."""
     import mlflow
     from selenium import webdriver
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from servers import free_port, responds
 
+    mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
     (parent,) = mlflow.search_runs(search_all_experiments=True, filter_string="attributes.run_name = "
                                    "'figures-median'", output_format="list")  # fmt: skip
     children = mlflow.search_runs(search_all_experiments=True, output_format="list",
                                   filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")  # fmt: skip
+    params = [f"trial_{part.split('=')[0]}" for part in SPACE.split(";")]
+    objective = parent.data.params["objective"]
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
                                f"sqlite:///{out / 'mlflow.db'}", "--host", "127.0.0.1", "--port", str(port)],
@@ -78,7 +88,7 @@ def screenshot(out: Path, path: Path) -> None:
         "--no-sandbox",
         "--disable-gpu",
         "--disable-dev-shm-usage",
-        "--window-size=1600,1100",
+        "--window-size=1900,1100",
     ):
         options.add_argument(flag)
     driver = None
@@ -93,9 +103,36 @@ def screenshot(out: Path, path: Path) -> None:
         experiments = json.dumps([parent.info.experiment_id])
         query = urllib.parse.urlencode({"runs": runs, "experiments": experiments})
         driver.get(f"http://127.0.0.1:{port}/#/compare-runs?{query}")
-        time.sleep(15)  # the plot renders after the runs load
+        wait = WebDriverWait(driver, 60)
+
+        def find(what: str, condition):
+            try:
+                return wait.until(condition)
+            except TimeoutException:
+                sys.exit(f"sweep_figures.py: the MLflow compare page shows no {what} after 60 s")
+
+        def shown(what: str, css: str):
+            return find(what, ec.presence_of_element_located((By.CSS_SELECTOR, css)))
+
+        panel = shown("parallel coordinates panel", "[id$='-content-parallel-coordinates-plot']")
+        shown("parallel coordinates plot", ".pcp-plot .parcoords")
+        shown("Clear All button", "[data-testid='clear-button']").click()
+        boxes = panel.find_elements(By.CSS_SELECTOR, "[class*='-select-selector']")
+        if len(boxes) != 2:
+            sys.exit(f"sweep_figures.py: the parallel coordinates panel has {len(boxes)} selectors, not 2")
+        for box, keys in zip(boxes, (params, [objective]), strict=True):
+            for key in keys:
+                box.click()
+                driver.switch_to.active_element.send_keys(key)
+                option = f"//div[contains(@class, '-select-item-option')][normalize-space() = '{key}']"
+                find(f"option {key}", ec.element_to_be_clickable((By.XPATH, option))).click()
+            driver.switch_to.active_element.send_keys(Keys.ESCAPE)
+        driver.execute_script("document.activeElement.blur()")
+        axes = params + [objective]
+        titles = (By.CSS_SELECTOR, ".pcp-plot .axis-title")
+        find(f"axes {', '.join(axes)}", lambda d: [t.text for t in d.find_elements(*titles)] == axes)
         path.parent.mkdir(parents=True, exist_ok=True)
-        driver.save_screenshot(str(path))
+        panel.screenshot(str(path))
         print(f"wrote {path}")
     finally:
         if driver:
@@ -111,7 +148,14 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--data-dir", default="", help="folder with Fashion-MNIST's IDX files; empty: look it up")
     parser.add_argument("--screenshot", type=Path, help="write the MLflow UI's parallel coordinates view here")
+    parser.add_argument("--reuse", action="store_true", help="--out holds an earlier run's store: no sweeps and no "
+                        "table, only the --screenshot of its pruned sweep")  # fmt: skip
     args = parser.parse_args()
+    if args.reuse:
+        if not args.screenshot:
+            parser.error("--reuse needs --screenshot")
+        screenshot(args.out, args.screenshot.resolve())
+        return
     args.out.mkdir(parents=True, exist_ok=False)
     walls = {
         pruner: run_sweep(args.out, pruner, args.trials, args.epochs, args.data_dir) for pruner in ("median", "none")

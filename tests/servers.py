@@ -1,9 +1,12 @@
 """Real servers for tests and scripts: `mlflow models serve` on a free port of 127.0.0.1 for as long as a block
-runs, and the checks that a server answers. Not part of the package: users get `tftrain serve`."""
+runs, the checks that a server answers, and multi-worker processes started as a scheduler starts them. Not part
+of the package: users get `tftrain serve` and launcher=ray."""
 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import socket
 import subprocess
 import time
@@ -53,3 +56,21 @@ def responds(url: str) -> bool:
             return response.status == 200
     except OSError:
         return False
+
+
+def tf_config_workers(n: int, command: list[str], **popen) -> list[subprocess.Popen]:
+    """`command` as `n` workers on free ports of 127.0.0.1, each with its TF_CONFIG, as a scheduler (a Kubernetes
+    operator, a Slurm script) starts a multi-worker job; `popen` goes to each subprocess.Popen (env: its base)."""
+    hosts = [f"127.0.0.1:{free_port()}" for _ in range(n)]
+    base = popen.pop("env", None) or os.environ
+    return [
+        subprocess.Popen(
+            command,
+            env={
+                **base,
+                "TF_CONFIG": json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": i}}),
+            },
+            **popen,
+        )  # fmt: skip
+        for i in range(n)
+    ]

@@ -11,7 +11,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from conftest import REPO, tiny_config
+from conftest import tiny_config
 from tftrain.errors import UserError
 from tftrain.export import export
 from tftrain.train import train
@@ -96,25 +96,30 @@ def test_mirrored_on_two_cpu_replicas_matches_one_device(tmp_path, tiny_data, en
     assert len(two_log["history"]["loss"]) == 2 and one_log["history"]["loss"][1] < one_log["history"]["loss"][0]
 
 
-def test_two_workers_through_the_launcher(tmp_path, tiny_data):
-    """The README's command: two local workers on 127.0.0.1, one MLflow run, identical weights at the end."""
+def test_two_workers_under_a_schedulers_tf_config(tmp_path, tiny_data):
+    """strategy=multi_worker without a launcher, in the TF_CONFIG a scheduler gives each process: two local
+    workers on 127.0.0.1, one MLflow run, identical weights at the end."""
+    from servers import tf_config_workers
+
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "w"
-    settings = [f"data_dir={tiny_data}", "engine=custom", "strategy=multi_worker", "epochs=3", "batch_size=32",
-                "model_name=mw", f"output_dir={tmp_path / 'out'}"]  # fmt: skip
-    command = [sys.executable, str(REPO / "scripts" / "launch_workers.py"), "--workers", "2", "--",
-               sys.executable, str(TRAIN_AND_SAVE), str(out), *settings]  # fmt: skip
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
-    assert done.returncode == 0, done.stdout[-5000:]
-    assert "launched 2 workers on 127.0.0.1:" in done.stdout
+    settings = [f"data_dir={tiny_data}", "strategy=multi_worker", "epochs=3", "batch_size=32", "model_name=mw",
+                f"output_dir={tmp_path / 'out'}"]  # fmt: skip
+    workers = tf_config_workers(2, [sys.executable, str(TRAIN_AND_SAVE), str(out), *settings], cwd=tmp_path,
+                                env={**os.environ, "MLFLOW_TRACKING_URI": uri}, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    for worker in workers:
+        output, _ = worker.communicate(timeout=600)
+        assert worker.returncode == 0, output[-5000:]
     mlflow.set_tracking_uri(uri)
     try:
         (run_id,) = mlflow.search_runs(search_all_experiments=True)["run_id"]
         history = mlflow.MlflowClient().get_metric_history(run_id, "loss")
         assert [m.step for m in history] == [1, 2, 3]
-        assert mlflow.get_run(run_id).data.params["workers"] == "2"
-        assert mlflow.get_run(run_id).data.params["replicas"] == "2"
+        run = mlflow.get_run(run_id)
+        assert run.data.params["workers"] == "2" and run.data.params["replicas"] == "2"
+        assert run.data.params["engine_resolved"] == "custom"  # engine=auto under strategy=multi_worker
+        assert run.data.tags["tftrain.workers_agree"] == "true"
         logged = mlflow.keras.load_model("models:/mw/1").get_weights()
     finally:
         mlflow.set_tracking_uri(None)
@@ -148,11 +153,15 @@ def test_precision_auto_resolves_per_machine_and_model_and_is_logged(store, tiny
     assert "sse2" in cpu_flags() or not Path("/proc/cpuinfo").exists()  # the real flags are read
     bfloat16_cpu = bool(set(BFLOAT16_CPU_FLAGS["mlp"]) & cpu_flags())
     bfloat16_cnn = bool(set(BFLOAT16_CPU_FLAGS["cnn"]) & cpu_flags())
-    assert resolve_precision(tiny_config(tiny_data, precision="auto")) == ("mixed_bfloat16" if bfloat16_cpu else "float32")
+    assert resolve_precision(tiny_config(tiny_data, precision="auto")) == (
+        "mixed_bfloat16" if bfloat16_cpu else "float32"
+    )
     assert resolve_precision(tiny_config(tiny_data, precision="auto", model="cnn")) == (
         "mixed_bfloat16" if bfloat16_cnn else "float32"
     )
-    assert resolve_precision(tiny_config(tiny_data, precision="auto", model="resnet50", image_size="32x32")) == "float32"
+    assert (
+        resolve_precision(tiny_config(tiny_data, precision="auto", model="resnet50", image_size="32x32")) == "float32"
+    )
     assert resolve_precision(tiny_config(tiny_data, precision="float32")) == "float32"
     assert resolve_precision(tiny_config(tiny_data, precision="mixed_float16")) == "mixed_float16"
     assert "precision=mixed_float16 on a CPU has no float16 hardware" in capsys.readouterr().out

@@ -135,3 +135,18 @@ def test_the_sweep_entry_point_nests_its_trials_under_the_run_mlflow_made(projec
         mlflow.MlflowClient().get_model_version_by_alias("project-swept", "champion").run_id
         == (parent.data.tags["best_run_id"])
     )
+
+
+def test_the_train_entry_point_on_ray_workers_logs_into_the_run_mlflow_made(project_store, tiny_data):
+    """The issue's command: `mlflow run . -e train -P strategy=multi_worker -P launcher=ray -P workers=2`, on the
+    Ray cluster of this machine the command starts and stops: rank 0 logs into mlflow run's own run, no other."""
+    params = {"data_dir": tiny_data, "strategy": "multi_worker", "launcher": "ray", "workers": 2, "epochs": 2,
+              "batch_size": 32, "model_name": "on-ray"}  # fmt: skip
+    done = mlflow_run("train", params, project_store[0], "on-ray")
+    run = mlflow.get_run(run_id_of(done))
+    assert run.info.status == "FINISHED" and run.data.params["launcher"] == "ray"
+    assert run.data.params["engine_resolved"] == "custom" and run.data.tags["tftrain.workers_agree"] == "true"
+    assert [m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")] == [1, 2]
+    assert len(mlflow.search_runs(search_all_experiments=True, output_format="list")) == 1
+    (version,) = mlflow.MlflowClient().search_model_versions("name = 'on-ray'")
+    assert version.run_id == run.info.run_id

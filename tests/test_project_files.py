@@ -80,10 +80,10 @@ def test_evaluate_and_export_match_their_commands():
 
 
 def test_conda_env_pins_match_pyproject():
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     conda = yaml.safe_load((REPO / "conda.yaml").read_text())
     pip = next(d["pip"] for d in conda["dependencies"] if isinstance(d, dict))
-    assert sorted(pip) == sorted(project)
+    assert sorted(pip) == sorted(project["dependencies"] + project["optional-dependencies"]["ray"])
     assert "tensorflow==2.21.0" in pip and "mlflow==3.17.2" in pip and "tensorboard==2.21.*" in pip
 
 
@@ -164,7 +164,7 @@ def test_dockerfile_installs_the_project_pins_with_cuda():
     base = next(args for kind, args in instructions if kind == "FROM")
     assert re.fullmatch(r"nvidia/cuda:12\.\d+\.\d+-\w+-ubuntu\d\d\.\d\d", base)  # TF 2.21's GPU build: CUDA 12
     runs = [args for kind, args in instructions if kind == "RUN"]
-    assert any('pip install --no-cache-dir ".[gpu]"' in run for run in runs)
+    assert any('pip install --no-cache-dir ".[gpu,ray]"' in run for run in runs)
     users = [args for kind, args in instructions if kind == "USER"]
     assert users and users[-1] != "root" and not users[-1].startswith("0")
 

@@ -15,9 +15,10 @@ import time
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 
-from conftest import REPO, activated_env, mlflow_run_args, mlflow_store, tiny_config
+from conftest import activated_env, mlflow_run_args, mlflow_store, tiny_config
 from servers import free_port, responds
 from tftrain.serving import KerasNetwork
 
@@ -357,18 +358,30 @@ def test_a_full_disk_while_checkpointing_is_named_and_leaves_no_broken_model(tmp
 
 
 @pytest.mark.slow
-def test_two_workers_killed_then_launched_again_continue_their_run(tmp_path, tiny_data):
-    train = ["tftrain", "train", "--data-dir", str(tiny_data), "--engine", "custom", "--strategy", "multi_worker",
-             "--epochs", str(EPOCHS), "--batch-size", "4", "--steps-per-execution", "1", "--early-stopping", "false",
-             "--tensorboard", "false", "--output-dir", str(tmp_path / "out"), "--run-name", "workers"]  # fmt: skip
-    launch = [sys.executable, str(REPO / "scripts" / "launch_workers.py"), "--workers", "2", "--", *train]
+def test_two_workers_killed_then_started_again_continue_their_run(tmp_path, tiny_data):
+    """A scheduler's multi-worker job (TF_CONFIG, no launcher) killed mid-epoch and started again: the workers
+    agree on the epoch to go on from, and the chief continues its run."""
+    from servers import tf_config_workers
+
+    train = ["tftrain", "train", "--data-dir", str(tiny_data), "--strategy", "multi_worker", "--epochs", str(EPOCHS),
+             "--batch-size", "4", "--steps-per-execution", "1", "--early-stopping", "false", "--tensorboard",
+             "false", "--output-dir", str(tmp_path / "out"), "--run-name", "workers"]  # fmt: skip
     env = activated_env()
+    popen = dict(cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     with mlflow_store(tmp_path):
-        # a second after epoch 3 is mid-epoch 4, away from the end-of-epoch backups of both workers
-        kill_group_after(launch, tmp_path, env, "[worker 0] epoch 3/", pause=1.0)
-        done = subprocess.run(launch, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stdout[-4000:]
-        assert "[worker 0] continuing run" in done.stdout and "[worker 0] epoch 1/" not in done.stdout
+        workers = tf_config_workers(2, train, **popen)
+        for line in workers[0].stdout:  # a second after epoch 3 is mid-epoch 4, away from the backups
+            if line.startswith("epoch 3/"):
+                break
+        time.sleep(1.0)
+        for worker in workers:
+            worker.kill()
+            worker.communicate()
+        workers = tf_config_workers(2, train, **popen)
+        outputs = [w.communicate(timeout=600)[0] for w in workers]
+        assert [w.returncode for w in workers] == [0, 0], outputs[0][-4000:] + outputs[1][-4000:]
+        assert "continuing run" in outputs[0] and "epoch 1/" not in outputs[0]
+        assert "the workers go on after epoch 3, from their backups" in outputs[0]
         (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
         steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")]
         assert run.info.status == "FINISHED" and sorted(steps) == list(range(1, EPOCHS + 1))
@@ -405,3 +418,79 @@ def test_callback_counters_survive_a_resume(tmp_path, tiny_data):
     state.on_train_begin()
     assert (stop.wait, stop.best, stop.best_epoch) == (2, 0.25, 4)
     assert (plateau.wait, plateau.best) == (1, 0.3) and len(stop.best_weights) == len(model.get_weights())
+
+
+def test_workers_with_different_latest_backups_agree_on_one_epoch(tmp_path):
+    """Two workers' real Keras backups, one killed after its epoch-3 backup and one before: both go on from epoch
+    2 (the first from its copy before); a worker whose process died between writing the weights and the epoch file
+    goes back to the copy before, not to weights newer than their epoch file; one without any backup makes all
+    start afresh."""
+    import threading
+
+    import keras
+
+    from tftrain.callbacks import SaveClock
+    from tftrain.resume import Backup, agree_on_backups
+
+    def backed_up(folder, epochs: int):
+        model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        model.compile(optimizer="adam", loss="mse")
+        model.optimizer.build(model.trainable_variables)
+        backup = Backup(str(folder), SaveClock(0.0))
+        backup.set_model(model)
+        weights = {}
+        for epoch in range(epochs):
+            model.layers[0].kernel.assign(np.full((2, 1), float(epoch + 1), "float32"))
+            backup.on_epoch_end(epoch)  # the backup of epoch + 1
+            weights[epoch + 1] = model.get_weights()
+        return model, weights
+
+    def agreed(*folders):
+        """agree_on_backups on each folder at once, a thread per worker, gathering through a barrier."""
+        values, results = [None] * len(folders), [None] * len(folders)
+        barrier = threading.Barrier(len(folders))
+
+        def worker(i):
+            def gathered(value):
+                values[i] = value
+                barrier.wait()
+                seen = list(values)
+                barrier.wait()
+                return seen
+
+            results[i] = agree_on_backups(folders[i], gathered)
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(folders))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        return results
+
+    ahead, behind = tmp_path / "ahead", tmp_path / "behind"
+    model, weights = backed_up(ahead, 3)
+    backed_up(behind, 2)
+    assert agreed(ahead, behind) == [2, 2]
+    restored = Backup(str(ahead), SaveClock(0.0))
+    restored.set_model(model)
+    restored.on_train_begin()
+    assert model._initial_epoch == 2
+    np.testing.assert_array_equal(model.get_weights()[0], weights[2][0])
+
+    # killed between the weights and the epoch file: weights of epoch 3 beside the epoch file of 2
+    torn, other = tmp_path / "torn", tmp_path / "other"
+    model, weights = backed_up(torn, 2)
+    model.layers[0].kernel.assign(np.full((2, 1), 3.0, "float32"))
+    for name in ("latest.weights.h5", "training_metadata.json"):
+        (torn / f"{name}.bkp").write_bytes((torn / name).read_bytes())
+    model.save_weights(torn / "latest.weights.h5")
+    backed_up(other, 2)
+    assert agreed(torn, other) == [2, 2]
+    restored = Backup(str(torn), SaveClock(0.0))
+    restored.set_model(model)
+    restored.on_train_begin()  # the copy before: epoch 2's weights, not the newer ones beside its epoch file
+    np.testing.assert_array_equal(model.get_weights()[0], weights[2][0])
+
+    fresh, nothing = tmp_path / "fresh", tmp_path / "nothing"
+    backed_up(fresh, 2)
+    assert agreed(fresh, nothing) == [0, 0] and not fresh.exists()

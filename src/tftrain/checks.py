@@ -6,6 +6,7 @@ tests/test_cli.py runs every check path in a process that must end without Tenso
 from __future__ import annotations
 
 import errno
+import importlib.util
 import json
 import socket
 from pathlib import Path
@@ -39,9 +40,29 @@ def check_dataset(dataset: str, data_dir: str) -> None:
 
 
 def check_training(cfg: TrainConfig) -> None:
-    """The data and, for a user's builder, that its file parses and defines the function."""
+    """The data, for a user's builder that its file parses and defines the function, and with launcher=ray that
+    Ray is installed and the cluster's head answers."""
     check_dataset(cfg.dataset, cfg.data_dir)
     check_model(cfg.model)
+    if cfg.launcher == "ray":
+        if importlib.util.find_spec("ray") is None:
+            raise UserError("invalid value for launcher: received ray, which is not installed; allowed: none, or ray "
+                            "after pip install 'tftrain[ray]'")  # fmt: skip
+        check_ray_address(cfg.ray_address)
+
+
+def check_ray_address(address: str) -> None:
+    """A HOST:PORT cluster head answers (before anything starts); empty and auto are Ray's to find."""
+    if address in ("", "auto"):
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=5):
+            return
+    except OSError as e:
+        raise UserError(f"invalid value for ray_address: received {address}; nothing answers there ({e.strerror or e}); "
+                        "allowed: the HOST:PORT that `ray start --head` printed, auto for the cluster of this "
+                        "machine, or empty for a new one") from None  # fmt: skip
 
 
 def check_model(model: str) -> None:

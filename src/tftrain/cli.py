@@ -102,6 +102,13 @@ def cli(verbose: bool) -> None:
 def train_command(**params) -> None:
     """Train (model.fit or the custom loop, any strategy and precision); log and register the model in MLflow."""
     cfg = _training_args(params)
+    if cfg.launcher == "ray":
+        from tftrain.ray_launcher import train_on_ray
+
+        done = train_on_ray(cfg)
+        registered = f", registered as {done.registered_name} version {done.version}" if done.version else ""
+        print(f"run {done.run_id}: model {done.model_uri}{registered}")
+        return
     from tftrain.train import train
 
     result = train(cfg)
@@ -235,6 +242,10 @@ def sync_command(journal: str) -> None:
 def pipeline_command(**params) -> None:
     """The main job: train, evaluate and export in one MLflow run, then say where to look."""
     cfg = _training_args(params)
+    if cfg.launcher == "ray":
+        raise UserError("invalid value for launcher: received ray for the main job, which evaluates and exports in "
+                        "its own process; allowed: none here, or the train entry point with launcher=ray (then "
+                        "evaluate, export and promote its model)")  # fmt: skip
     from tftrain.pipeline import pipeline
 
     pipeline(cfg)

@@ -12,6 +12,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from tftrain.errors import UserError, invalid
@@ -27,8 +28,10 @@ BUILTIN_IMAGE_SIZE = (28, 28)  # fashion_mnist and mnist
 CHANNELS = ("auto", "1", "3")
 BAD_IMAGES = ("fail", "skip")
 MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
-ENGINES = ("fit", "custom")
+ENGINES = ("auto", "fit", "custom")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
+LAUNCHERS = ("none", "ray")
+_HOST_PORT = re.compile(r"^[A-Za-z0-9.-]+:\d{1,5}$|^\[[0-9A-Fa-f:]+\]:\d{1,5}$")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 QUANTIZATIONS = ("float32", "dynamic_range", "float16", "int8")  # TFLite export modes
 LR_SCHEDULES = ("constant", "piecewise", "cosine", "warmup_cosine")
@@ -161,8 +164,9 @@ class TrainConfig:
     plateau_min_lr: float = _opt(1e-6, "Lower bound for the learning rate.", group="trainer")
     # runtime: where and how the steps run
     engine: str = _opt(
-        "fit",
-        "fit: Keras model.fit; custom: the write-up's GradientTape loop under tf.function.",
+        "auto",
+        "fit: Keras model.fit; custom: the write-up's GradientTape loop under tf.function; auto: custom with "
+        "strategy=multi_worker or launcher=ray (where fit cannot run), else fit.",
         ENGINES,
         group="runtime",
     )
@@ -174,6 +178,23 @@ class TrainConfig:
     )
     cpu_replicas: int = _opt(
         0, "On a CPU-only host, split the CPU into N logical devices for mirrored; 0: no split.", group="runtime"
+    )
+    launcher: str = _opt(
+        "none",
+        "none: this process trains (under a scheduler's TF_CONFIG, as one of its workers); ray: `workers` Ray Train "
+        "workers, each the custom engine under multi_worker, restarted from the last backup when one fails.",
+        LAUNCHERS,
+        group="runtime",
+    )
+    workers: int = _opt(2, "With launcher=ray: how many workers (one process each, 1 CPU or 1 GPU).", group="runtime")
+    ray_address: str = _opt(
+        "",
+        "With launcher=ray: empty: a Ray cluster of this machine alone, started and stopped by the command; auto: the "
+        "cluster `ray start` runs here; HOST:PORT: that cluster's head.",
+        group="runtime",
+    )
+    max_failures: int = _opt(
+        2, "With launcher=ray: times Ray restarts the workers after a worker failure before giving up.", group="runtime"
     )
     precision: str = _opt(
         "auto",
@@ -210,6 +231,9 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
+        if self.engine == "auto":  # resolved here: everything after sees fit or custom
+            several = self.launcher == "ray" or self.strategy == "multi_worker"
+            object.__setattr__(self, "engine", "custom" if several else "fit")
         for f in dataclasses.fields(self):
             choices = f.metadata["choices"]
             if choices and getattr(self, f.name) not in choices:
@@ -221,8 +245,10 @@ class TrainConfig:
         _at_least(self, "early_stopping_patience", 0)
         _at_least(self, "plateau_patience", 0)
         _at_least(self, "histogram_freq", 0)
-        for name in ("cpu_replicas", "decay_steps", "warmup_steps", "log_lr_every_n_steps"):
+        for name in ("cpu_replicas", "decay_steps", "warmup_steps", "log_lr_every_n_steps", "max_failures"):
             _at_least(self, name, 0)
+        _at_least(self, "workers", 1)
+        self._check_launcher()
         if not (0.0 <= self.cosine_alpha <= 1.0):
             raise invalid("cosine_alpha", self.cosine_alpha, "a number from 0 to 1")
         if self.reduce_lr_on_plateau == "true" and self.lr_schedule != "constant":
@@ -256,6 +282,18 @@ class TrainConfig:
         if not self.output_dir:
             raise invalid("output_dir", self.output_dir, "a folder path")
         check_model_name(self.model_name)
+
+    def _check_launcher(self) -> None:
+        if self.launcher != "ray":
+            return
+        if self.strategy not in ("auto", "multi_worker"):
+            raise UserError(f"invalid combination: launcher=ray with strategy={self.strategy}; Ray's workers train "
+                            "together under multi_worker; allowed: strategy=multi_worker or auto")  # fmt: skip
+        if self.engine == "fit":
+            raise UserError("invalid combination: engine=fit with launcher=ray; Keras 3's fit cannot run under "
+                            "MultiWorkerMirroredStrategy (keras-team/keras#20585); allowed: engine=custom")  # fmt: skip
+        if self.ray_address not in ("", "auto") and not _HOST_PORT.match(self.ray_address):
+            raise invalid("ray_address", self.ray_address, "empty, auto, or HOST:PORT of a Ray cluster's head")
 
     @property
     def plateau_enabled(self) -> bool:
@@ -543,3 +581,12 @@ def check_alias(alias: str) -> str:
     if not _ALIAS.match(alias) or re.fullmatch(r"v\d+", alias, re.IGNORECASE) or alias.lower() == "latest":
         raise invalid("alias", alias, "letters, digits, '_' or '-', starting with a letter or '_'; not latest or v<N>")
     return alias
+
+
+def default_run_name(cfg: TrainConfig) -> str:
+    if cfg.run_name != "auto":
+        return cfg.run_name
+    chosen = [f"bs{cfg.batch_size}"] * bool(cfg.batch_size) + [f"lr{cfg.learning_rate:g}"] * bool(cfg.learning_rate)
+    return "-".join(
+        [model_label(cfg.model), dataset_label(cfg.dataset), *chosen, datetime.now().strftime("%m%d-%H%M%S")]
+    )

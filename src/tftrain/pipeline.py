@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from tftrain import resume
-from tftrain.config import TrainConfig
+from tftrain.config import TrainConfig, default_run_name
 from tftrain.evaluate import Evaluation, evaluate
 from tftrain.export import export
 from tftrain.registry import Decision, promote
@@ -16,7 +16,7 @@ from tftrain.runtime import build_runtime, is_chief_process
 from tftrain.task import resolve_task
 from tftrain.tracking import runs
 from tftrain.tracking.logged_models import LoggedModel
-from tftrain.train import TrainResult, default_run_name, train
+from tftrain.train import TrainResult, train
 
 
 def mlflow_command() -> str:

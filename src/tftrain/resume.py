@@ -11,6 +11,7 @@ up.
 from __future__ import annotations
 
 import dataclasses
+import filecmp
 import hashlib
 import json
 import shutil
@@ -47,26 +48,48 @@ def interrupted_run(cfg: TrainConfig) -> str | None:
 
 
 def check_backup(cfg: TrainConfig) -> None:
-    """A backup torn by a crash: the weights file or the epoch file (training_metadata.json) that Keras was
-    writing when the process died. Go back to the copy before it, both files together (Keras itself falls back
-    for torn weights only, and fails on a torn epoch file); if that copy is unreadable too, say which files and
-    what to do, rather than fail inside Keras."""
-    backup = state_dir(cfg) / "backup-chief"
+    """A backup torn by a crash (see _epochs): go back to the copy before it, both files together (Keras itself
+    falls back for torn weights only, and fails on a torn epoch file); if that copy is unreadable too, say which
+    files and what to do, rather than fail inside Keras."""
+    backup = backup_folder(cfg)
     weights, epoch = backup / "latest.weights.h5", backup / "training_metadata.json"
     if not weights.exists() and not epoch.exists():
         return
-    if _readable(weights) and _epoch_readable(epoch):
+    latest, before = _epochs(backup)
+    if latest:
         return
-    before = (Path(f"{weights}.bkp"), Path(f"{epoch}.bkp"))
-    if not (_readable(before[0]) and _epoch_readable(before[1])):
+    if not before:
         torn = weights if not _readable(weights) else epoch
         raise UserError(
             f"cannot resume: the backup {torn} is corrupt, and so is the copy before it; delete "
             f"{state_dir(cfg)} to lose it and start afresh, or run with resume=never"
         )
-    for copy, latest in zip(before, (weights, epoch), strict=True):
-        shutil.copyfile(copy, latest)
+    _go_back(backup)
     print(f"note: the latest backup in {backup} is corrupt; resuming from the one before it")
+
+
+def _epochs(folder: Path) -> tuple[int, int]:
+    """The epochs the latest backup and the copy before it restore, 0 for one that cannot. Keras writes a backup
+    as: copy weights and epoch file to *.bkp, write the weights, write the epoch file; so the latest pair is whole
+    only when both files read and its epoch file is newer than the copy's (a process killed after the copies, or
+    mid-weights, leaves the old epoch file beside weights that may be new or torn), or it is the copy put back."""
+    weights, epoch = folder / "latest.weights.h5", folder / "training_metadata.json"
+    before = _epoch_of(Path(f"{weights}.bkp"), Path(f"{epoch}.bkp"))
+    latest = _epoch_of(weights, epoch)
+    gone_back = latest == before > 0 and filecmp.cmp(weights, f"{weights}.bkp", shallow=False)  # the copy put back
+    return (latest if latest > before or gone_back else 0), before
+
+
+def _epoch_of(weights: Path, epoch: Path) -> int:
+    if not (_readable(weights) and _epoch_readable(epoch)):
+        return 0
+    return json.loads(epoch.read_text())["epoch"]
+
+
+def _go_back(folder: Path) -> None:
+    """The copy before the latest backup becomes the latest."""
+    for name in ("latest.weights.h5", "training_metadata.json"):
+        shutil.copyfile(folder / f"{name}.bkp", folder / name)
 
 
 def _readable(path: Path) -> bool:
@@ -100,10 +123,32 @@ def backup_callbacks(
     """Weights, optimizer state and epoch (Keras' BackupAndRestore, two copies kept, so a backup torn by a kill
     mid-write falls back to the one before), then the counters of the other callbacks, at each save point;
     restored when training begins. Go last in the callback list: the epoch metrics before them are logged by then."""
-    state = state_dir(cfg)
-    # another worker's backup sits beside the chief's state, which the chief removes when it is done
-    folder = state / "backup-chief" if worker == "chief" else Path(f"{state}-{worker}")
+    folder = backup_folder(cfg, worker)
     return [Backup(str(folder), clock), CallbackState(folder, callbacks, clock)]
+
+
+def backup_folder(cfg: TrainConfig, worker: str = "chief") -> Path:
+    """The chief's backup is in the command's state; another worker's beside it (the chief removes its state when
+    it is done)."""
+    state = state_dir(cfg)
+    return state / "backup-chief" if worker == "chief" else Path(f"{state}-{worker}")
+
+
+def agree_on_backups(folder: Path, gathered) -> int:
+    """Multi-worker: the epoch every worker restores, the same for all (a worker that restored another would wait
+    forever for the others in a collective op). Workers killed between their backup writes can hold different
+    latest backups; each also keeps the one before (Keras' two copies), so they take the latest epoch all of them
+    can restore, going back to the copy before where a worker's latest is newer; if there is none, all start
+    afresh. `gathered` takes this worker's number and returns every worker's."""
+    latest, before = _epochs(folder)
+    agreed = int(min(gathered(float(max(latest, before)))))
+    if agreed and min(gathered(float(agreed in (latest, before)))) == 0:
+        agreed = 0  # some worker cannot restore that epoch
+    if not agreed:
+        shutil.rmtree(folder, ignore_errors=True)
+    elif latest != agreed:
+        _go_back(folder)
+    return agreed
 
 
 class Backup(keras.callbacks.BackupAndRestore):

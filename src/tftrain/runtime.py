@@ -118,8 +118,8 @@ def build_runtime(cfg: TrainConfig) -> Runtime:
         )
     if name == "multi_worker" and workers < 1:
         raise UserError(
-            "invalid value for TF_CONFIG: received no cluster; allowed: JSON naming the workers, as "
-            "scripts/launch_workers.py writes it (strategy=multi_worker needs it)"
+            "invalid value for TF_CONFIG: received no cluster; allowed: JSON naming the workers, as a scheduler "
+            "writes it (strategy=multi_worker needs it), or launcher=ray, which starts the workers and writes it"
         )
     _declare_cpu_replicas(cfg.cpu_replicas)
     strategies = {
@@ -172,16 +172,23 @@ def resolve_precision(cfg: TrainConfig) -> str:
     return "float32"
 
 
+def gathered(rt: Runtime, value: float) -> list[float]:
+    """`value` from every worker of a multi-worker job (one per replica, in rank order): an all-gather, which also
+    waits until every worker gets here. One process: [value]."""
+    if rt.worker_count == 1:
+        return [value]
+
+    def local() -> tf.Tensor:
+        return tf.distribute.get_replica_context().all_gather(tf.constant([value], tf.float64), axis=0)
+
+    @tf.function  # in a graph: no eager warning; named functions, which AutoGraph can read (lambdas warn)
+    def gather() -> tf.Tensor:
+        return rt.strategy.run(local)
+
+    return rt.strategy.experimental_local_results(gather())[0].numpy().tolist()
+
+
 def barrier(rt: Runtime) -> None:
-    """Multi-worker only: wait until every worker gets here (a one-number all-reduce), so that no worker exits
-    while the chief is still logging, which the coordination service reports as a crash."""
-    if rt.worker_count > 1:
-
-        def one() -> tf.Tensor:
-            return tf.constant(1.0)
-
-        @tf.function  # in a graph: no eager warning; named functions, which AutoGraph can read (lambdas warn)
-        def ones() -> tf.Tensor:
-            return rt.strategy.run(one)
-
-        rt.strategy.reduce("SUM", ones(), axis=None)
+    """Multi-worker only: wait until every worker gets here, so that no worker exits while the chief is still
+    logging, which the coordination service reports as a crash."""
+    gathered(rt, 1.0)

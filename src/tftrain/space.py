@@ -90,10 +90,11 @@ class SweepConfig:
 def check_sweep(sw: SweepConfig, base: TrainConfig) -> tuple[Dimension, ...]:
     """The space against the base, what the base must be for a sweep, and the data and builders the space names
     as `train` checks its own before TensorFlow loads; the dimensions."""
-    if base.strategy == "multi_worker":
-        raise UserError("invalid value for strategy: received multi_worker; a sweep runs its trials one at a time "
-                        "in each process; allowed: auto, one_device or mirrored (start several sweep processes "
-                        "with the same study to use several machines)")  # fmt: skip
+    if base.strategy == "multi_worker" or base.launcher == "ray":
+        what = "launcher: received ray" if base.launcher == "ray" else "strategy: received multi_worker"
+        raise UserError(f"invalid value for {what}; a sweep runs its trials one at a time in each process; allowed: "
+                        "strategy auto, one_device or mirrored without launcher (start several sweep processes with "
+                        "the same study to use several machines)")  # fmt: skip
     dims = parse_space(sw.space, base)
     from tftrain.checks import check_dataset, check_model
 
@@ -147,8 +148,18 @@ KINDS = ("uniform", "loguniform", "int", "choice")
 FORMS = "uniform(low, high), loguniform(low, high), int(low, high[, step]) or choice(a, b, ...)"
 # Not searchable: where the data is and how it is split (trials must be scored on the same validation images),
 # and the tracking group (where and how runs are recorded, not how well they train).
-# Not searchable either: the strategy and the CPU's logical devices, set up once per process.
-FIXED = ("data_dir", "validation_split", "test_split", "strategy", "cpu_replicas")
+# Not searchable either: the strategy and the CPU's logical devices, set up once per process, and the launcher.
+FIXED = (
+    "data_dir",
+    "validation_split",
+    "test_split",
+    "strategy",
+    "cpu_replicas",
+    "launcher",
+    "workers",
+    "ray_address",
+    "max_failures",
+)
 SEARCHABLE = tuple(
     f.name for group, fields in grouped_fields().items() if group != "tracking" for f in fields if f.name not in FIXED
 )

@@ -12,20 +12,20 @@ import tempfile
 import time
 import zipfile
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tftrain import resume
 from tftrain.callbacks import SaveClock, build_callbacks, checkpoint_dir, flush_pending
-from tftrain.config import TrainConfig, check_output_dir, dataset_label, model_label
+from tftrain.config import TrainConfig, check_output_dir, default_run_name, model_label
 from tftrain.data import make_dataset
 from tftrain.errors import TrainingFailed, UserError
 from tftrain.loop import fit_custom
 from tftrain.models import portable_copy
-from tftrain.runtime import Runtime, barrier, build_runtime, worker_index
+from tftrain.runtime import Runtime, barrier, build_runtime, gathered, worker_index
 from tftrain.schedules import build_learning_rate
 from tftrain.task import Task, resolve_task
 from tftrain.tracking import runs
@@ -48,15 +48,6 @@ class TrainResult:
     @property
     def epochs_run(self) -> int:
         return len(self.history["loss"])
-
-
-def default_run_name(cfg: TrainConfig) -> str:
-    if cfg.run_name != "auto":
-        return cfg.run_name
-    chosen = [f"bs{cfg.batch_size}"] * bool(cfg.batch_size) + [f"lr{cfg.learning_rate:g}"] * bool(cfg.learning_rate)
-    return "-".join(
-        [model_label(cfg.model), dataset_label(cfg.dataset), *chosen, datetime.now().strftime("%m%d-%H%M%S")]
-    )
 
 
 def steps_per_execution(cfg: TrainConfig, rt: Runtime) -> int:
@@ -163,8 +154,9 @@ def _run_engine(cfg, rt, model, train_data, val_data, callbacks, steps_per_epoch
     )
 
 
-def _runtime_params(rt: Runtime, batch: int, rate: float, spe: int) -> dict[str, str]:
+def _runtime_params(cfg: TrainConfig, rt: Runtime, batch: int, rate: float, spe: int) -> dict[str, str]:
     return {
+        "engine_resolved": cfg.engine,  # engine=auto, as `mlflow run` logs it, resolves in TrainConfig
         "batch_size_resolved": str(batch),
         "learning_rate_resolved": f"{rate:g}",
         "steps_per_execution_used": str(spe),
@@ -236,13 +228,18 @@ def train(
         epoch_metrics = None
         if run_id:
             runs.log_environment()
-            runs.log_config(cfg, {**_runtime_params(rt, batch, rate, spe), **task.resolved})
+            runs.log_config(cfg, {**_runtime_params(cfg, rt, batch, rate, spe), **task.resolved})
             runs.set_tags({"dataset_source": task.source, "train_examples": str(len(train_xy[0])),
                            "classes": str(task.num_classes)})  # fmt: skip
             epoch_metrics = EpochMetrics(clock, journal, cfg.log_lr_every_n_steps, runs.logged_steps(run_id))
             callbacks.append(epoch_metrics)
         # last: an epoch's metrics are logged before its backup says it is done
-        callbacks += resume.backup_callbacks(cfg, callbacks, clock, "chief" if rt.is_chief else worker_index())
+        worker = "chief" if rt.is_chief else worker_index()
+        callbacks += resume.backup_callbacks(cfg, callbacks, clock, worker)
+        if rt.worker_count > 1:
+            agreed = resume.agree_on_backups(resume.backup_folder(cfg, worker), lambda value: gathered(rt, value))
+            if agreed and rt.is_chief:
+                print(f"the workers go on after epoch {agreed}, from their backups")
         callbacks += extra_callbacks
         print(
             f"training {model_label(cfg.model)} ({cfg.engine}, {rt.strategy_name} x{rt.replicas}, {rt.precision}) on "
@@ -272,6 +269,10 @@ def train(
                 _log_outputs(out_dir, journal)
             uploaded = time.perf_counter()
         fit_seconds = uploaded - started
+        if rt.worker_count > 1:
+            sums = gathered(rt, float(sum(np.sum(w, dtype=np.float64) for w in model.get_weights())))
+            if run_id:
+                _check_workers_agree(sums)
         tracking_seconds = (epoch_metrics.seconds if epoch_metrics else 0.0) + uploaded - uploading
         logged, model_logging_seconds = None, 0.0
         if run_id:
@@ -295,6 +296,15 @@ def train(
     return TrainResult(
         run_id, logged, history.history, out_dir, model, fit_seconds, tracking_seconds, model_logging_seconds
     )
+
+
+def _check_workers_agree(sums: list[float]) -> None:
+    """Multi-worker: every worker ends with the same weights (one model trained in step); the run says so, with
+    each worker's sum of its weights."""
+    agree = len(set(sums)) == 1
+    runs.set_tags({"tftrain.workers_agree": str(agree).lower(), "tftrain.worker_weight_sums": json.dumps(sums)})
+    if not agree:
+        print(f"warning: the workers ended with different weights (sums {sums}); the logged model is the chief's")
 
 
 @contextlib.contextmanager

@@ -1,0 +1,210 @@
+"""launcher=ray: the training command as a Ray Train job.
+
+The command's process (the driver, without TensorFlow) starts a Ray cluster of this machine or joins one, takes
+the command's MLflow run (`mlflow run`'s) or makes it, and has Ray Train's TensorflowTrainer start `workers`
+workers, each given the TF_CONFIG of MultiWorkerMirroredStrategy. Each worker runs tftrain's own training (the
+custom engine: Keras 3's fit cannot run under that strategy) in the driver's folder, with its environment; rank 0
+logs into the command's run, the others log nothing and print nothing. When a worker dies, Ray stops the others
+and starts the group again, up to `max_failures` times: each worker goes on from its backup (resume.py), after the
+workers agree on the epoch (train.agree_on_backups), and rank 0 goes on in the same run, each epoch logged once.
+Files the command names (data, builders, output_dir) must be at the same paths on every node, as for any
+TF_CONFIG job: the same machine, or a shared filesystem.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import logging
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from tftrain.config import TrainConfig, default_run_name
+from tftrain.errors import TrainingFailed, UserError
+from tftrain.tracking import runs
+
+# the environment a worker takes from the driver: where to log, how to behave, what the user set for TensorFlow
+FORWARDED = ("MLFLOW_", "TFTRAIN_", "TF_", "KERAS_", "CUDA_", "OMP_", "PYTHONPATH")
+
+
+@dataclass(frozen=True)
+class RayResult:
+    run_id: str
+    model_uri: str | None
+    registered_name: str | None
+    version: str | None
+
+
+def train_on_ray(cfg: TrainConfig, run_id: str | None = None) -> RayResult:
+    """Train as `cfg` says on `cfg.workers` Ray Train workers; `run_id` the run to log into (None: MLFLOW_RUN_ID's,
+    else a new one)."""
+    import ray
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.tensorflow import TensorflowTrainer
+
+    _start(cfg)
+    try:
+        cpus = ray.cluster_resources().get("CPU", 0)
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        if cpus < cfg.workers:
+            print(f"note: the Ray cluster has {cpus:g} CPUs for {cfg.workers} workers of 1 CPU each; Ray Train waits "
+                  "for more (an autoscaling cluster adds nodes)")  # fmt: skip
+        mine = run_id or os.environ.get("MLFLOW_RUN_ID")
+        run_id = mine or runs.new_run(default_run_name(cfg))
+        output = Path(cfg.output_dir).resolve()
+        trainer = TensorflowTrainer(
+            _worker,
+            train_loop_config={"cfg": dataclasses.asdict(cfg), "run_id": run_id, "cwd": os.getcwd()},
+            scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=gpus >= cfg.workers,
+                                         resources_per_worker=None if gpus >= cfg.workers else {"CPU": 1}),
+            run_config=RunConfig(name=f"tftrain-{run_id}", storage_path=str(output / "ray"),
+                                 failure_config=FailureConfig(max_failures=cfg.max_failures)),
+        )  # fmt: skip
+        print(f"training on Ray: {cfg.workers} workers ({'1 GPU' if gpus >= cfg.workers else '1 CPU'} each), "
+              f"logging to run {run_id}; up to {cfg.max_failures} restarts")  # fmt: skip
+        try:
+            with _quiet_worker_lines():
+                trainer.fit()
+        except BaseException as e:
+            if not mine:
+                _end_failed(run_id, e)
+            raise _failure(e, cfg) from None
+    finally:
+        ray.shutdown()
+    return _logged(run_id)
+
+
+def _start(cfg: TrainConfig) -> None:
+    import ray
+
+    # the workers' environment from their start (Ray's TensorFlow backend imports TensorFlow before _worker runs)
+    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED)}
+    env["RAY_TRAIN_ENABLE_PRINT_PATCH"] = "0"  # Ray Train's print patch logs each line again, on every rank
+    # ERROR: not the warning that a cluster of this machine uses token authentication (the right thing)
+    quiet = {"logging_level": logging.ERROR, "runtime_env": {"env_vars": env}}
+    if cfg.ray_address:
+        ray.init(address=cfg.ray_address, **quiet)
+    else:  # a cluster of this machine alone; a worker per CPU at least
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, cfg.workers), **quiet)
+
+
+# Lines Ray's processes print on every run that say nothing to a tftrain user, as Ray forwards them (after the
+# "(RayTrainWorker pid=...)" prefix): besides TensorFlow's known ones (quiet.py), Ray Train's placement group
+# cleaner without the dashboard's state API (`pip install ray[default]` has it), its preemption watcher's
+# restart note, and TensorFlow's note on the generator datasets of distribute_datasets_from_function.
+_RAY_NOISE = re.compile(
+    r"Failed to query Ray Train Controller actor state\. .*"
+    r"|\[[\d-]+ [\d:,]+ E \d+ \d+\] core_worker\.cc:\d+: Actor with class name: 'PreemptionWatcher' .*"
+    r"|W\d{4} [\d:.]+\s+\d+ dataset\.cc:\d+\] Input of GeneratorDatasetOp::Dataset will not be optimized .*"
+)
+_FORWARDED_LINE = re.compile(r"\((?P<who>[^)]*)\) (?P<line>.*?)(?: \[repeated \d+x across cluster\].*)?")
+_ANSI = re.compile(r"\x1b\[[\d;]*m")
+
+
+@contextlib.contextmanager
+def _quiet_worker_lines():
+    """Ray prints its processes' lines through this process's sys.stdout and sys.stderr: without the known
+    noise (all of it with --verbose)."""
+    if os.environ.get("TFTRAIN_VERBOSE") == "1":
+        yield
+        return
+    from tftrain.quiet import has_nvidia_gpu
+
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = (_WorkerLines(s, has_nvidia_gpu()) for s in streams)
+    try:
+        yield
+    finally:
+        for s in (sys.stdout, sys.stderr):
+            s.flush()
+        sys.stdout, sys.stderr = streams
+
+
+class _WorkerLines(io.TextIOBase):
+    def __init__(self, stream, gpu: bool):
+        self.stream, self.gpu, self.pending = stream, gpu, ""
+
+    def write(self, text: str) -> int:
+        *lines, self.pending = (self.pending + text).split("\n")
+        self.stream.write("".join(f"{line}\n" for line in lines if not self._noise(line)))
+        return len(text)
+
+    def flush(self) -> None:
+        if self.pending and not self._noise(self.pending):
+            self.stream.write(self.pending)
+        self.pending = ""
+        self.stream.flush()
+
+    def _noise(self, line: str) -> bool:
+        from tftrain.quiet import is_noise
+
+        forwarded = _FORWARDED_LINE.fullmatch(_ANSI.sub("", line))
+        if not forwarded:
+            return False
+        body = forwarded["line"]
+        return bool(_RAY_NOISE.fullmatch(body)) or is_noise(body.encode(), self.gpu)
+
+
+def _worker(config: dict) -> None:
+    """One Ray Train worker: the driver's folder and environment, then tftrain's training; rank 0 in the command's
+    run, the others silent (their lines would repeat rank 0's)."""
+    import ray.train
+
+    with contextlib.suppress(OSError):
+        os.chdir(config["cwd"])
+    rank = ray.train.get_context().get_world_rank()
+    if rank == 0:
+        os.environ["MLFLOW_RUN_ID"] = config["run_id"]
+    else:
+        os.environ.pop("MLFLOW_RUN_ID", None)
+    from tftrain import quiet
+
+    quiet.setup(verbose=False)
+    for name in ("tensorflow", "mlflow"):  # Ray's logging setup shows their INFO lines
+        logging.getLogger(name).setLevel(logging.WARNING)
+    from tftrain.train import train
+
+    with contextlib.redirect_stdout(io.StringIO()) if rank else contextlib.nullcontext():
+        train(TrainConfig(**config["cfg"]))
+
+
+def _failure(error: BaseException, cfg: TrainConfig) -> BaseException:
+    """The workers' error as tftrain's: a user's mistake (UserError) or a one-line TrainingFailed."""
+    if isinstance(error, KeyboardInterrupt):
+        return error
+    failures = getattr(error, "worker_failures", None) or {}
+    first = next(iter(sorted(failures.items())), (None, error))[1]
+    cause = getattr(first, "cause", None) or first
+    if isinstance(cause, (UserError, TrainingFailed)):
+        return cause
+    reason = str(cause).strip().splitlines()[-1][:500] if str(cause).strip() else type(cause).__name__
+    return TrainingFailed(f"training on Ray failed after {cfg.max_failures} restart(s): {reason}; backups are kept: "
+                          "run the same command to continue from the last completed epoch")  # fmt: skip
+
+
+def _end_failed(run_id: str, error: BaseException) -> None:
+    import mlflow
+
+    with contextlib.suppress(Exception):
+        if mlflow.MlflowClient().get_run(run_id).info.status == "RUNNING":
+            status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+            runs.end_other_run(run_id, status, f"{type(error).__name__}: {error}")
+
+
+def _logged(run_id: str) -> RayResult:
+    """The model rank 0 logged into the run, and its registered version."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    versions = client.search_model_versions(f"run_id = '{run_id}'")
+    experiment = client.get_run(run_id).info.experiment_id
+    models = mlflow.search_logged_models(
+        [experiment], filter_string=f"source_run_id = '{run_id}'", output_format="list"
+    )
+    uri = models[0].model_uri if models else None
+    version = max(versions, key=lambda v: int(v.version), default=None)
+    return RayResult(run_id, uri, version.name if version else None, version.version if version else None)

@@ -1,0 +1,119 @@
+"""launcher=ray on a real two-node Ray cluster on this machine (`ray start --head` and `ray start --address`, one
+CPU each, so the two workers run on different nodes): one MLflow run, every epoch once, the same weights on both
+ranks; then a worker killed mid-epoch, restarted by Ray, and the training going on from the backups in the same
+run. (The local cluster a command starts itself: tests/test_mlflow_run.py.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from conftest import mlflow_store
+from servers import free_port
+
+RAY = str(Path(sys.executable).parent / "ray")
+# Ray 2.60 turns token authentication on for the clusters `ray start` makes; every node and driver must agree
+ANSI = re.compile(r"\x1b\[[\d;]*m")  # Ray colours the prefix of the lines it forwards
+ENV = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_DISABLE_USAGE_STATS": "1"}
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    """Two Ray nodes of one CPU each, the second with a folder of its own (on one machine, two nodes sharing one
+    would each forward every worker's lines)."""
+    folder = tmp_path_factory.mktemp("ray")
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    common = ["--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--block"]
+    with open(folder / "head.log", "w") as head_log, open(folder / "node.log", "w") as node_log:
+        nodes = [subprocess.Popen([RAY, "start", "--head", "--port", str(port), "--include-dashboard", "false",
+                                   *common], env=ENV, stdout=head_log, stderr=subprocess.STDOUT)]  # fmt: skip
+        try:
+            _wait_for_nodes(address, 1, nodes)
+            nodes.append(subprocess.Popen([RAY, "start", "--address", address, "--temp-dir", str(folder / "node2"),
+                                           *common], env=ENV, stdout=node_log, stderr=subprocess.STDOUT))  # fmt: skip
+            _wait_for_nodes(address, 2, nodes)
+            yield address
+        finally:
+            for node in reversed(nodes):
+                node.send_signal(signal.SIGTERM)  # --block: the node stops its processes
+                node.wait(timeout=60)
+
+
+def _wait_for_nodes(address: str, count: int, nodes: list) -> None:
+    probe = f"import ray; ray.init(address={address!r}, logging_level='ERROR'); print(len(ray.nodes()))"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert all(n.poll() is None for n in nodes), "a ray start process ended"
+        done = subprocess.run([sys.executable, "-c", probe], env=ENV, capture_output=True, text=True, timeout=120)
+        if done.returncode == 0 and done.stdout.strip() == str(count):
+            return
+        time.sleep(1)
+    raise AssertionError(f"the Ray cluster at {address} did not get {count} nodes: {done.stderr[-2000:]}")
+
+
+def _train(tiny_data, out: Path, address: str, epochs: int, name: str) -> list[str]:
+    return [sys.executable, "-m", "tftrain", "train", "--launcher", "ray", "--workers", "2", "--ray-address", address,
+            "--data-dir", str(tiny_data), "--epochs", str(epochs), "--batch-size", "4", "--steps-per-execution", "1",
+            "--early-stopping", "false", "--tensorboard", "false", "--output-dir", str(out), "--model-name", name,
+            "--max-failures", "1"]  # fmt: skip
+
+
+def _one_run():
+    (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")]
+    return run, steps
+
+
+def test_two_workers_on_two_nodes_train_one_model_in_one_run(tmp_path, tiny_data, ray_cluster):
+    with mlflow_store(tmp_path) as uri:
+        done = subprocess.run(_train(tiny_data, tmp_path / "out", ray_cluster, 3, "two-nodes"), cwd=tmp_path,
+                              env={**ENV, "MLFLOW_TRACKING_URI": uri}, capture_output=True, text=True, timeout=900)  # fmt: skip
+        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+        assert "Traceback" not in done.stderr, done.stderr[-4000:]
+        run, steps = _one_run()
+        assert run.info.status == "FINISHED" and steps == [1, 2, 3]
+        assert run.data.params["workers"] == "2" and run.data.params["strategy_resolved"] == "multi_worker"
+        sums = json.loads(run.data.tags["tftrain.worker_weight_sums"])
+        assert len(sums) == 2 and sums[0] == sums[1] and run.data.tags["tftrain.workers_agree"] == "true"
+        (version,) = mlflow.MlflowClient().search_model_versions("name = 'two-nodes'")
+        assert version.run_id == run.info.run_id and f"run {run.info.run_id}: model models:/" in done.stdout
+        # rank 0 alone speaks: one line per epoch
+        assert len(re.findall(r"epoch 1/3 ", done.stdout)) == 1, done.stdout[-4000:]
+
+
+def test_a_worker_killed_mid_epoch_is_restarted_and_training_goes_on_in_the_same_run(tmp_path, tiny_data, ray_cluster):
+    epochs = 6
+    with mlflow_store(tmp_path) as uri:
+        process = subprocess.Popen(_train(tiny_data, tmp_path / "out", ray_cluster, epochs, "killed"), cwd=tmp_path,
+                                   env={**ENV, "MLFLOW_TRACKING_URI": uri}, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        lines, rank1 = [], None
+        for line in process.stdout:
+            line = ANSI.sub("", line)
+            lines.append(line)
+            if found := re.search(r"pid=(\d+)\) world_rank=1,", line):
+                rank1 = int(found[1])
+            if re.search(r"\) epoch 2/6 ", line):
+                time.sleep(1.0)  # into epoch 3, between the end-of-epoch backups
+                os.kill(rank1, signal.SIGKILL)
+                break
+        rest, _ = process.communicate(timeout=900)
+        output = "".join(lines) + ANSI.sub("", rest)
+        assert process.returncode == 0, output[-6000:]
+        run, steps = _one_run()
+        assert run.info.status == "FINISHED" and steps == list(range(1, epochs + 1)), output[-6000:]
+        assert len(re.findall(r"\) epoch 1/6 ", output)) == 1  # the restarted workers went on from a backup
+        assert len(re.findall(r"pid=\d+\) world_rank=1,", output)) == 2  # Ray started the worker group again
+        assert "the workers go on after epoch 2, from their backups" in output
+        assert run.data.tags["tftrain.workers_agree"] == "true"
+        assert len(mlflow.MlflowClient().search_model_versions("name = 'killed'")) == 1

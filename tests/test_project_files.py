@@ -1,5 +1,6 @@
 """The MLproject, the CLI and the dependency pins must say the same thing."""
 
+import argparse
 import dataclasses
 import json
 import os
@@ -164,7 +165,9 @@ def test_dockerfile_installs_the_project_pins_with_cuda():
     base = next(args for kind, args in instructions if kind == "FROM")
     assert re.fullmatch(r"nvidia/cuda:12\.\d+\.\d+-\w+-ubuntu\d\d\.\d\d", base)  # TF 2.21's GPU build: CUDA 12
     runs = [args for kind, args in instructions if kind == "RUN"]
-    assert any('pip install --no-cache-dir ".[gpu,ray]"' in run for run in runs)
+    (install,) = [run for run in runs if 'pip install --no-cache-dir ".[gpu,ray]"' in run]
+    (ray,) = project["optional-dependencies"]["ray"]
+    assert f'"{ray.replace("[train]", "[default]")}"' in install  # the dashboard for KubeRay, at the same version
     users = [args for kind, args in instructions if kind == "USER"]
     assert users and users[-1] != "root" and not users[-1].startswith("0")
 
@@ -211,3 +214,24 @@ def test_team_server_script_refuses_unsafe_or_missing_settings(settings, message
                           env={**keep, "HOST": "127.0.0.1", **settings}, timeout=300)  # fmt: skip
     assert done.returncode == 2, done.stderr
     assert done.stderr.splitlines()[-1].startswith("team_server.sh: ") and message in done.stderr
+
+
+def test_the_kuberay_rayjob_runs_train_on_ray_with_as_many_workers_as_gpu_pods():
+    job = yaml.safe_load((REPO / "deploy" / "kuberay-rayjob.yaml").read_text())
+    assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
+    words = shlex.split(job["spec"]["entrypoint"])
+    assert words[:2] == ["tftrain", "train"]
+    # every option one that train takes (its folders exist on the cluster's volume only: not built here)
+    cfg = argparse.Namespace(**cli.commands["train"].make_context("train", words[2:]).params)
+    assert (cfg.launcher, cfg.ray_address, cfg.engine) == ("ray", "auto", "auto")
+    cluster = job["spec"]["rayClusterSpec"]
+    groups = cluster["workerGroupSpecs"]
+    assert cfg.workers == sum(g["replicas"] for g in groups)
+    for g in groups:  # one GPU per worker: Ray Train's use_gpu then gives each worker one
+        (container,) = g["template"]["spec"]["containers"]
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    pins = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["ray"]
+    assert f'ray[train]=={cluster["rayVersion"]}' in pins
+    head = cluster["headGroupSpec"]["template"]["spec"]
+    mounts = {m["mountPath"] for c in head["containers"] for m in c["volumeMounts"]}
+    assert cfg.output_dir.startswith(tuple(mounts)) and cfg.dataset.startswith(tuple(mounts))

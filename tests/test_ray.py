@@ -117,3 +117,25 @@ def test_a_worker_killed_mid_epoch_is_restarted_and_training_goes_on_in_the_same
         assert "the workers go on after epoch 2, from their backups" in output
         assert run.data.tags["tftrain.workers_agree"] == "true"
         assert len(mlflow.MlflowClient().search_model_versions("name = 'killed'")) == 1
+
+
+def test_the_forwarded_lines_keep_the_workers_words_without_rays_and_tensorflows_noise():
+    import io
+
+    from tftrain.ray_launcher import _WorkerLines
+
+    shown = io.StringIO()
+    lines = _WorkerLines(shown, gpu=False)
+    cyan = "\x1b[36m(RayTrainWorker pid=7)\x1b[0m "
+    lines.write(f"{cyan}epoch 1/2  accuracy 0.45\n(PlacementGroupCleaner pid=5) Failed to query Ray Train Controller "
+                "actor state. State API may be temporarily unavailable. Continuing to monitor.\n")  # fmt: skip
+    lines.write(f"{cyan}E0000 00:00:1796282128.356207    8071 cuda_platform.cc:52] failed call to cuInit: INTERNAL\n")
+    lines.write("(TrainController pid=3) Failed to stop PlacementGroupCleaner gracefully.\n(TrainController pid=3) "
+                "Traceback (most recent call last):\n(TrainController pid=3)   File \"x.py\", line 1, in get\n"
+                "(TrainController pid=3) ray.exceptions.GetTimeoutError: Get timed out\n")  # fmt: skip
+    lines.write(f"{cyan}Traceback (most recent call last):\nrun abc: model models:/m-1")
+    lines.flush()
+    assert (
+        shown.getvalue()
+        == f"{cyan}epoch 1/2  accuracy 0.45\n{cyan}Traceback (most recent call last):\nrun abc: model models:/m-1"
+    )

@@ -46,35 +46,35 @@ def train_on_ray(cfg: TrainConfig, run_id: str | None = None) -> RayResult:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
-    _start(cfg)
-    try:
-        cpus = ray.cluster_resources().get("CPU", 0)
-        gpus = int(ray.cluster_resources().get("GPU", 0))
-        if cpus < cfg.workers:
-            print(f"note: the Ray cluster has {cpus:g} CPUs for {cfg.workers} workers of 1 CPU each; Ray Train waits "
-                  "for more (an autoscaling cluster adds nodes)")  # fmt: skip
-        mine = run_id or os.environ.get("MLFLOW_RUN_ID")
-        run_id = mine or runs.new_run(default_run_name(cfg))
-        output = Path(cfg.output_dir).resolve()
-        trainer = TensorflowTrainer(
-            _worker,
-            train_loop_config={"cfg": dataclasses.asdict(cfg), "run_id": run_id, "cwd": os.getcwd()},
-            scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=gpus >= cfg.workers,
-                                         resources_per_worker=None if gpus >= cfg.workers else {"CPU": 1}),
-            run_config=RunConfig(name=f"tftrain-{run_id}", storage_path=str(output / "ray"),
-                                 failure_config=FailureConfig(max_failures=cfg.max_failures)),
-        )  # fmt: skip
-        print(f"training on Ray: {cfg.workers} workers ({'1 GPU' if gpus >= cfg.workers else '1 CPU'} each), "
-              f"logging to run {run_id}; up to {cfg.max_failures} restarts")  # fmt: skip
+    with _quiet_worker_lines():  # also while Ray shuts down: the workers' last lines come then
+        _start(cfg)
         try:
-            with _quiet_worker_lines():
+            cpus = ray.cluster_resources().get("CPU", 0)
+            gpus = int(ray.cluster_resources().get("GPU", 0))
+            if cpus < cfg.workers:
+                print(f"note: the Ray cluster has {cpus:g} CPUs for {cfg.workers} workers of 1 CPU each; Ray Train "
+                      "waits for more (an autoscaling cluster adds nodes)")  # fmt: skip
+            mine = run_id or os.environ.get("MLFLOW_RUN_ID")
+            run_id = mine or runs.new_run(default_run_name(cfg))
+            each = "1 GPU" if gpus >= cfg.workers else "1 CPU"
+            trainer = TensorflowTrainer(
+                _worker,
+                train_loop_config={"cfg": dataclasses.asdict(cfg), "run_id": run_id, "cwd": os.getcwd()},
+                scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=each == "1 GPU",
+                                             resources_per_worker=None if each == "1 GPU" else {"CPU": 1}),
+                run_config=RunConfig(name=f"tftrain-{run_id}", storage_path=str(Path(cfg.output_dir).resolve() / "ray"),
+                                     failure_config=FailureConfig(max_failures=cfg.max_failures)),
+            )  # fmt: skip
+            print(f"training on Ray: {cfg.workers} workers ({each} each), logging to run {run_id}; up to "
+                  f"{cfg.max_failures} restarts")  # fmt: skip
+            try:
                 trainer.fit()
-        except BaseException as e:
-            if not mine:
-                _end_failed(run_id, e)
-            raise _failure(e, cfg) from None
-    finally:
-        ray.shutdown()
+            except BaseException as e:
+                if not mine:
+                    _end_failed(run_id, e)
+                raise _failure(e, cfg) from None
+        finally:
+            ray.shutdown()
     return _logged(run_id)
 
 
@@ -88,16 +88,18 @@ def _start(cfg: TrainConfig) -> None:
     quiet = {"logging_level": logging.ERROR, "runtime_env": {"env_vars": env}}
     if cfg.ray_address:
         ray.init(address=cfg.ray_address, **quiet)
-    else:  # a cluster of this machine alone; a worker per CPU at least
+    else:  # a cluster of this machine alone, a worker per CPU at least (its minimal dashboard: the state API that
+        # Ray Train's placement group cleaner asks; without it, the cleaner timed out and printed a traceback)
         ray.init(address="local", num_cpus=max(os.cpu_count() or 1, cfg.workers), **quiet)
 
 
 # Lines Ray's processes print on every run that say nothing to a tftrain user, as Ray forwards them (after the
 # "(RayTrainWorker pid=...)" prefix): besides TensorFlow's known ones (quiet.py), Ray Train's placement group
-# cleaner without the dashboard's state API (`pip install ray[default]` has it), its preemption watcher's
-# restart note, and TensorFlow's note on the generator datasets of distribute_datasets_from_function.
+# cleaner on a cluster without a dashboard (`ray start --include-dashboard false`), its preemption watcher's
+# restart note, and TensorFlow's note on the generator datasets of distribute_datasets_from_function. And, with
+# its traceback, the cleaner's stop timing out at the end on a busy machine (the job is done by then).
 _RAY_NOISE = re.compile(
-    r"Failed to query Ray Train Controller actor state\. .*"
+    r"Failed to query Ray Train Controller actor state\. .*|Monitor thread did not exit within [\d.]+ seconds"
     r"|\[[\d-]+ [\d:,]+ E \d+ \d+\] core_worker\.cc:\d+: Actor with class name: 'PreemptionWatcher' .*"
     r"|W\d{4} [\d:.]+\s+\d+ dataset\.cc:\d+\] Input of GeneratorDatasetOp::Dataset will not be optimized .*"
 )
@@ -124,9 +126,14 @@ def _quiet_worker_lines():
         sys.stdout, sys.stderr = streams
 
 
+_NOISY_TRACEBACK = "Failed to stop PlacementGroupCleaner gracefully."
+_TRACEBACK_END = re.compile(r"ray\.exceptions\.\w+: .*")
+
+
 class _WorkerLines(io.TextIOBase):
     def __init__(self, stream, gpu: bool):
         self.stream, self.gpu, self.pending = stream, gpu, ""
+        self.skipping = None  # the process whose traceback is being dropped
 
     def write(self, text: str) -> int:
         *lines, self.pending = (self.pending + text).split("\n")
@@ -145,7 +152,14 @@ class _WorkerLines(io.TextIOBase):
         forwarded = _FORWARDED_LINE.fullmatch(_ANSI.sub("", line))
         if not forwarded:
             return False
-        body = forwarded["line"]
+        who, body = forwarded["who"], forwarded["line"]
+        if body == _NOISY_TRACEBACK:
+            self.skipping = who
+            return True
+        if self.skipping == who:
+            if _TRACEBACK_END.fullmatch(body):
+                self.skipping = None
+            return True
         return bool(_RAY_NOISE.fullmatch(body)) or is_noise(body.encode(), self.gpu)
 
 

@@ -6,7 +6,7 @@ workers, each given the TF_CONFIG of MultiWorkerMirroredStrategy. Each worker ru
 custom engine: Keras 3's fit cannot run under that strategy) in the driver's folder, with its environment; rank 0
 logs into the command's run, the others log nothing and print nothing. When a worker dies, Ray stops the others
 and starts the group again, up to `max_failures` times: each worker goes on from its backup (resume.py), after the
-workers agree on the epoch (train.agree_on_backups), and rank 0 goes on in the same run, each epoch logged once.
+workers agree on the epoch (resume.agree_on_backups), and rank 0 goes on in the same run, each epoch logged once.
 Files the command names (data, builders, output_dir) must be at the same paths on every node, as for any
 TF_CONFIG job: the same machine, or a shared filesystem.
 """
@@ -39,9 +39,9 @@ class RayResult:
     version: str | None
 
 
-def train_on_ray(cfg: TrainConfig, run_id: str | None = None) -> RayResult:
-    """Train as `cfg` says on `cfg.workers` Ray Train workers; `run_id` the run to log into (None: MLFLOW_RUN_ID's,
-    else a new one)."""
+def train_on_ray(cfg: TrainConfig) -> RayResult:
+    """Train as `cfg` says on `cfg.workers` Ray Train workers, logging into MLFLOW_RUN_ID's run (`mlflow run`'s)
+    or a new one."""
     import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
@@ -54,7 +54,7 @@ def train_on_ray(cfg: TrainConfig, run_id: str | None = None) -> RayResult:
             if cpus < cfg.workers:
                 print(f"note: the Ray cluster has {cpus:g} CPUs for {cfg.workers} workers of 1 CPU each; Ray Train "
                       "waits for more (an autoscaling cluster adds nodes)")  # fmt: skip
-            mine = run_id or os.environ.get("MLFLOW_RUN_ID")
+            mine = os.environ.get("MLFLOW_RUN_ID")
             run_id = mine or runs.new_run(default_run_name(cfg))
             each = "1 GPU" if gpus >= cfg.workers else "1 CPU"
             trainer = TensorflowTrainer(

@@ -117,7 +117,7 @@ def test_two_workers_under_a_schedulers_tf_config(tmp_path, tiny_data):
         history = mlflow.MlflowClient().get_metric_history(run_id, "loss")
         assert [m.step for m in history] == [1, 2, 3]
         run = mlflow.get_run(run_id)
-        assert run.data.params["workers"] == "2" and run.data.params["replicas"] == "2"
+        assert run.data.params["workers_resolved"] == "2" and run.data.params["replicas"] == "2"
         assert run.data.params["engine_resolved"] == "custom"  # engine=auto under strategy=multi_worker
         assert run.data.tags["tftrain.workers_agree"] == "true"
         logged = mlflow.keras.load_model("models:/mw/1").get_weights()

@@ -82,7 +82,7 @@ def test_two_workers_on_two_nodes_train_one_model_in_one_run(tmp_path, tiny_data
         assert "Traceback" not in done.stderr, done.stderr[-4000:]
         run, steps = _one_run()
         assert run.info.status == "FINISHED" and steps == [1, 2, 3]
-        assert run.data.params["workers"] == "2" and run.data.params["strategy_resolved"] == "multi_worker"
+        assert run.data.params["workers_resolved"] == "2" and run.data.params["strategy_resolved"] == "multi_worker"
         sums = json.loads(run.data.tags["tftrain.worker_weight_sums"])
         assert len(sums) == 2 and sums[0] == sums[1] and run.data.tags["tftrain.workers_agree"] == "true"
         (version,) = mlflow.MlflowClient().search_model_versions("name = 'two-nodes'")
@@ -116,6 +116,7 @@ def test_a_worker_killed_mid_epoch_is_restarted_and_training_goes_on_in_the_same
         assert len(re.findall(r"pid=\d+\) world_rank=1,", output)) == 2  # Ray started the worker group again
         assert "the workers go on after epoch 2, from their backups" in output
         assert run.data.tags["tftrain.workers_agree"] == "true"
+        assert "tftrain.failure" not in run.data.tags  # a failure it went on from is not how it ended
         assert len(mlflow.MlflowClient().search_model_versions("name = 'killed'")) == 1
 
 
@@ -139,3 +140,26 @@ def test_the_forwarded_lines_keep_the_workers_words_without_rays_and_tensorflows
         shown.getvalue()
         == f"{cyan}epoch 1/2  accuracy 0.45\n{cyan}Traceback (most recent call last):\nrun abc: model models:/m-1"
     )
+
+
+def test_ctrl_c_ends_the_run_killed_and_the_same_command_goes_on_in_it(tmp_path, tiny_data, ray_cluster):
+    epochs = 5
+    args = _train(tiny_data, tmp_path / "out", ray_cluster, epochs, "interrupted")
+    with mlflow_store(tmp_path) as uri:
+        env = {**ENV, "MLFLOW_TRACKING_URI": uri}
+        process = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True)  # fmt: skip
+        for line in process.stdout:
+            if re.search(r"epoch 2/5 ", ANSI.sub("", line)):
+                process.send_signal(signal.SIGINT)
+                break
+        output, _ = process.communicate(timeout=600)
+        assert process.returncode == 130 and "Traceback" not in output, output[-4000:]
+        (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+        assert run.info.status == "KILLED"
+        done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+        assert f"continuing run {run.info.run_id} from where it stopped" in done.stdout
+        again, steps = _one_run()
+        assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
+        assert steps == list(range(1, epochs + 1))

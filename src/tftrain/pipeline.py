@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from tftrain import resume
+from tftrain import run_state
 from tftrain.config import TrainConfig, default_run_name
 from tftrain.evaluate import Evaluation, evaluate
 from tftrain.export import export
@@ -70,7 +70,7 @@ def pipeline(cfg: TrainConfig) -> tuple[TrainResult, Evaluation | None]:
         return train(cfg), None  # a non-chief worker trains its part; the chief evaluates, exports and logs
     rt = build_runtime(cfg)  # before any TensorFlow op (a tfds or user-function task runs some)
     task = resolve_task(cfg)
-    with runs.step_run(default_run_name(cfg), resume_run_id=resume.interrupted_run(cfg)) as run:
+    with runs.step_run(default_run_name(cfg), resume_run_id=run_state.interrupted_run(cfg)) as run:
         result = train(cfg, task, rt, run=run)
         ev = evaluate(result.model.uri, data=task)
         exported = export(result.model.uri, output_dir=cfg.output_dir, data=task)

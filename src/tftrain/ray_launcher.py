@@ -19,10 +19,12 @@ import io
 import logging
 import os
 import re
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from tftrain import run_state
 from tftrain.config import TrainConfig, default_run_name
 from tftrain.errors import TrainingFailed, UserError
 from tftrain.tracking import runs
@@ -55,7 +57,12 @@ def train_on_ray(cfg: TrainConfig) -> RayResult:
                 print(f"note: the Ray cluster has {cpus:g} CPUs for {cfg.workers} workers of 1 CPU each; Ray Train "
                       "waits for more (an autoscaling cluster adds nodes)")  # fmt: skip
             mine = os.environ.get("MLFLOW_RUN_ID")
-            run_id = mine or runs.new_run(default_run_name(cfg))
+            previous = run_state.interrupted_run(cfg)  # the same command stopped before: its run goes on
+            if not mine and previous and runs.continuable(previous):
+                run_id = previous
+                print(f"continuing run {run_id} from where it stopped")
+            else:
+                run_id = mine or runs.new_run(default_run_name(cfg))
             each = "1 GPU" if gpus >= cfg.workers else "1 CPU"
             trainer = TensorflowTrainer(
                 _worker,
@@ -67,12 +74,24 @@ def train_on_ray(cfg: TrainConfig) -> RayResult:
             )  # fmt: skip
             print(f"training on Ray: {cfg.workers} workers ({each} each), logging to run {run_id}; up to "
                   f"{cfg.max_failures} restarts")  # fmt: skip
+            interrupted, previous = [], signal.getsignal(signal.SIGINT)
+
+            def on_ctrl_c(signum, frame):
+                interrupted.append(True)
+                if callable(previous):
+                    previous(signum, frame)
+
+            signal.signal(signal.SIGINT, on_ctrl_c)
             try:
                 trainer.fit()
             except BaseException as e:
+                # Ctrl-C: Ray Train takes the signal itself and ends the job with its processes' SystemExit
+                stop = KeyboardInterrupt() if interrupted or _interrupt(e) else e
                 if not mine:
-                    _end_failed(run_id, e)
-                raise _failure(e, cfg) from None
+                    _end_failed(run_id, stop)
+                raise _failure(stop, cfg) from None
+            finally:
+                signal.signal(signal.SIGINT, previous)
         finally:
             ray.shutdown()
     return _logged(run_id)
@@ -83,11 +102,20 @@ def _start(cfg: TrainConfig) -> None:
 
     # the workers' environment from their start (Ray's TensorFlow backend imports TensorFlow before _worker runs)
     env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED)}
+    if "PYTHONPATH" in env:  # absolute: a worker starts in its node's folder (MLproject's is PYTHONPATH=src)
+        env["PYTHONPATH"] = os.pathsep.join(str(Path(p).resolve()) for p in env["PYTHONPATH"].split(os.pathsep) if p)
     env["RAY_TRAIN_ENABLE_PRINT_PATCH"] = "0"  # Ray Train's print patch logs each line again, on every rank
     # ERROR: not the warning that a cluster of this machine uses token authentication (the right thing)
     quiet = {"logging_level": logging.ERROR, "runtime_env": {"env_vars": env}}
     if cfg.ray_address:
-        ray.init(address=cfg.ray_address, **quiet)
+        try:
+            ray.init(address=cfg.ray_address, **quiet)
+        except (ConnectionError, RuntimeError, ray.exceptions.RayError) as e:
+            reason = str(e).strip().splitlines()[0][:300]
+            raise UserError(f"invalid value for ray_address: received {cfg.ray_address}; cannot join a Ray cluster "
+                            f"there ({reason}); allowed: the HOST:PORT of a running cluster's head, with "
+                            "RAY_AUTH_MODE=token and its token (ray get-auth-token) if it uses token "
+                            "authentication, auto for one started on this machine, or empty for a new one") from None  # fmt: skip
     else:  # a cluster of this machine alone, a worker per CPU at least (its minimal dashboard: the state API that
         # Ray Train's placement group cleaner asks; without it, the cleaner timed out and printed a traceback)
         ray.init(address="local", num_cpus=max(os.cpu_count() or 1, cfg.workers), **quiet)
@@ -182,8 +210,19 @@ def _worker(config: dict) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     from tftrain.train import train
 
-    with contextlib.redirect_stdout(io.StringIO()) if rank else contextlib.nullcontext():
+    silent = contextlib.ExitStack()
+    if rank:  # its errors still reach the driver, as the exception Ray gives it
+        silent.enter_context(contextlib.redirect_stdout(io.StringIO()))
+        silent.enter_context(contextlib.redirect_stderr(io.StringIO()))
+    with silent:
         train(TrainConfig(**config["cfg"]))
+
+
+def _interrupt(error: BaseException) -> bool:
+    """Whether the job ended on an interrupt: its own, or as the cause of a worker's or the controller's error."""
+    failures = [*(getattr(error, "worker_failures", None) or {}).values(), getattr(error, "controller_failure", None)]
+    causes = [error, *failures, *(getattr(f, "cause", None) for f in failures)]
+    return any(isinstance(c, (KeyboardInterrupt, SystemExit)) for c in causes)
 
 
 def _failure(error: BaseException, cfg: TrainConfig) -> BaseException:
@@ -196,8 +235,8 @@ def _failure(error: BaseException, cfg: TrainConfig) -> BaseException:
     if isinstance(cause, (UserError, TrainingFailed)):
         return cause
     reason = str(cause).strip().splitlines()[-1][:500] if str(cause).strip() else type(cause).__name__
-    return TrainingFailed(f"training on Ray failed after {cfg.max_failures} restart(s): {reason}; backups are kept: "
-                          "run the same command to continue from the last completed epoch")  # fmt: skip
+    return TrainingFailed(f"training on Ray failed (restarts allowed: max_failures={cfg.max_failures}): {reason}; "
+                          "backups are kept: run the same command to continue from the last completed epoch")  # fmt: skip
 
 
 def _end_failed(run_id: str, error: BaseException) -> None:

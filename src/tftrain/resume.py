@@ -1,18 +1,14 @@
-"""Resuming after a crash: running the same training command again continues its interrupted run.
+"""Resuming after a crash: the backups a training command goes on from (its run: run_state.py).
 
-A command's state lives in <output_dir>/.resume/<key>/, where the key is a digest of every config value but
-`resume` itself: run.json names its MLflow run, and backup/ holds Keras' BackupAndRestore files (weights,
-optimizer state and the number of completed epochs), rewritten at each save point (an epoch's end, at most every
-`save_interval` seconds). Training that ends (finished, or stopped early) removes the state, so a finished run is
-never continued by accident; one that was killed, interrupted or failed leaves it, and the same command picks it
-up.
+A command's state lives in <output_dir>/.resume/<key>/ (run_state.state_dir): besides run.json, backup-chief/
+holds Keras' BackupAndRestore files (weights, optimizer state and the number of completed epochs) and the other
+callbacks' counters, rewritten at each save point (an epoch's end, at most every `save_interval` seconds);
+another worker's backup sits beside it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import filecmp
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -25,26 +21,7 @@ from tftrain.callbacks import SaveClock
 from tftrain.config import TrainConfig
 from tftrain.errors import UserError
 from tftrain.keras_hooks import initial_epoch
-
-STATE_FOLDER = ".resume"
-
-
-def state_dir(cfg: TrainConfig) -> Path:
-    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "resume"}
-    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    return Path(cfg.output_dir) / STATE_FOLDER / key
-
-
-def interrupted_run(cfg: TrainConfig) -> str | None:
-    """The MLflow run this command left unfinished, if it should be continued."""
-    state = state_dir(cfg)
-    if cfg.resume == "never":
-        forget(cfg)
-        return None
-    try:
-        return json.loads((state / "run.json").read_text())["run_id"]
-    except (OSError, ValueError, KeyError):
-        return None
+from tftrain.run_state import state_dir
 
 
 def check_backup(cfg: TrainConfig) -> None:
@@ -105,16 +82,6 @@ def _epoch_readable(path: Path) -> bool:
         return isinstance(json.loads(path.read_text())["epoch"], int)
     except (OSError, ValueError, KeyError, TypeError):
         return False
-
-
-def remember(cfg: TrainConfig, run_id: str) -> None:
-    state = state_dir(cfg)
-    state.mkdir(parents=True, exist_ok=True)
-    (state / "run.json").write_text(json.dumps({"run_id": run_id}))
-
-
-def forget(cfg: TrainConfig) -> None:
-    shutil.rmtree(state_dir(cfg), ignore_errors=True)
 
 
 def backup_callbacks(

@@ -38,7 +38,7 @@ import psutil
 import tensorflow as tf
 from optuna.trial import TrialState
 
-from tftrain import resume
+from tftrain import run_state
 from tftrain.config import TrainConfig
 from tftrain.errors import TrainingFailed, UserError
 from tftrain.runtime import build_runtime
@@ -308,7 +308,7 @@ def _objective(trial, study, base, sw, dims, parent, data) -> float:
         print(f"trial {trial.number}: failed: {e}; the sweep goes on")
         raise
     finally:
-        resume.forget(cfg)
+        run_state.forget(cfg)
     print(f"trial {trial.number}: {sw.objective} {value:.4f} after {result.epochs_run} epochs, "
           f"{time.perf_counter() - started:.1f} s")  # fmt: skip
     return value

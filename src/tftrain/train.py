@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tftrain import resume
+from tftrain import resume, run_state
 from tftrain.callbacks import SaveClock, build_callbacks, checkpoint_dir, flush_pending
 from tftrain.config import TrainConfig, check_output_dir, default_run_name, model_label
 from tftrain.data import make_dataset
@@ -162,7 +162,7 @@ def _runtime_params(cfg: TrainConfig, rt: Runtime, batch: int, rate: float, spe:
         "steps_per_execution_used": str(spe),
         "strategy_resolved": rt.strategy_name,
         "replicas": str(rt.replicas),
-        "workers": str(rt.worker_count),
+        "workers_resolved": str(rt.worker_count),  # the processes training together (TF_CONFIG's workers)
         "global_batch_size": str(batch * rt.replicas),
         "precision_resolved": rt.precision,
     }
@@ -285,7 +285,7 @@ def train(
             )
             model_logging_seconds = time.perf_counter() - uploaded
             log_timings(journal, fit_seconds, tracking_seconds, model_logging_seconds)
-            resume.forget(cfg)  # finished: the same command would now start a new run
+            run_state.forget(cfg)  # finished: the same command would now start a new run
     barrier(rt)  # no worker exits while the chief still logs
     if journal and journal.active:
         raise TrainingFailed(
@@ -316,7 +316,7 @@ def _run_and_folder(cfg: TrainConfig, rt: Runtime, output_root: Path, within: ru
         with tempfile.TemporaryDirectory(prefix="tftrain-worker-") as folder:
             yield None, Path(folder), None
         return
-    previous = resume.interrupted_run(cfg)
+    previous = run_state.interrupted_run(cfg)
     if previous:
         resume.check_backup(cfg)
     with runs.step_run(default_run_name(cfg), resume_run_id=previous, within=within) as run:
@@ -326,6 +326,6 @@ def _run_and_folder(cfg: TrainConfig, rt: Runtime, output_root: Path, within: ru
             runs.adopt_run(previous)
             if (output_root / previous).is_dir() and not out_dir.exists():
                 (output_root / previous).rename(out_dir)
-        resume.remember(cfg, run_id)
+        run_state.remember(cfg, run_id)
         run.journal = Journal(out_dir, run_id)  # the run's end is journaled too, if the server goes away
         yield run_id, out_dir, run.journal

@@ -47,7 +47,7 @@ def step_run(name: str, resume_run_id: str | None = None, within: StepRun | None
     if active is not None:
         yield StepRun(active.info.run_id)
         return
-    if "MLFLOW_RUN_ID" not in os.environ and resume_run_id and _continuable(resume_run_id):
+    if "MLFLOW_RUN_ID" not in os.environ and resume_run_id and continuable(resume_run_id):
         started = mlflow.start_run(run_id=resume_run_id, log_system_metrics=_system_metrics())
         print(f"continuing run {resume_run_id} from where it stopped")
     else:
@@ -56,6 +56,9 @@ def step_run(name: str, resume_run_id: str | None = None, within: StepRun | None
             log_system_metrics=_system_metrics(),
         )
         mlflow.set_tag("mlflow.runName", name)
+    if failure := started.data.tags.get("tftrain.failure"):  # continued after that failure: not the run's end now
+        mlflow.set_tag("tftrain.earlier_failure", failure)
+        mlflow.MlflowClient().delete_tag(started.info.run_id, "tftrain.failure")
     with _ended(StepRun(started.info.run_id)) as run:
         yield run
 
@@ -148,7 +151,8 @@ def _end_run(run: StepRun, status: str, failure: str | None = None) -> None:
     mlflow.end_run(status)
 
 
-def _continuable(run_id: str) -> bool:
+def continuable(run_id: str) -> bool:
+    """A run that exists here, not deleted and not finished: one a command can go on in."""
     try:
         run = mlflow.get_run(run_id)
     except MlflowException:

@@ -105,19 +105,16 @@ def train_command(**params) -> None:
     if cfg.launcher == "ray":
         from tftrain.ray_launcher import train_on_ray
 
-        done = train_on_ray(cfg)
-        registered = f", registered as {done.registered_name} version {done.version}" if done.version else ""
-        print(f"run {done.run_id}: model {done.model_uri}{registered}")
-        return
-    from tftrain.train import train
+        m = train_on_ray(cfg)
+    else:
+        from tftrain.train import train
 
-    result = train(cfg)
-    m = result.model
+        m = train(cfg).model
     if m is None:
         print("worker finished its part; the chief worker logged the run and the model")
         return
     registered = f", registered as {m.registered_name} version {m.version}" if m.version else ""
-    print(f"run {result.run_id}: model {m.uri}{registered}")
+    print(f"run {m.run_id}: model {m.uri}{registered}")
 
 
 @cli.command("evaluate")

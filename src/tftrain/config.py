@@ -31,6 +31,10 @@ MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
 ENGINES = ("auto", "fit", "custom")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 LAUNCHERS = ("none", "ray")
+# why multi-worker training takes the custom engine, and what to ask for instead (config and runtime refuse fit)
+FIT_CANNOT_RUN = (
+    "Keras 3's fit cannot run under MultiWorkerMirroredStrategy (keras-team/keras#20585); allowed: engine=custom"
+)
 _HOST_PORT = re.compile(r"^[A-Za-z0-9.-]+:\d{1,5}$|^\[[0-9A-Fa-f:]+\]:\d{1,5}$")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 QUANTIZATIONS = ("float32", "dynamic_range", "float16", "int8")  # TFLite export modes
@@ -290,8 +294,7 @@ class TrainConfig:
             raise UserError(f"invalid combination: launcher=ray with strategy={self.strategy}; Ray's workers train "
                             "together under multi_worker; allowed: strategy=multi_worker or auto")  # fmt: skip
         if self.engine == "fit":
-            raise UserError("invalid combination: engine=fit with launcher=ray; Keras 3's fit cannot run under "
-                            "MultiWorkerMirroredStrategy (keras-team/keras#20585); allowed: engine=custom")  # fmt: skip
+            raise UserError(f"invalid combination: engine=fit with launcher=ray; {FIT_CANNOT_RUN}")
         if self.ray_address not in ("", "auto") and not _HOST_PORT.match(self.ray_address):
             raise invalid("ray_address", self.ray_address, "empty, auto, or HOST:PORT of a Ray cluster's head")
 

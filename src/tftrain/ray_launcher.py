@@ -21,27 +21,19 @@ import os
 import re
 import signal
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 from tftrain import run_state
 from tftrain.config import TrainConfig, default_run_name
 from tftrain.errors import TrainingFailed, UserError
 from tftrain.tracking import runs
+from tftrain.tracking.logged_models import LoggedModel
 
 # the environment a worker takes from the driver: where to log, how to behave, what the user set for TensorFlow
 FORWARDED = ("MLFLOW_", "TFTRAIN_", "TF_", "KERAS_", "CUDA_", "OMP_", "PYTHONPATH")
 
 
-@dataclass(frozen=True)
-class RayResult:
-    run_id: str
-    model_uri: str | None
-    registered_name: str | None
-    version: str | None
-
-
-def train_on_ray(cfg: TrainConfig) -> RayResult:
+def train_on_ray(cfg: TrainConfig) -> LoggedModel:
     """Train as `cfg` says on `cfg.workers` Ray Train workers, logging into MLFLOW_RUN_ID's run (`mlflow run`'s)
     or a new one."""
     import ray
@@ -51,8 +43,8 @@ def train_on_ray(cfg: TrainConfig) -> RayResult:
     with _quiet_worker_lines():  # also while Ray shuts down: the workers' last lines come then
         _start(cfg)
         try:
-            cpus = ray.cluster_resources().get("CPU", 0)
-            gpus = int(ray.cluster_resources().get("GPU", 0))
+            resources = ray.cluster_resources()
+            cpus, gpus = resources.get("CPU", 0), int(resources.get("GPU", 0))
             if cpus < cfg.workers:
                 print(f"note: the Ray cluster has {cpus:g} CPUs for {cfg.workers} workers of 1 CPU each; Ray Train "
                       "waits for more (an autoscaling cluster adds nodes)")  # fmt: skip
@@ -218,20 +210,25 @@ def _worker(config: dict) -> None:
         train(TrainConfig(**config["cfg"]))
 
 
+def _causes(error: BaseException) -> list[BaseException]:
+    """The errors behind Ray Train's: each worker's in rank order, then the controller's, as their processes raised
+    them (Ray's wrapper's `cause`)."""
+    failures = [f for _, f in sorted((getattr(error, "worker_failures", None) or {}).items())]
+    if controller := getattr(error, "controller_failure", None):
+        failures.append(controller)
+    return [getattr(f, "cause", None) or f for f in failures]
+
+
 def _interrupt(error: BaseException) -> bool:
-    """Whether the job ended on an interrupt: its own, or as the cause of a worker's or the controller's error."""
-    failures = [*(getattr(error, "worker_failures", None) or {}).values(), getattr(error, "controller_failure", None)]
-    causes = [error, *failures, *(getattr(f, "cause", None) for f in failures)]
-    return any(isinstance(c, (KeyboardInterrupt, SystemExit)) for c in causes)
+    """Whether the job ended on an interrupt: its own, or behind a worker's or the controller's error."""
+    return any(isinstance(c, (KeyboardInterrupt, SystemExit)) for c in [error, *_causes(error)])
 
 
 def _failure(error: BaseException, cfg: TrainConfig) -> BaseException:
     """The workers' error as tftrain's: a user's mistake (UserError) or a one-line TrainingFailed."""
     if isinstance(error, KeyboardInterrupt):
         return error
-    failures = getattr(error, "worker_failures", None) or {}
-    first = next(iter(sorted(failures.items())), (None, error))[1]
-    cause = getattr(first, "cause", None) or first
+    cause = next(iter(_causes(error)), error)
     if isinstance(cause, (UserError, TrainingFailed)):
         return cause
     reason = str(cause).strip().splitlines()[-1][:500] if str(cause).strip() else type(cause).__name__
@@ -248,7 +245,7 @@ def _end_failed(run_id: str, error: BaseException) -> None:
             runs.end_other_run(run_id, status, f"{type(error).__name__}: {error}")
 
 
-def _logged(run_id: str) -> RayResult:
+def _logged(run_id: str) -> LoggedModel:
     """The model rank 0 logged into the run, and its registered version."""
     import mlflow
 
@@ -258,6 +255,8 @@ def _logged(run_id: str) -> RayResult:
     models = mlflow.search_logged_models(
         [experiment], filter_string=f"source_run_id = '{run_id}'", output_format="list"
     )
-    uri = models[0].model_uri if models else None
+    if not models:
+        raise TrainingFailed(f"training on Ray finished, but run {run_id} holds no model; see its rank 0's lines")
     version = max(versions, key=lambda v: int(v.version), default=None)
-    return RayResult(run_id, uri, version.name if version else None, version.version if version else None)
+    return LoggedModel(models[0].model_uri, models[0].model_id, run_id, version and version.name,
+                       version and version.version)  # fmt: skip

@@ -14,7 +14,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from tftrain.config import TrainConfig
+from tftrain.config import FIT_CANNOT_RUN, TrainConfig
 from tftrain.errors import UserError
 
 
@@ -112,10 +112,7 @@ def build_runtime(cfg: TrainConfig) -> Runtime:
     workers = _worker_count(config)
     name = _resolve(cfg, workers)
     if name == "multi_worker" and cfg.engine == "fit":
-        raise UserError(
-            "invalid combination: engine=fit with strategy=multi_worker; Keras 3's fit cannot run under "
-            "MultiWorkerMirroredStrategy (keras-team/keras#20585); allowed: engine=custom"
-        )
+        raise UserError(f"invalid combination: engine=fit with strategy=multi_worker; {FIT_CANNOT_RUN}")
     if name == "multi_worker" and workers < 1:
         raise UserError(
             "invalid value for TF_CONFIG: received no cluster; allowed: JSON naming the workers, as a scheduler "

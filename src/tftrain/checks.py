@@ -5,13 +5,15 @@ tests/test_cli.py runs every check path in a process that must end without Tenso
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib.util
 import json
+import os
 import socket
 from pathlib import Path
 
-from tftrain.config import TrainConfig, dataset_kind, model_kind
+from tftrain.config import NO_TF_CONFIG, TrainConfig, dataset_kind, model_kind
 from tftrain.errors import UserError, invalid
 
 
@@ -44,6 +46,8 @@ def check_training(cfg: TrainConfig) -> None:
     Ray is installed and the cluster's head answers."""
     check_dataset(cfg.dataset, cfg.data_dir)
     check_model(cfg.model)
+    if cfg.strategy == "multi_worker" and cfg.launcher != "ray" and not os.environ.get("TF_CONFIG", "").strip():
+        raise UserError(NO_TF_CONFIG)
     if cfg.launcher == "ray":
         if importlib.util.find_spec("ray") is None:
             raise UserError("invalid value for launcher: received ray, which is not installed; allowed: none, or ray "
@@ -51,18 +55,51 @@ def check_training(cfg: TrainConfig) -> None:
         check_ray_address(cfg.ray_address)
 
 
-def check_ray_address(address: str) -> None:
-    """A HOST:PORT cluster head answers (before anything starts); empty and auto are Ray's to find."""
-    if address in ("", "auto"):
-        return
+def check_ray_address(address: str) -> str:
+    """The HOST:PORT of the cluster head `address` names (for auto, the one Ray would join), checked to answer and
+    to speak gRPC as a Ray head's GCS does (Ray's own client retries a port where something else answers, or
+    nothing does, without end); empty (a new cluster) as it is."""
+    if address == "":
+        return address
+    allowed = ("allowed: the HOST:PORT that `ray start --head` printed, auto for the cluster of this machine, or "
+               "empty for a new one")  # fmt: skip
+    received = address
+    if address == "auto":
+        address = _auto_address(allowed)
+        received = f"auto, which found the cluster at {address} (RAY_ADDRESS, or the last `ray start` here)"
     host, _, port = address.rpartition(":")
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=5):
-            return
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=5) as head:
+            if os.environ.get("RAY_USE_TLS", "0") not in ("0", "") or _speaks_grpc(head):  # (TLS: no plain preface)
+                return address
     except OSError as e:
-        raise UserError(f"invalid value for ray_address: received {address}; nothing answers there ({e.strerror or e}); "
-                        "allowed: the HOST:PORT that `ray start --head` printed, auto for the cluster of this "
-                        "machine, or empty for a new one") from None  # fmt: skip
+        raise UserError(f"invalid value for ray_address: received {received}; nothing answers there "
+                        f"({e.strerror or e}); {allowed}") from None  # fmt: skip
+    raise UserError(f"invalid value for ray_address: received {received}; something answers there, but not a Ray "
+                    f"cluster's head (no gRPC); {allowed}")  # fmt: skip
+
+
+def _auto_address(allowed: str) -> str:
+    """The HOST:PORT that ray.init(address="auto") would join, found as Ray finds it (RAY_ADDRESS, the cluster
+    `ray start` last ran on this machine, any running here): Ray's private lookup, as Ray has no public one."""
+    from ray._private.services import canonicalize_bootstrap_address_or_die
+
+    try:
+        return canonicalize_bootstrap_address_or_die("auto")
+    except (ConnectionError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"invalid value for ray_address: received auto; {reason}; {allowed}") from None
+
+
+def _speaks_grpc(connection: socket.socket) -> bool:
+    """Whether the server answers an HTTP/2 client's preface with its SETTINGS frame, as every gRPC server does."""
+    connection.settimeout(5)
+    connection.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes(3) + b"\x04" + bytes(5))  # + empty SETTINGS
+    frame = b""
+    with contextlib.suppress(OSError):
+        while len(frame) < 9 and (chunk := connection.recv(9 - len(frame))):
+            frame += chunk
+    return len(frame) == 9 and frame[3] == 0x04
 
 
 def check_model(model: str) -> None:

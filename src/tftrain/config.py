@@ -35,6 +35,10 @@ LAUNCHERS = ("none", "ray")
 FIT_CANNOT_RUN = (
     "Keras 3's fit cannot run under MultiWorkerMirroredStrategy (keras-team/keras#20585); allowed: engine=custom"
 )
+NO_TF_CONFIG = (
+    "invalid value for TF_CONFIG: received no cluster; allowed: JSON naming the workers, as a scheduler writes it "
+    "(strategy=multi_worker needs it), or launcher=ray, which starts the workers and writes it"
+)
 _HOST_PORT = re.compile(r"^[A-Za-z0-9.-]+:\d{1,5}$|^\[[0-9A-Fa-f:]+\]:\d{1,5}$")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 QUANTIZATIONS = ("float32", "dynamic_range", "float16", "int8")  # TFLite export modes
@@ -288,14 +292,22 @@ class TrainConfig:
         check_model_name(self.model_name)
 
     def _check_launcher(self) -> None:
-        if self.launcher != "ray":
+        if self.launcher != "ray":  # the Ray options would be ignored: a user who set one meant launcher=ray
+            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            for name in ("workers", "ray_address", "max_failures"):
+                if (value := getattr(self, name)) != defaults[name]:
+                    default = f"{name}={defaults[name]}" if defaults[name] != "" else f"{name} empty"
+                    raise UserError(f"invalid combination: {name}={value} with launcher={self.launcher}; {name} is "
+                                    f"an option of launcher=ray; allowed: launcher=ray, or {default}")  # fmt: skip
             return
         if self.strategy not in ("auto", "multi_worker"):
             raise UserError(f"invalid combination: launcher=ray with strategy={self.strategy}; Ray's workers train "
                             "together under multi_worker; allowed: strategy=multi_worker or auto")  # fmt: skip
         if self.engine == "fit":
             raise UserError(f"invalid combination: engine=fit with launcher=ray; {FIT_CANNOT_RUN}")
-        if self.ray_address not in ("", "auto") and not _HOST_PORT.match(self.ray_address):
+        if self.ray_address not in ("", "auto") and not (
+            _HOST_PORT.match(self.ray_address) and 0 < int(self.ray_address.rpartition(":")[2]) < 65536
+        ):
             raise invalid("ray_address", self.ray_address, "empty, auto, or HOST:PORT of a Ray cluster's head")
 
     @property

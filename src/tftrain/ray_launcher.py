@@ -1,12 +1,13 @@
 """launcher=ray: the training command as a Ray Train job.
 
-The command's process (the driver, without TensorFlow) starts a Ray cluster of this machine or joins one, takes
+The command's process (the driver: it trains nothing) starts a Ray cluster of this machine or joins one, takes
 the command's MLflow run (`mlflow run`'s) or makes it, and has Ray Train's TensorflowTrainer start `workers`
 workers, each given the TF_CONFIG of MultiWorkerMirroredStrategy. Each worker runs tftrain's own training (the
 custom engine: Keras 3's fit cannot run under that strategy) in the driver's folder, with its environment; rank 0
 logs into the command's run, the others log nothing and print nothing. When a worker dies, Ray stops the others
-and starts the group again, up to `max_failures` times: each worker goes on from its backup (resume.py), after the
-workers agree on the epoch (resume.agree_on_backups), and rank 0 goes on in the same run, each epoch logged once.
+and starts the group again, up to `max_failures` times (not for a UserError, the same on every try): each worker
+goes on from its backup (resume.py), after the workers agree on the epoch (resume.agree_on_backups), and rank 0
+goes on in the same run, each epoch logged once.
 Files the command names (data, builders, output_dir) must be at the same paths on every node, as for any
 TF_CONFIG job: the same machine, or a shared filesystem.
 """
@@ -20,10 +21,14 @@ import logging
 import os
 import re
 import signal
+import socket
 import sys
 from pathlib import Path
 
+from ray.train import UserCallback
+
 from tftrain import run_state
+from tftrain.checks import check_ray_address
 from tftrain.config import TrainConfig, default_run_name
 from tftrain.errors import TrainingFailed, UserError
 from tftrain.tracking import runs
@@ -37,7 +42,7 @@ def train_on_ray(cfg: TrainConfig) -> LoggedModel:
     """Train as `cfg` says on `cfg.workers` Ray Train workers, logging into MLFLOW_RUN_ID's run (`mlflow run`'s)
     or a new one."""
     import ray
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
     with _quiet_worker_lines():  # also while Ray shuts down: the workers' last lines come then
@@ -45,6 +50,13 @@ def train_on_ray(cfg: TrainConfig) -> LoggedModel:
         try:
             resources = ray.cluster_resources()
             cpus, gpus = resources.get("CPU", 0), int(resources.get("GPU", 0))
+            if cfg.ray_address:  # auto joins whichever cluster runs here: say which
+                nodes = sum(n["Alive"] for n in ray.nodes())
+                print(f"joined the Ray cluster at {ray.get_runtime_context().gcs_address}: {nodes} nodes, "
+                      f"{cpus:g} CPUs, {gpus} GPUs")  # fmt: skip
+            elif cfg.workers > (os.cpu_count() or 1):
+                print(f"note: {cfg.workers} workers on this machine's {os.cpu_count()} CPUs: they share them, each "
+                      "step waits on the slowest; fine for trying, not for speed")  # fmt: skip
             if cpus < cfg.workers:
                 print(f"note: the Ray cluster has {cpus:g} CPUs for {cfg.workers} workers of 1 CPU each; Ray Train "
                       "waits for more (an autoscaling cluster adds nodes)")  # fmt: skip
@@ -62,7 +74,9 @@ def train_on_ray(cfg: TrainConfig) -> LoggedModel:
                 scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=each == "1 GPU",
                                              resources_per_worker=None if each == "1 GPU" else {"CPU": 1}),
                 run_config=RunConfig(name=f"tftrain-{run_id}", storage_path=str(Path(cfg.output_dir).resolve() / "ray"),
-                                     failure_config=FailureConfig(max_failures=cfg.max_failures)),
+                                     failure_config=FailureConfig(max_failures=cfg.max_failures),
+                                     callbacks=[_Failures(cfg.max_failures)],
+                                     logging_config=LoggingConfig(log_level="INFO" if _verbose() else "CRITICAL")),
             )  # fmt: skip
             print(f"training on Ray: {cfg.workers} workers ({each} each), logging to run {run_id}; up to "
                   f"{cfg.max_failures} restarts")  # fmt: skip
@@ -78,15 +92,44 @@ def train_on_ray(cfg: TrainConfig) -> LoggedModel:
                 trainer.fit()
             except BaseException as e:
                 # Ctrl-C: Ray Train takes the signal itself and ends the job with its processes' SystemExit
-                stop = KeyboardInterrupt() if interrupted or _interrupt(e) else e
+                stop = KeyboardInterrupt("Ctrl-C") if interrupted or _interrupt(e) else _failure(e, cfg)
                 if not mine:
                     _end_failed(run_id, stop)
-                raise _failure(stop, cfg) from None
+                    if isinstance(stop, KeyboardInterrupt):
+                        print(f"run {run_id} stopped; the same command goes on in it from the workers' last "
+                              "completed epoch")  # fmt: skip
+                raise stop from None
             finally:
                 signal.signal(signal.SIGINT, previous)
         finally:
             ray.shutdown()
     return _logged(run_id)
+
+
+class _Failures(UserCallback):
+    """What Ray Train's controller does when workers fail, said in a line (its own log, a traceback for each, is
+    off unless --verbose). A worker's UserError (a mistake in the command, its files or the user's code: the same
+    on every try) ends the job at once, where Ray Train would start the workers again max_failures times: raised
+    here, in the controller, it is a controller error, which Ray does not retry."""
+
+    def __init__(self, max_failures: int):
+        self.max_failures, self.failures = max_failures, 0
+
+    def after_exception(self, run_context, worker_exceptions: dict) -> None:
+        causes = {rank: getattr(e, "cause", None) or e for rank, e in sorted(worker_exceptions.items())}
+        for cause in causes.values():
+            if isinstance(cause, UserError):
+                raise cause
+        self.failures += 1
+        what = "; ".join(f"rank {rank}: {_first_line(cause)}" for rank, cause in causes.items())
+        then = (f"Ray starts the workers again ({self.failures} of {self.max_failures} restarts)"
+                if self.failures <= self.max_failures else "no restarts left")  # fmt: skip
+        print(f"worker failed ({what}); {then}", flush=True)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0][:300]}" if text else type(error).__name__
 
 
 def _start(cfg: TrainConfig) -> None:
@@ -99,18 +142,42 @@ def _start(cfg: TrainConfig) -> None:
     env["RAY_TRAIN_ENABLE_PRINT_PATCH"] = "0"  # Ray Train's print patch logs each line again, on every rank
     # ERROR: not the warning that a cluster of this machine uses token authentication (the right thing)
     quiet = {"logging_level": logging.ERROR, "runtime_env": {"env_vars": env}}
+    # RAY_ADDRESS, for every process of the job: Ray Train's placement group cleaner asks the state API of the
+    # cluster it finds by it, else of the newest `ray start` cluster on the machine (another one, where there are
+    # several: it would take the job's controller for dead and remove the workers' placement group)
     if cfg.ray_address:
+        env["RAY_ADDRESS"] = head = check_ray_address(cfg.ray_address)  # auto: the cluster Ray would join
         try:
-            ray.init(address=cfg.ray_address, **quiet)
+            ray.init(address=head, **quiet)
         except (ConnectionError, RuntimeError, ray.exceptions.RayError) as e:
-            reason = str(e).strip().splitlines()[0][:300]
+            reason = " ".join(str(e).split())[:400]
             raise UserError(f"invalid value for ray_address: received {cfg.ray_address}; cannot join a Ray cluster "
                             f"there ({reason}); allowed: the HOST:PORT of a running cluster's head, with "
                             "RAY_AUTH_MODE=token and its token (ray get-auth-token) if it uses token "
                             "authentication, auto for one started on this machine, or empty for a new one") from None  # fmt: skip
     else:  # a cluster of this machine alone, a worker per CPU at least (its minimal dashboard: the state API that
-        # Ray Train's placement group cleaner asks; without it, the cleaner timed out and printed a traceback)
-        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, cfg.workers), **quiet)
+        # Ray Train's placement group cleaner asks; without it, the cleaner timed out and printed a traceback),
+        # its GCS on a port chosen here to be known beforehand (RAY_GCS_SERVER_PORT: Ray's, not documented)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        env["RAY_ADDRESS"] = f"127.0.0.1:{port}"
+        with _environ(RAY_GCS_SERVER_PORT=str(port)):
+            ray.init(address="local", num_cpus=max(os.cpu_count() or 1, cfg.workers), **quiet)
+
+
+@contextlib.contextmanager
+def _environ(**values: str):
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 # Lines Ray's processes print on every run that say nothing to a tftrain user, as Ray forwards them (after the
@@ -131,7 +198,7 @@ _ANSI = re.compile(r"\x1b\[[\d;]*m")
 def _quiet_worker_lines():
     """Ray prints its processes' lines through this process's sys.stdout and sys.stderr: without the known
     noise (all of it with --verbose)."""
-    if os.environ.get("TFTRAIN_VERBOSE") == "1":
+    if _verbose():
         yield
         return
     from tftrain.quiet import has_nvidia_gpu
@@ -146,25 +213,33 @@ def _quiet_worker_lines():
         sys.stdout, sys.stderr = streams
 
 
-_NOISY_TRACEBACK = "Failed to stop PlacementGroupCleaner gracefully."
-_TRACEBACK_END = re.compile(r"ray\.exceptions\.\w+: .*")
+# the placement group cleaner's tracebacks: its stop timing out, its monitor failing to reach the state API (as on
+# a machine running several Ray clusters, where it cannot tell which is its own); the job goes on in both
+_NOISY_TRACEBACK = re.compile(
+    r"Failed to stop PlacementGroupCleaner gracefully\.|Exception in thread PlacementGroupCleaner\w*:"
+)
+_TRACEBACK_END = re.compile(r"(?:\w+\.)*\w*(?:Error|Exception): .*")
 
 
 class _WorkerLines(io.TextIOBase):
     def __init__(self, stream, gpu: bool):
         self.stream, self.gpu, self.pending = stream, gpu, ""
         self.skipping = None  # the process whose traceback is being dropped
+        self.plain = not (hasattr(stream, "isatty") and stream.isatty())  # a file or a pipe: Ray's colours dropped
 
     def write(self, text: str) -> int:
         *lines, self.pending = (self.pending + text).split("\n")
-        self.stream.write("".join(f"{line}\n" for line in lines if not self._noise(line)))
+        self.stream.write("".join(f"{self._shown(line)}\n" for line in lines if not self._noise(line)))
         return len(text)
 
     def flush(self) -> None:
         if self.pending and not self._noise(self.pending):
-            self.stream.write(self.pending)
+            self.stream.write(self._shown(self.pending))
         self.pending = ""
         self.stream.flush()
+
+    def _shown(self, line: str) -> str:
+        return _ANSI.sub("", line) if self.plain else line
 
     def _noise(self, line: str) -> bool:
         from tftrain.quiet import is_noise
@@ -173,7 +248,7 @@ class _WorkerLines(io.TextIOBase):
         if not forwarded:
             return False
         who, body = forwarded["who"], forwarded["line"]
-        if body == _NOISY_TRACEBACK:
+        if _NOISY_TRACEBACK.fullmatch(body):
             self.skipping = who
             return True
         if self.skipping == who:
@@ -181,6 +256,10 @@ class _WorkerLines(io.TextIOBase):
                 self.skipping = None
             return True
         return bool(_RAY_NOISE.fullmatch(body)) or is_noise(body.encode(), self.gpu)
+
+
+def _verbose() -> bool:
+    return os.environ.get("TFTRAIN_VERBOSE") == "1"
 
 
 def _worker(config: dict) -> None:
@@ -226,8 +305,6 @@ def _interrupt(error: BaseException) -> bool:
 
 def _failure(error: BaseException, cfg: TrainConfig) -> BaseException:
     """The workers' error as tftrain's: a user's mistake (UserError) or a one-line TrainingFailed."""
-    if isinstance(error, KeyboardInterrupt):
-        return error
     cause = next(iter(_causes(error)), error)
     if isinstance(cause, (UserError, TrainingFailed)):
         return cause

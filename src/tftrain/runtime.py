@@ -14,7 +14,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from tftrain.config import FIT_CANNOT_RUN, TrainConfig
+from tftrain.config import FIT_CANNOT_RUN, NO_TF_CONFIG, TrainConfig
 from tftrain.errors import UserError
 
 
@@ -114,10 +114,7 @@ def build_runtime(cfg: TrainConfig) -> Runtime:
     if name == "multi_worker" and cfg.engine == "fit":
         raise UserError(f"invalid combination: engine=fit with strategy=multi_worker; {FIT_CANNOT_RUN}")
     if name == "multi_worker" and workers < 1:
-        raise UserError(
-            "invalid value for TF_CONFIG: received no cluster; allowed: JSON naming the workers, as a scheduler "
-            "writes it (strategy=multi_worker needs it), or launcher=ray, which starts the workers and writes it"
-        )
+        raise UserError(NO_TF_CONFIG)
     _declare_cpu_replicas(cfg.cpu_replicas)
     strategies = {
         "multi_worker": tf.distribute.MultiWorkerMirroredStrategy,

@@ -173,7 +173,7 @@ CHECKED_BEFORE_TENSORFLOW = [
     (["train", "--workers", "4"], "invalid combination: workers=4 with launcher=none; workers is an option of launcher=ray"),
     (["train", "--launcher", "ray", "--ray-address", "127.0.0.1:99999"], "invalid value for ray_address: received"),
     (["train", "--strategy", "multi_worker"], "invalid value for TF_CONFIG: received no cluster"),
-    (["train", "--ray-address", "auto"], "allowed: launcher=ray, or ray_address empty"),
+    (["train", "--ray-address", "auto"], "allowed: launcher=ray, or ray_address empty (its default)"),
     (["pipeline", "--launcher", "ray"], "invalid value for launcher: received ray for the main job"),
     (["pipeline", "--dataset", "user.py:load"], "dataset function user.py:load: user.py has no function 'load'"),
     (["pipeline", "--model", "resnet50"], "model=resnet50 with images of 28x28; allowed: images of at least 32x32"),

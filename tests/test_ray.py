@@ -98,6 +98,7 @@ def test_the_chief_killed_mid_epoch_is_restarted_and_training_goes_on_in_the_sam
         assert re.search(r"worker failed \(rank 0: .*\); Ray starts the workers again \(1 of 1 restarts\)", output)
         assert "the workers go on after epoch 2, from their backups" in output
         assert "Traceback" not in output and "\x1b[" not in output, output[-6000:]
+        assert "ring_alg" not in output and "A worker died" not in output, output[-6000:]  # said in one line
         assert run.data.tags["tftrain.workers_agree"] == "true"
         assert "tftrain.failure" not in run.data.tags  # a failure it went on from is not how it ended
         assert len(mlflow.MlflowClient().search_model_versions("name = 'killed'")) == 1
@@ -119,6 +120,18 @@ def test_a_mistake_in_the_users_builder_ends_the_job_at_once_in_one_line(tmp_pat
         assert "Traceback" not in done.stdout and "restarts)" not in done.stdout, done.stdout[-4000:]
         (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
         assert run.info.status == "FAILED" and "no layers yet" in run.data.tags["tftrain.failure"]
+
+
+@pytest.mark.slow
+def test_joining_without_the_clusters_token_is_one_line_that_says_so(tmp_path, tiny_data, ray_cluster):
+    env = {k: v for k, v in ENV.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    with mlflow_store(tmp_path) as uri:
+        done = subprocess.run(_train(tiny_data, tmp_path / "out", ray_cluster, 1, "no-token"), cwd=tmp_path,
+                              env={**env, "MLFLOW_TRACKING_URI": uri}, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 2 and done.stdout == "", done.stdout[-2000:] + done.stderr[-4000:]
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"tftrain: error: invalid value for ray_address: received {ray_cluster}; cannot join")
+    assert "it refused this command's token" in line and "RAY_AUTH_MODE=token" in line
 
 
 def test_the_forwarded_lines_keep_the_workers_words_without_rays_and_tensorflows_noise():

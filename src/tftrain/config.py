@@ -298,7 +298,8 @@ class TrainConfig:
                 if (value := getattr(self, name)) != defaults[name]:
                     default = f"{name}={defaults[name]}" if defaults[name] != "" else f"{name} empty"
                     raise UserError(f"invalid combination: {name}={value} with launcher={self.launcher}; {name} is "
-                                    f"an option of launcher=ray; allowed: launcher=ray, or {default}")  # fmt: skip
+                                    f"an option of launcher=ray; allowed: launcher=ray, or {default} (its "
+                                    "default)")  # fmt: skip
             return
         if self.strategy not in ("auto", "multi_worker"):
             raise UserError(f"invalid combination: launcher=ray with strategy={self.strategy}; Ray's workers train "

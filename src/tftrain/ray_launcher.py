@@ -52,8 +52,8 @@ def train_on_ray(cfg: TrainConfig) -> LoggedModel:
             cpus, gpus = resources.get("CPU", 0), int(resources.get("GPU", 0))
             if cfg.ray_address:  # auto joins whichever cluster runs here: say which
                 nodes = sum(n["Alive"] for n in ray.nodes())
-                print(f"joined the Ray cluster at {ray.get_runtime_context().gcs_address}: {nodes} nodes, "
-                      f"{cpus:g} CPUs, {gpus} GPUs")  # fmt: skip
+                print(f"joined the Ray cluster at {ray.get_runtime_context().gcs_address}: {_count(nodes, 'node')}, "
+                      f"{_count(cpus, 'CPU')}, {_count(gpus, 'GPU')}")  # fmt: skip
             elif cfg.workers > (os.cpu_count() or 1):
                 print(f"note: {cfg.workers} workers on this machine's {os.cpu_count()} CPUs: they share them, each "
                       "step waits on the slowest; fine for trying, not for speed")  # fmt: skip
@@ -127,9 +127,14 @@ class _Failures(UserCallback):
         print(f"worker failed ({what}); {then}", flush=True)
 
 
+def _count(n: float, what: str) -> str:
+    return f"{n:g} {what}" + ("" if n == 1 else "s")
+
+
 def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0][:300]}" if text else type(error).__name__
+    text = " ".join(str(error).split())  # (TensorFlow's start "Graph execution error:" and go on below)
+    text = text.split(". ")[0][:160]  # the first sentence: Ray's go on with pages of the worker's metadata
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def _start(cfg: TrainConfig) -> None:
@@ -148,9 +153,12 @@ def _start(cfg: TrainConfig) -> None:
     if cfg.ray_address:
         env["RAY_ADDRESS"] = head = check_ray_address(cfg.ray_address)  # auto: the cluster Ray would join
         try:
-            ray.init(address=head, **quiet)
+            with _stderr_kept() as said:  # Ray's C++ client says there, once a second, why it cannot join
+                ray.init(address=head, **quiet)
         except (ConnectionError, RuntimeError, ray.exceptions.RayError) as e:
             reason = " ".join(str(e).split())[:400]
+            if "InvalidAuthToken" in said.getvalue():
+                reason = f"{reason}: it refused this command's token (RAY_AUTH_TOKEN, or the token file), or none"
             raise UserError(f"invalid value for ray_address: received {cfg.ray_address}; cannot join a Ray cluster "
                             f"there ({reason}); allowed: the HOST:PORT of a running cluster's head, with "
                             "RAY_AUTH_MODE=token and its token (ray get-auth-token) if it uses token "
@@ -164,6 +172,27 @@ def _start(cfg: TrainConfig) -> None:
         env["RAY_ADDRESS"] = f"127.0.0.1:{port}"
         with _environ(RAY_GCS_SERVER_PORT=str(port)):
             ray.init(address="local", num_cpus=max(os.cpu_count() or 1, cfg.workers), **quiet)
+
+
+@contextlib.contextmanager
+def _stderr_kept():
+    """What this process writes to its stderr descriptor in the block, kept (in the StringIO yielded) instead of
+    shown, unless the block ends well: then it is shown after all."""
+    import tempfile
+
+    said = io.StringIO()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile("w+", errors="replace") as kept:
+        os.dup2(kept.fileno(), 2)
+        try:
+            yield said
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            kept.seek(0)
+            said.write(kept.read())
+    sys.stderr.write(said.getvalue())  # (only when the block ended well)
 
 
 @contextlib.contextmanager
@@ -189,6 +218,11 @@ _RAY_NOISE = re.compile(
     r"Failed to query Ray Train Controller actor state\. .*|Monitor thread did not exit within [\d.]+ seconds"
     r"|\[[\d-]+ [\d:,]+ E \d+ \d+\] core_worker\.cc:\d+: Actor with class name: 'PreemptionWatcher' .*"
     r"|W\d{4} [\d:.]+\s+\d+ dataset\.cc:\d+\] Input of GeneratorDatasetOp::Dataset will not be optimized .*"
+    # a worker killed: the raylet's word for it, and the collective ops' errors in the others (the driver's
+    # "worker failed" line says it once)
+    r"|A worker died or was killed while executing a task by an unexpected system error\. .*"
+    r"|[EW]\d{4} [\d:.]+\s+\d+ (?:ring_alg|base_collective_executor|collective_ops|collective_rma_distributed)"
+    r"\.cc:\d+\] .*|Additional GRPC error information .*|\s*\[\[\{\{node CollectiveReduceV\d\}\}\]\].*"
 )
 _FORWARDED_LINE = re.compile(r"\((?P<who>[^)]*)\) (?P<line>.*?)(?: \[repeated \d+x across cluster\].*)?")
 _ANSI = re.compile(r"\x1b\[[\d;]*m")
@@ -281,12 +315,29 @@ def _worker(config: dict) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     from tftrain.train import train
 
-    silent = contextlib.ExitStack()
-    if rank:  # its errors still reach the driver, as the exception Ray gives it
-        silent.enter_context(contextlib.redirect_stdout(io.StringIO()))
-        silent.enter_context(contextlib.redirect_stderr(io.StringIO()))
-    with silent:
+    with _silenced() if rank else contextlib.nullcontext():  # its errors still reach the driver, as Ray's
         train(TrainConfig(**config["cfg"]))
+
+
+@contextlib.contextmanager
+def _silenced():
+    """This process's stdout and stderr to /dev/null, at the descriptors: TensorFlow's C++ logs too (a peer's
+    death has every other worker print a page of collective-op errors)."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 1)
+        os.dup2(null.fileno(), 2)
+    try:
+        yield
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(ValueError, OSError):
+                stream.flush()
+        for fd, copy in zip((1, 2), saved, strict=True):
+            os.dup2(copy, fd)
+            os.close(copy)
 
 
 def _causes(error: BaseException) -> list[BaseException]:

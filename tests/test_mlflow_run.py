@@ -1,6 +1,7 @@
 """End to end through `mlflow run . --env-manager local`, the way users run the project."""
 
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 import yaml
 
 from conftest import REPO, activated_env, mlflow_run_args, mlflow_store
+from tftrain.registry import version_accuracy
 
 pytestmark = pytest.mark.slow
 
@@ -91,6 +93,52 @@ def test_main_job_on_real_fashion_mnist_defaults(project_store):
     )
     assert abs(metrics["tflite_int8_accuracy_delta"]) < 0.02 and metrics["tflite_int8_latency_ms"] > 0
     assert "mlflow ui --backend-store-uri sqlite:///" in done.stdout
+
+
+def readme_project_commands() -> list[str]:
+    """The `mlflow run .` lines of the README's "The MLflow project and the CLI" block, in order."""
+    block = (REPO / "README.md").read_text().split("### The MLflow project and the CLI", 1)[1].split("```bash")[1]
+    return [line for line in block.split("```")[0].splitlines() if line.startswith("mlflow run . ")]
+
+
+def project_copy(folder: Path) -> Path:
+    """The project's tracked files copied to `folder`, as a user's clone has them."""
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, folder / name)
+    return folder
+
+
+def test_the_readme_entry_point_commands_as_written_one_after_another(tmp_path):
+    """train, evaluate, export and promote as the README writes them, in a clone, on a fresh store and the
+    defaults: evaluate and export find the model's data from the model itself (mlflow run logs an empty data_dir
+    as '', which the steps once read back and failed on)."""
+    commands = readme_project_commands()
+    assert [c.split(" -e ")[1].split()[0] for c in commands] == ["train", "evaluate", "export", "promote"]
+    clone = project_copy(tmp_path / "clone")
+    env = {**activated_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
+        env.pop(var, None)
+    outputs = []
+    for command in commands:
+        done = subprocess.run(["bash", "-c", command], cwd=clone, env=env, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, f"{command}\n{done.stdout[-3000:]}{done.stderr[-5000:]}"
+        outputs.append(done)
+    train_id, eval_id, export_id, _ = [run_id_of(done) for done in outputs]
+    with mlflow_store(tmp_path):
+        client = mlflow.MlflowClient()
+        version = client.get_model_version("tftrain-fashion-mnist", "1")
+        assert version.run_id == train_id
+        evaluated = client.get_run(eval_id).data.metrics["test_accuracy"]
+        assert evaluated > 0.85, evaluated  # the CNN on real Fashion-MNIST
+        # scored on the model's own test split: linked to the model, for the registry gate
+        assert version_accuracy("models:/tftrain-fashion-mnist/1") == pytest.approx(evaluated)
+        exported = client.get_run(export_id).data.metrics
+        assert exported["tflite_float32_test_accuracy"] == pytest.approx(evaluated, abs=0.01)
+        assert client.get_model_version("tftrain-fashion-mnist-litert", "1").run_id == export_id
+        assert str(client.get_model_version_by_alias("tftrain-fashion-mnist", "champion").version) == "1"
+    assert "is now version 1" in outputs[3].stdout
 
 
 REFUSED = [

@@ -87,7 +87,8 @@ def test_a_version_taking_other_images_does_not_take_the_alias(store, tmp_path):
     names = ("a", "b")
     for shape in ((8, 8), (12, 12)):
         with mlflow.start_run():
-            logged = logged_models.log_keras_model(build_model("mlp", 2, shape), "shapes", np.zeros((1, *shape)), names)
+            logged = logged_models.log_keras_model(build_model("mlp", 2, shape), "shapes", np.zeros((1, *shape)),
+                                                   logged_models.Provenance(names))  # fmt: skip
             mlflow.log_metrics({"test_accuracy": 0.6 if shape == (8, 8) else 0.9}, model_id=logged.model_id)
     assert promote("models:/shapes/1").promoted
     refused = promote("models:/shapes/2")
@@ -109,7 +110,7 @@ def test_a_model_no_better_than_chance_takes_no_alias(store):
     for accuracy in (0.25, 0.26):
         with mlflow.start_run():
             logged = logged_models.log_keras_model(build_model("mlp", 4, (6, 6)), "chance", np.zeros((1, 6, 6)),
-                                                   ("a", "b", "c", "d"))  # fmt: skip
+                                                   logged_models.Provenance(("a", "b", "c", "d")))  # fmt: skip
             mlflow.log_metrics({"test_accuracy": accuracy}, model_id=logged.model_id)
     refused = promote("models:/chance/1")
     assert not refused.promoted

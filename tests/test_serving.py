@@ -321,12 +321,15 @@ def log_colour_models(folder: Path) -> Colour:
     model = colour_model()
     with mlflow_store(folder):
         with mlflow.start_run():
-            keras_logged = logged_models.log_keras_model(model, "colour-test", colour_images([0, 1]), COLOUR_NAMES)
+            keras_logged = logged_models.log_keras_model(
+                model, "colour-test", colour_images([0, 1]), logged_models.Provenance(COLOUR_NAMES)
+            )
         model.export(str(folder / "saved_model"), format="tf_saved_model", verbose=False)
         (folder / "model.tflite").write_bytes(convert(folder / "saved_model", "float32"))
         with mlflow.start_run():
             litert = logged_models.log_litert_model(
-                folder / "model.tflite", COLOUR_NAMES, "colour-test-litert", colour_images([0, 1])
+                folder / "model.tflite", logged_models.Provenance(COLOUR_NAMES), "colour-test-litert",
+                colour_images([0, 1])
             )
     return Colour(model, folder, {"keras": keras_logged.uri, "litert": litert.uri})
 

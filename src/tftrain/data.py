@@ -184,6 +184,9 @@ class TaskData:
     test: tuple[np.ndarray, np.ndarray]
     source: str
     resolved: dict[str, str] = field(default_factory=dict)
+    # how to load the same splits again (dataset, data_dir, split fractions, bad_images): kept with the logged
+    # model, so evaluate and export find the model's own test split without reading run params back
+    settings: dict = field(default_factory=dict)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -210,13 +213,15 @@ def load_task_data(
     from tftrain.folders import conform, hold_out
 
     kind, name = dataset_kind(dataset), dataset_label(dataset)
+    settings = {"dataset": resolved_dataset(dataset), "data_dir": str(Path(data_dir).resolve()) if data_dir else "",
+                "test_split": test_split, "validation_split": validation_split, "bad_images": bad_images}  # fmt: skip
     if kind == "folder":
         from tftrain.folders import load_folder
 
         f = load_folder(dataset, image_size, channels, test_split, validation_split, bad_images)
         resolved = {"bad_images_skipped": str(len(f.skipped)), "ignored_files": str(f.ignored),
                     "dataset_resolved": resolved_dataset(dataset)}  # fmt: skip
-        return _resolved(TaskData(name, f.class_names, f.train, f.validation, f.test, f.source), resolved)
+        return _resolved(TaskData(name, f.class_names, f.train, f.validation, f.test, f.source), resolved, settings)
     if kind == "builtin":
         d = load_dataset(dataset, data_dir)
         train, validation = split_validation(d.x_train, d.y_train, validation_split)
@@ -237,17 +242,17 @@ def load_task_data(
             train, validation = _take(train, kept), _take(train, held)
     splits = [(conform(x, image_size, channels), y.astype(np.int32)) for x, y in (train, validation, test)]
     return _resolved(
-        TaskData(name, tuple(class_names), *splits, source), {"dataset_resolved": resolved_dataset(dataset)}
+        TaskData(name, tuple(class_names), *splits, source), {"dataset_resolved": resolved_dataset(dataset)}, settings
     )
 
 
-def _resolved(data: TaskData, extra: dict[str, str] | None = None) -> TaskData:
+def _resolved(data: TaskData, extra: dict[str, str], settings: dict) -> TaskData:
     shape = data.input_shape
     resolved = {
         "image_size_resolved": f"{shape[0]}x{shape[1]}",
         "channels_resolved": str(shape[2] if len(shape) == 3 else 1),
     }
-    return dataclasses.replace(data, resolved={**resolved, **(extra or {})})
+    return dataclasses.replace(data, resolved={**resolved, **extra}, settings=settings)
 
 
 def split_validation(x: np.ndarray, y: np.ndarray, fraction: float):

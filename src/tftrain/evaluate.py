@@ -116,26 +116,33 @@ def summary(ev: Evaluation) -> str:
 
 
 def model_data(ref: logged_models.LoggedModel, dataset: str = "", data_dir: str = "") -> TaskData:
-    """The data to score the model `ref` on: `dataset` (empty: the one its run trained on, with the same split
-    settings), resized and converted to the images the model takes."""
-    params = logged_models.training_params(ref)
+    """The data to score the model `ref` on: `dataset` (empty: the one it trained on, with the same split
+    settings, as its metadata says), resized and converted to the images the model takes."""
+    trained = ref.training_data or {}
+    if not dataset and not trained.get("dataset"):
+        raise UserError(
+            f"model_uri {ref.uri!r} does not say which data it trained on (a model trained on arrays from Python, "
+            "or logged by an older tftrain); pass dataset=NAME_OR_FOLDER (and data_dir) to score it"
+        )
     shape = logged_models.image_shape(ref)
+    same = not dataset
     return load_task_data(
-        dataset or params.get("dataset_resolved") or params.get("dataset", "fashion_mnist"),
-        data_dir or ("" if dataset else params.get("data_dir", "")),
+        dataset or trained["dataset"], data_dir or (trained.get("data_dir", "") if same else ""),
         image_size=shape[:2], channels=shape[2] if len(shape) == 3 else 1,
-        test_split=float(params.get("test_split", 0.1)), validation_split=float(params.get("validation_split", 0.2)),
-        bad_images=params.get("bad_images", "fail"),
+        test_split=float(trained.get("test_split", 0.1)), validation_split=float(trained.get("validation_split", 0.2)),
+        bad_images=trained.get("bad_images", "fail"),
     )  # fmt: skip
 
 
 def own_test_split(ref: logged_models.LoggedModel, dataset: str, data_dir: str = "") -> bool:
     """Whether `dataset` and `data_dir` (empty: the model's own) are the ones the model trained on, so that the
     test split is the model's held-out data: only a score there is linked to the model, for the registry gate."""
-    params = logged_models.training_params(ref)
-    same_data = not dataset or resolved_dataset(dataset) == (params.get("dataset_resolved") or params.get("dataset"))
-    trained_dir = params.get("data_dir", "")
-    same_dir = not data_dir or (bool(trained_dir) and Path(data_dir).resolve() == Path(trained_dir).resolve())
+    trained = ref.training_data or {}
+    if not trained.get("dataset"):  # arrays from Python: the caller's `data` is the model's own, unless named
+        return not dataset and not data_dir
+    same_data = not dataset or resolved_dataset(dataset) == trained["dataset"]
+    trained_dir = trained.get("data_dir", "")
+    same_dir = not data_dir or (bool(trained_dir) and Path(data_dir).resolve() == Path(trained_dir))
     return same_data and same_dir
 
 

@@ -196,10 +196,9 @@ def export(
         runs.log_metrics(metrics, model_id=ref.model_id)
         runs.log_folder(out_dir, "export")
         served = next(r for r in results if r.mode == litert_quantization)
-        name = logged_models.registered_name(ref)
-        litert = logged_models.log_litert_model(
-            served.path, data.class_names, name + LITERT_SUFFIX if name else None, x_test[:2]
-        )
+        name = ref.trained_name
+        made = logged_models.Provenance(data.class_names, ref.training_data or {}, name)
+        litert = logged_models.log_litert_model(served.path, made, name + LITERT_SUFFIX if name else None, x_test[:2])
         # what the registry gate reads, as evaluate links it to a Keras model (on the model's own test split only)
         own = own_test_split(ref, dataset, data_dir)
         runs.log_metrics({"test_accuracy": served.test_accuracy}, model_id=litert.model_id if own else None)

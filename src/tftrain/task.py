@@ -34,6 +34,9 @@ class Task:
     build_model: Callable
     source: str = ""
     resolved: dict[str, str] = field(default_factory=dict)  # what was worked out, logged as params
+    # how evaluate and export load these splits again (TaskData.settings); empty for arrays made in Python, whose
+    # models are evaluated with an explicit dataset
+    data_settings: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         shape = self.input_shape
@@ -68,7 +71,8 @@ def resolve_task(cfg: TrainConfig, data=None) -> Task:
 
     data = data or load_data(cfg)
     build = model_builder(cfg.model, len(data.class_names), data.input_shape, cfg.weights, cfg.freeze_backbone)
-    return Task(data.name, data.class_names, data.train, data.validation, data.test, build, data.source, data.resolved)
+    return Task(data.name, data.class_names, data.train, data.validation, data.test, build, data.source, data.resolved,
+                data.settings)  # fmt: skip
 
 
 def load_data(cfg: TrainConfig):

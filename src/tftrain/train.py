@@ -31,7 +31,7 @@ from tftrain.task import Task, resolve_task
 from tftrain.tracking import runs
 from tftrain.tracking.epoch_metrics import EpochMetrics, log_timings
 from tftrain.tracking.journal import Journal
-from tftrain.tracking.logged_models import LoggedModel, log_keras_model
+from tftrain.tracking.logged_models import LoggedModel, Provenance, log_keras_model
 
 
 @dataclass(frozen=True)
@@ -276,12 +276,9 @@ def train(
         tracking_seconds = (epoch_metrics.seconds if epoch_metrics else 0.0) + uploaded - uploading
         logged, model_logging_seconds = None, 0.0
         if run_id:
+            made = Provenance(task.class_names, task.data_settings, cfg.registered_model_name)
             logged = log_keras_model(
-                portable_copy(model),
-                cfg.registered_model_name if register else None,
-                val_xy[0][:2],
-                task.class_names,
-                journal,
+                portable_copy(model), cfg.registered_model_name if register else None, val_xy[0][:2], made, journal
             )
             model_logging_seconds = time.perf_counter() - uploaded
             log_timings(journal, fit_seconds, tracking_seconds, model_logging_seconds)

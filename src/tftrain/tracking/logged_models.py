@@ -7,7 +7,7 @@ import json
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
@@ -40,11 +40,25 @@ OUTPUT_SCHEMA = Schema(
 SIGNATURE = ModelSignature(outputs=OUTPUT_SCHEMA)
 
 
-def _metadata(input_shape: tuple[int, ...], class_names: tuple[str, ...]) -> dict:
+@dataclass(frozen=True)
+class Provenance:
+    """What a logged model carries about its training, in its MLmodel metadata: the classes it answers, the data
+    settings that load its splits again (TaskData.settings; empty: arrays made in Python) and the registered
+    name its training used (the LiteRT twin registers as NAME-litert). Evaluate and export read these, never the
+    run's params (`mlflow run` rewrites values: an empty string is logged as '')."""
+
+    class_names: tuple[str, ...]
+    data: dict = field(default_factory=dict)
+    registered_name: str | None = None
+
+
+def _metadata(input_shape: tuple[int, ...], made: Provenance) -> dict:
     return {
         "image_shape": list(input_shape),
         "accepts": serving.accepted(input_shape),
-        "class_names": list(class_names),
+        "class_names": list(made.class_names),
+        "training_data": made.data,
+        "registered_model_name": made.registered_name or "",
     }
 
 
@@ -57,6 +71,8 @@ class LoggedModel:
     version: str | None = None
     input_shape: tuple[int, ...] | None = None  # (H, W[, C]), when resolve_model looked it up
     class_names: tuple[str, ...] | None = None  # from the MLmodel metadata (models logged before it: None)
+    training_data: dict | None = None  # Provenance.data, from the MLmodel metadata (None: not said)
+    trained_name: str | None = None  # Provenance.registered_name, from the MLmodel metadata
 
 
 def _requirements(runtime: str) -> list[str]:
@@ -73,13 +89,13 @@ def log_keras_model(
     model,
     registered_name: str | None,
     example: np.ndarray,
-    class_names: tuple[str, ...],
+    made: Provenance,
     journal: Journal | None = None,
 ) -> LoggedModel | None:
     """Log the Keras `model` (MLflow's Keras flavor, served by tftrain's pyfunc) with `example` (uint8 images) as
-    its serving input example, register it, and log the same request beside the run (serving_example.json). With
-    the tracking server gone, the model goes to the training's `journal` instead (None back); `tftrain sync` logs
-    it."""
+    its serving input example and `made` in its metadata, register it as `registered_name` (None: not), and log
+    the same request beside the run (serving_example.json). With the tracking server gone, the model goes to the
+    training's `journal` instead (None back); `tftrain sync` logs it."""
     mlflow.flush_async_logging()
     example = np.asarray(example, dtype=np.uint8)
     request = {"inputs": example.tolist()}
@@ -91,28 +107,26 @@ def log_keras_model(
             name=MODEL_ARTIFACT,
             flavor=serving,
             keras_model=model,
-            class_names=list(class_names),
+            class_names=list(made.class_names),
             signature=SIGNATURE,
             input_example=example,
-            metadata=_metadata(tuple(model.input_shape[1:]), class_names),
+            metadata=_metadata(tuple(model.input_shape[1:]), made),
             registered_model_name=registered_name,
             pip_requirements=_requirements("tensorflow"),
         )
         mlflow.log_dict(request, "serving_example.json")
         logged.append(_logged(info, registered_name))
 
-    entry = {"model": "model.keras", "registered_name": registered_name, "class_names": list(class_names),
-             "example": request}  # fmt: skip
+    entry = {"model": "model.keras", "registered_name": registered_name, "class_names": list(made.class_names),
+             "training_data": made.data, "trained_name": made.registered_name, "example": request}  # fmt: skip
     if not remote(journal, log, entry):
         model.save(journal.folder / "model.keras")
     return logged[0] if logged else None
 
 
-def log_litert_model(
-    tflite: Path, class_names: tuple[str, ...], registered_name: str | None, example: np.ndarray
-) -> LoggedModel:
+def log_litert_model(tflite: Path, made: Provenance, registered_name: str | None, example: np.ndarray) -> LoggedModel:
     """Log a TFLite file (as data/model.tflite) as a pyfunc model that runs in the LiteRT interpreter, with
-    `example` (uint8 images) as its serving input example, and register it."""
+    `example` (uint8 images) as its serving input example and `made` in its metadata, and register it."""
     example = np.asarray(example, dtype=np.uint8)
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copy(tflite, Path(tmp, "model.tflite"))  # whichever quantization, the model's file is model.tflite
@@ -121,10 +135,10 @@ def log_litert_model(
             loader_module=serving.__name__,
             data_path=str(Path(tmp, "model.tflite")),
             code_paths=[str(serving.write_code(Path(tmp, "code")))],
-            model_config={"class_names": list(class_names)},
+            model_config={"class_names": list(made.class_names)},
             signature=SIGNATURE,
             input_example=example,
-            metadata=_metadata(example.shape[1:], class_names),
+            metadata=_metadata(example.shape[1:], made),
             registered_model_name=registered_name,
             pip_requirements=_requirements("ai-edge-litert"),
         )
@@ -134,9 +148,11 @@ def log_litert_model(
 def resolve_model(uri: str) -> LoggedModel:
     """Look the model up (nothing downloaded but its MLmodel file); a model that is not there is a user error."""
     info = model_info(uri)
-    names = (info.metadata or {}).get("class_names")
+    meta = info.metadata or {}
+    names = meta.get("class_names")
     return LoggedModel(uri, info.model_id, info.run_id, input_shape=_image_shape(info),
-                       class_names=tuple(names) if names else None)  # fmt: skip
+                       class_names=tuple(names) if names else None, training_data=meta.get("training_data"),
+                       trained_name=meta.get("registered_model_name") or None)  # fmt: skip
 
 
 def _image_shape(info) -> tuple[int, ...] | None:
@@ -162,18 +178,6 @@ def model_input_shape(uri: str) -> tuple[int, ...]:
     """The image shape of the model at `uri`, read from its MLmodel file before any weights load. A missing model,
     or one without a tensor signature, is a user error."""
     return image_shape(resolve_model(uri))
-
-
-def training_params(ref: LoggedModel) -> dict[str, str]:
-    """The params of the run that logged the model (empty for a model with no run, e.g. a local folder)."""
-    return dict(mlflow.get_run(ref.run_id).data.params) if ref.run_id else {}
-
-
-def registered_name(ref: LoggedModel) -> str | None:
-    """The registered model name the source run used, if it registered its model."""
-    if not ref.run_id:
-        return None
-    return mlflow.get_run(ref.run_id).data.params.get("registered_model_name") or None
 
 
 def load_pyfunc(uri: str):

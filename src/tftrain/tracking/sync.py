@@ -10,7 +10,7 @@ import mlflow
 import numpy as np
 
 from tftrain.tracking.journal import entries
-from tftrain.tracking.logged_models import log_keras_model
+from tftrain.tracking.logged_models import Provenance, log_keras_model
 from tftrain.tracking.runs import logged_steps
 
 
@@ -34,7 +34,8 @@ def replay_journal(folder: Path) -> str:
         elif "model" in item:
             model = keras.saving.load_model(folder / item["model"], safe_mode=True)
             example = np.asarray(item["example"]["inputs"])
-            logged = log_keras_model(model, item["registered_name"], example, tuple(item["class_names"]))
+            made = Provenance(tuple(item["class_names"]), item["training_data"], item["trained_name"])
+            logged = log_keras_model(model, item["registered_name"], example, made)
             print(f"model {logged.uri}" + (f", registered as version {logged.version}" if logged.version else ""))
         elif "end" in item:
             status = item["end"]

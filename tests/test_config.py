@@ -132,6 +132,10 @@ def test_dataset_and_model_forms_resolve_before_any_data_is_read(tmp_path):
     cfg = TrainConfig(dataset=str(folder), model=f"{tmp_path}/net.keras")
     assert cfg.registered_model_name == "tftrain-my-flowers"
     assert model_label(cfg.model) == "net"
+    # builders are named after their file or module and function: runs of two builders named build differ
+    (tmp_path / "small_resnet.py").write_text("def build(shape, classes): pass\n")
+    assert model_label(f"{tmp_path}/small_resnet.py:build") == "small_resnet-build"
+    assert model_label("pkg.nets:build") == "nets-build"
     assert resolved_dataset(str(folder)) == str(folder.resolve())
     assert TrainConfig(model="resnet50", weights=f"{tmp_path}/net.keras", freeze_backbone=True, image_size="32x32")
 

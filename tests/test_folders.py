@@ -184,7 +184,9 @@ def test_a_right_guess_decodes_once_and_no_dominant_size_reads_every_header_firs
     f = load(root, tmp_path)
     err = capsys.readouterr().err
     assert "reading the sizes of 60 images" in err and err.count("decoding 60 images") == 1
-    assert f.image_size == (8, 6)  # the three tie at 20: the first in listing order (c0/000.png)
+    # no size holds half the files: a square of the median shorter side (6, 6, 7 -> 6), never enlarged
+    assert f.image_size == (6, 6)
+    assert "image_size auto: 6x6, a square of the files' median shorter side (6 px; 3 sizes among 60 files)" in err
 
 
 def test_explicit_size_is_height_by_width_and_pixels_survive_exactly(tmp_path):

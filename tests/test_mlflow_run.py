@@ -77,6 +77,8 @@ def test_main_job_on_real_fashion_mnist_defaults(project_store):
     run = mlflow.get_run(run_id_of(done))
     metrics = run.data.metrics
     assert metrics["test_accuracy"] >= 0.88, metrics["test_accuracy"]
+    # the Keras model's score, once: export's TFLite scores have names of their own
+    assert len(mlflow.MlflowClient().get_metric_history(run.info.run_id, "test_accuracy")) == 1
     assert abs(metrics["tflite_dynamic_range_accuracy_delta"]) < 0.01
     assert run.data.params["dataset"] == "fashion_mnist" and run.data.tags["dataset_source"].endswith("fashion-mnist")
     assert re.search(r"^test accuracy:\s+0\.\d{4}$", done.stdout, re.M)

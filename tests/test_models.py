@@ -2,6 +2,7 @@ import keras
 import numpy as np
 import pytest
 
+from tftrain.augment import has_random_layers
 from tftrain.models import FusedBatchNormalization, build_model, portable_copy
 
 # Flatten 784 -> Dense 128 (100,480) -> Dense 10 (1,290)
@@ -55,7 +56,7 @@ def test_cnn_bn_is_logged_with_stock_layers_that_predict_the_same():
     copy = portable_copy(model)
     kinds = {type(layer).__name__ for layer in copy.layers}
     assert "BatchNormalization" in kinds and "FusedBatchNormalization" not in kinds
-    assert {"RandomFlip", "RandomTranslation"} <= kinds  # augmentation: active in training only
+    assert not {"RandomFlip", "RandomTranslation"} & kinds  # augmentation runs in the input pipeline (augment.py)
     pixels = np.random.default_rng(1).integers(0, 256, size=(4, 28, 28)).astype(np.float32)
     np.testing.assert_array_equal(model.predict(pixels, verbose=0), copy.predict(pixels, verbose=0))
 
@@ -200,6 +201,70 @@ def test_a_user_builder_gets_h_w_c_and_pixels_scaled_to_one(builders):
     pixels = np.random.default_rng(3).integers(0, 256, size=(3, 20, 16)).astype(np.float32)  # as _probabilities
     logits = model.get_layer("mine")(pixels[..., None] / 255.0)
     np.testing.assert_allclose(probs, keras.ops.convert_to_numpy(keras.ops.softmax(logits)), rtol=1e-5)
+
+
+KERAS_WAY = """
+import keras
+
+def rescales(input_shape, num_classes):  # as Keras' tutorials write models
+    inputs = keras.Input(input_shape)
+    x = keras.layers.RandomFlip("horizontal")(inputs)
+    x = keras.layers.Rescaling(1.0 / 255)(x)
+    x = keras.layers.Conv2D(4, 3)(x)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.RandomTranslation(0.1, 0.1)(x))
+    return keras.Model(inputs, keras.layers.Dense(num_classes)(x))
+
+def preprocess(input_shape, num_classes):  # keras.applications' preprocess_input: arithmetic on the pixels
+    inputs = keras.Input(input_shape)
+    x = keras.applications.mobilenet_v2.preprocess_input(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(x))
+    return keras.Model(inputs, keras.layers.Dense(num_classes)(x))
+
+def sequential(input_shape, num_classes):
+    return keras.Sequential([keras.Input(input_shape), keras.layers.Rescaling(1.0 / 255), keras.layers.Flatten(),
+                             keras.layers.Dense(num_classes)])
+"""
+
+
+@pytest.mark.parametrize("function", ["rescales", "preprocess", "sequential"])
+def test_a_builder_that_scales_pixels_itself_gets_raw_pixels(tmp_path, function, capsys):
+    """As keras.applications and image_dataset_from_directory give them: a model written the Keras way would see
+    values up to 0.004 if tftrain scaled them first (measured: it then does not learn)."""
+    (tmp_path / "keras_way.py").write_text(KERAS_WAY)
+    model = build_from_builder(f"{tmp_path}/keras_way.py:{function}", 3, (12, 10, 3))
+    inner = model.layers[-2]
+    pixels = np.random.default_rng(5).integers(0, 256, size=(2, 12, 10, 3)).astype(np.float32)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(model(pixels, training=False)),
+        keras.ops.convert_to_numpy(keras.ops.softmax(inner(pixels, training=False))),
+        rtol=1e-5,
+    )
+    assert "does not scale pixels itself" not in capsys.readouterr().out
+
+
+def test_a_builder_that_does_not_scale_pixels_is_told_and_fed_0_to_1(builders, capsys):
+    build_from_builder(f"{builders}:logits", 3, (20, 16))
+    assert "does not scale pixels itself (no Rescaling layer first" in capsys.readouterr().out
+
+
+def test_a_builders_random_layers_train_but_leave_the_logged_model_and_it_converts(tmp_path):
+    """Keras' random layers are identity at inference, yet they put ImageProjectiveTransformV3 and stateless-random
+    ops into a graph that TFLite cannot convert with builtin ops: the logged copy has Identity layers instead."""
+    from tftrain.export import convert
+
+    (tmp_path / "keras_way.py").write_text(KERAS_WAY)
+    model = build_from_builder(f"{tmp_path}/keras_way.py:rescales", 3, (12, 10, 3))
+    assert has_random_layers(model)
+    copy = portable_copy(model)
+    assert not has_random_layers(copy)
+    pixels = np.random.default_rng(5).integers(0, 256, size=(3, 12, 10, 3)).astype(np.float32)
+    np.testing.assert_allclose(model.predict(pixels, verbose=0), copy.predict(pixels, verbose=0), rtol=1e-6)
+    copy.export(str(tmp_path / "saved"), format="tf_saved_model", verbose=False)
+    assert convert(tmp_path / "saved", "float32")  # builtin ops only, or it raises
+    model.export(str(tmp_path / "with-random"), format="tf_saved_model", verbose=False)
+    with pytest.raises(UserError, match="needs TF Select ops"):
+        convert(tmp_path / "with-random", "float32")
 
 
 def test_a_builder_ending_in_softmax_is_not_softmaxed_twice(builders):

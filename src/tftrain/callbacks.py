@@ -19,14 +19,30 @@ def current_lr(model: keras.Model) -> float:
     return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
 
 
+def chance_warning(logs: dict, classes: int) -> str:
+    """A warning when validation accuracy sits near chance (1/classes) while training accuracy is far above it: a
+    model that does not carry over to held-out images must not pass for a success. Empty otherwise."""
+    chance = 1.0 / max(classes, 1)
+    accuracy, validation = logs.get("accuracy"), logs.get("val_accuracy")
+    if accuracy is None or validation is None:
+        return ""
+    if validation > chance + 0.1 * (1 - chance) or accuracy < chance + 0.4 * (1 - chance):
+        return ""
+    return (
+        f"warning: val_accuracy {validation:.2f} is near chance ({chance:.2f} for {classes} classes) while accuracy "
+        f"is {accuracy:.2f}: the model does not carry over to held-out images (a validation split unlike the "
+        "training data, or a model that memorizes)"
+    )
+
+
 class EpochSummary(keras.callbacks.Callback):
     """One line per epoch: every metric, the learning rate and the wall time, and what Keras' early stopping and
     LR-on-plateau callbacks did at that epoch (they are built silent when this summary is on, so that their own
     messages do not break the lines). Goes last in the callback list, so it sees what they did."""
 
-    def __init__(self, epochs: int, stream=None, early_stopping=None, plateau=None):
+    def __init__(self, epochs: int, stream=None, early_stopping=None, plateau=None, classes: int = 0):
         super().__init__()
-        self.epochs, self.stream = epochs, stream
+        self.epochs, self.stream, self.classes = epochs, stream, classes
         self.early_stopping, self.plateau = early_stopping, plateau
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -40,6 +56,8 @@ class EpochSummary(keras.callbacks.Callback):
         if self.plateau is not None and current_lr(self.model) < self._lr:
             lr = f"lr {self._lr:.2e} -> {current_lr(self.model):.2e} ({self.plateau.monitor} plateau)"
         line = f"epoch {epoch + 1}/{self.epochs}  {metrics}  {lr}  {seconds:.1f}s{self._stopping_note(epoch)}"
+        if self.classes and (warning := chance_warning(logs or {}, self.classes)):
+            line += "  " + warning.split(":")[0]  # the whole warning ends the training
         print(line, file=self.stream or sys.stdout, flush=True)  # stdout as it is now (tests swap it)
 
     def _stopping_note(self, epoch: int) -> str:
@@ -159,7 +177,9 @@ def checkpoint_dir(out_dir: Path) -> Path:
     return out_dir / "checkpoints"
 
 
-def build_callbacks(cfg: TrainConfig, out_dir: Path, clock: SaveClock) -> list[keras.callbacks.Callback]:
+def build_callbacks(
+    cfg: TrainConfig, out_dir: Path, clock: SaveClock, classes: int = 0
+) -> list[keras.callbacks.Callback]:
     callbacks: list[keras.callbacks.Callback] = [clock, StopOnNonFiniteLoss()]
     # Keras' own messages when there is no epoch summary to carry them
     verbose = 0 if cfg.epoch_summary else 1
@@ -175,9 +195,7 @@ def build_callbacks(cfg: TrainConfig, out_dir: Path, clock: SaveClock) -> list[k
         callbacks.append(early_stopping)
     if cfg.checkpoint:
         template = checkpoint_dir(out_dir) / "model_{epoch:02d}_{val_accuracy:.4f}.keras"
-        callbacks.append(
-            BestCheckpoint(str(template), clock, monitor=cfg.checkpoint_monitor, mode=mode(cfg.checkpoint_monitor))
-        )
+        callbacks.append(BestCheckpoint(str(template), clock, monitor=cfg.best_monitor, mode=mode(cfg.best_monitor)))
     if cfg.plateau_enabled:
         plateau = keras.callbacks.ReduceLROnPlateau(
             monitor=cfg.plateau_monitor,
@@ -193,5 +211,5 @@ def build_callbacks(cfg: TrainConfig, out_dir: Path, clock: SaveClock) -> list[k
             keras.callbacks.TensorBoard(log_dir=str(out_dir / "tensorboard"), histogram_freq=cfg.histogram_freq)
         )
     if cfg.epoch_summary:
-        callbacks.append(EpochSummary(cfg.epochs, early_stopping=early_stopping, plateau=plateau))
+        callbacks.append(EpochSummary(cfg.epochs, early_stopping=early_stopping, plateau=plateau, classes=classes))
     return callbacks

@@ -27,6 +27,7 @@ MIN_APPLICATION_SIZE = 32  # keras.applications refuse smaller images
 BUILTIN_IMAGE_SIZE = (28, 28)  # fashion_mnist and mnist
 CHANNELS = ("auto", "1", "3")
 BAD_IMAGES = ("fail", "skip")
+AUGMENTS = ("auto", "none", "flip", "standard", "strong")  # augment.py says what each does
 MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
 ENGINES = ("auto", "fit", "custom")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
@@ -104,10 +105,18 @@ class TrainConfig:
         BAD_IMAGES,
         group="data",
     )
+    augment: str = _opt(
+        "auto",
+        "Random changes to training images, in the input pipeline (never in the served model): flip (left-right), "
+        "standard (flip, shifts and zooms up to 10%), strong (standard, rotations up to 18 degrees, contrast); auto: "
+        "none for mlp, cnn, mnist and models with random layers of their own, else standard.",
+        AUGMENTS,
+        group="data",
+    )
     # model: what is trained
     model: str = _opt(
         "mlp",
-        "mlp, cnn (the write-up's), cnn_bn (batch norm, flip/shift augmentation); a keras.applications name ("
+        "mlp, cnn (the write-up's), cnn_bn (three stages of convolutions with batch norm); a keras.applications name ("
         + ", ".join(APPLICATIONS)
         + "); a builder, module:function or file.py:function, called as "
         "build(input_shape, num_classes); or a .keras file to continue training.",
@@ -157,7 +166,11 @@ class TrainConfig:
     restore_best_weights: bool = _opt(True, "On early stop, go back to the best epoch's weights.", group="trainer")
     checkpoint: bool = _opt(True, "Save the best model as model_{epoch}_{val_accuracy}.keras.", group="trainer")
     checkpoint_monitor: str = _opt(
-        "val_accuracy", "Metric that decides the best checkpoint.", MONITORS, group="trainer"
+        "auto",
+        "Metric that decides the best checkpoint; auto: early_stopping_monitor, so the best checkpoint is the "
+        "epoch whose weights training ends with and registers.",
+        ("auto", *MONITORS),
+        group="trainer",
     )
     reduce_lr_on_plateau: str = _opt(
         "auto",
@@ -312,6 +325,11 @@ class TrainConfig:
             raise invalid("ray_address", self.ray_address, "empty, auto, or HOST:PORT of a Ray cluster's head")
 
     @property
+    def best_monitor(self) -> str:
+        """The metric the best checkpoint is chosen by (checkpoint_monitor, auto resolved)."""
+        return self.early_stopping_monitor if self.checkpoint_monitor == "auto" else self.checkpoint_monitor
+
+    @property
     def plateau_enabled(self) -> bool:
         return self.reduce_lr_on_plateau == "true" or (
             self.reduce_lr_on_plateau == "auto" and self.lr_schedule == "constant"
@@ -457,11 +475,12 @@ def resolved_dataset(value: str) -> str:
 
 
 def model_label(value: str) -> str:
-    """A short name for the model, for run names: the built-in or application name, the builder's function name,
-    the .keras file's stem."""
+    """A short name for the model, for run names: the built-in or application name, the builder's file stem (or
+    last module name) and function name (`my_nets.py:build` -> my_nets-build), the .keras file's stem."""
     kind = model_kind(value)
     if kind == "builder":
-        return parse_function(value)[1]
+        source, name = parse_function(value)
+        return f"{Path(source).stem if source.endswith('.py') else source.rpartition('.')[2]}-{name}"
     return Path(value).stem if kind == "file" else value
 
 

@@ -206,9 +206,10 @@ def load_task_data(
     test_split: float = 0.1,
     validation_split: float = 0.2,
     bad_images: str = "fail",
+    auto_sides: tuple[int, int] | None = None,
 ) -> TaskData:
     """Any `dataset` (see config.dataset_kind) as train, validation and test splits of images of `image_size` and
-    `channels` (None: as the data has them; for a folder, its most common size and 1 channel if all are gray)."""
+    `channels` (None: as the data has them; for a folder, see folders.load_folder, with `auto_sides`)."""
     from tftrain.config import dataset_kind, dataset_label, resolved_dataset
     from tftrain.folders import conform, hold_out
 
@@ -218,7 +219,8 @@ def load_task_data(
     if kind == "folder":
         from tftrain.folders import load_folder
 
-        f = load_folder(dataset, image_size, channels, test_split, validation_split, bad_images)
+        sides = {"auto_sides": auto_sides} if auto_sides else {}
+        f = load_folder(dataset, image_size, channels, test_split, validation_split, bad_images, **sides)
         resolved = {"bad_images_skipped": str(len(f.skipped)), "ignored_files": str(f.ignored),
                     "dataset_resolved": resolved_dataset(dataset)}  # fmt: skip
         return _resolved(TaskData(name, f.class_names, f.train, f.validation, f.test, f.source), resolved, settings)
@@ -276,6 +278,7 @@ def make_dataset(
     seed: int = 0,
     shard: tuple[int, int] = (1, 0),
     drop_remainder: bool = False,
+    augment=None,
 ):
     """uint8 arrays -> (seeded, reshuffled each epoch) batches of uint8 images and int32 labels.
 
@@ -285,7 +288,8 @@ def make_dataset(
     shuffle) cost about 0.1 s an epoch, and a gather per batch about 0.03 s, on an MLP epoch of 0.15 s. Without
     shuffling, the batches are cut once. Images stay uint8 (a quarter of the bytes); the model casts them.
     `shard` = (count, index) keeps every count-th example: one worker's part under multi-worker training.
-    `drop_remainder`: full batches only (the rest of a shuffled epoch is drawn in a later one)."""
+    `drop_remainder`: full batches only (the rest of a shuffled epoch is drawn in a later one). `augment`: a map
+    function over batches (augment.batch_augmenter), run on two threads ahead of the training step."""
     import tensorflow as tf
 
     images, labels = tf.constant(x), tf.constant(y.astype(np.int32))
@@ -303,6 +307,8 @@ def make_dataset(
     else:
         ds = epoch_in(indices)
     batches = size // batch_size if drop_remainder else -(-size // batch_size)
+    if augment is not None:
+        ds = ds.map(augment, num_parallel_calls=2, deterministic=True)
     ds = ds.prefetch(2).apply(tf.data.experimental.assert_cardinality(batches))  # for progress bars
     # tf.data's autotuner, left on, doubled one epoch in three on 2 cores (its threads took the training's core)
     options = tf.data.Options()

@@ -41,6 +41,7 @@ CACHE_VERSION = 1  # part of the key: bump when the decoded pixels or the json c
 SECONDS_PER_FILE, SECONDS_PER_BYTE, PARALLEL_SECONDS = 100e-6, 15e-9, 1.5
 CHUNK_FILES = 256  # files per task: amortizes the ~1 ms round trip per task, small enough to balance the workers
 CHUNK_BYTES = 16 << 20  # decoded bytes per task, so a chunk of big images does not pile up in the pipe
+AUTO_SIDES = (1, 64)  # an "auto" square side for photos of many sizes, at least and at most (task.auto_sides)
 SAMPLE_FILES = 64  # headers read to guess an "auto" size and channels before the one decoding pass
 PROGRESS_EVERY = 2.0  # seconds between progress lines
 # What Pillow raises on a damaged or hostile file (struct.error for a cut header, EOFError for cut frames).
@@ -302,9 +303,12 @@ def load_folder(
     bad_images: str = "fail",
     cache_dir: Path | None = None,
     progress: bool = True,
+    auto_sides: tuple[int, int] = AUTO_SIDES,
 ) -> FolderData:
     """An image folder as train, validation and test arrays, decoded once and cached (see the module docstring).
-    image_size (height, width) / channels None: the most common size / 1 if every image is gray, else 3."""
+    image_size (height, width) None: the size at least half the files have, else (photos of many sizes) a square
+    of the files' median shorter side, rounded down to a multiple of 8 (from 16 up) within `auto_sides` (the model's:
+    see task.auto_sides). channels None: 1 if every image is gray, else 3."""
     _check_args(image_size, channels, test_split, validation_split, bad_images)
     image_size = tuple(int(v) for v in image_size) if image_size is not None else None
     channels = int(channels) if channels is not None else None
@@ -315,13 +319,18 @@ def load_folder(
     rels = [rel for part in listing.splits.values() for rel, _ in part]
     labels = np.array([k for part in listing.splits.values() for _, k in part], np.int32)
     stats = [listing.stats[rel] for rel in rels]
-    key = _cache_key(rels, stats, image_size, channels)
+    key = _cache_key(rels, stats, image_size or ["auto", *auto_sides], channels)
     folder = _cache_folder(cache_dir)
     cached = _load_cache(folder, key, rels, say)
     if cached is None:
-        images, meta = _decode_folder(listing, rels, stats, image_size, channels, bad_images, folder / key, say)
+        images, meta = _decode_folder(
+            listing, rels, stats, (image_size, auto_sides), channels, bad_images, folder / key, say
+        )
     else:
         images, meta = cached
+    if image_size is None and meta.get("size_rule"):
+        say(f"image_size auto: {meta['image_size'][0]}x{meta['image_size'][1]}, {meta['size_rule']}; pass "
+            "image_size=HxW to choose (larger sees more detail, costs time as its area)")  # fmt: skip
     unreadable = {rel: reason for rel, reason in meta["unreadable"]}
     _check_unreadable(listing.root, unreadable, bad_images)
     keep = np.array([rel not in unreadable for rel in rels])
@@ -376,7 +385,7 @@ def _stat(entry: os.DirEntry) -> tuple[int, int]:
 
 def _cache_key(rels: list[str], stats: list[tuple[int, int]], image_size, channels) -> str:
     """sha256 of every file's relative path, size and mtime, and of the request (so "auto" needs no header pass)."""
-    h = hashlib.sha256(json.dumps([CACHE_VERSION, list(image_size or ["auto"]), channels or "auto"]).encode())
+    h = hashlib.sha256(json.dumps([CACHE_VERSION, list(image_size), channels or "auto"]).encode())
     for rel, (size, mtime) in zip(rels, stats, strict=True):
         h.update(f"{rel}\0{size}\0{mtime}\n".encode())
     return h.hexdigest()[:24]
@@ -490,7 +499,7 @@ def _decode_folder(listing, rels, stats, image_size, channels, bad_images, stem,
     root, start = str(listing.root), time.monotonic()
     workers = _workers(len(rels), sum(max(s, 0) for s, _ in stats))
     with _pool(workers) as pool:
-        size, depth = image_size, channels
+        size, depth = image_size[0], channels
         if size is None or depth is None:
             size, depth = _guess(root, rels, image_size, channels) or _resolve(
                 pool, workers, root, rels, image_size, channels, say
@@ -502,6 +511,8 @@ def _decode_folder(listing, rels, stats, image_size, channels, bad_images, stem,
                 if auto == (size, depth):
                     unreadable = {i: n for i, n in enumerate(natives) if isinstance(n, str)}
                     meta = _meta(listing, rels, size, depth, unreadable)
+                    if image_size[0] is None:
+                        meta["size_rule"] = _size_rule(natives, image_size[1])
                     images, where = out.finish(meta)
                     break
             finally:
@@ -541,22 +552,53 @@ def _meta(listing: Listing, rels, image_size, channels, unreadable: dict[int, st
             "channels": channels, "paths": rels, "labels": labels, "unreadable": bad}  # fmt: skip
 
 
-def _auto(heads: list[Native | str], image_size, channels) -> tuple[tuple[int, int], int]:
-    """The "auto" size (the most common; ties: first in listing order) and channels (1 if every image is gray)
-    of the readable files among `heads`, where they are not given."""
-    good = [h for h in heads if not isinstance(h, str)]
+def _readable(heads: list[Native | str]) -> list[Native]:
+    return [h for h in heads if not isinstance(h, str)]
+
+
+def _dominant(good: list[Native]) -> tuple[int, int] | None:
+    """The size that at least half the files have (ties: first in listing order), if one does."""
     if not good:
-        return tuple(image_size or (1, 1)), channels or 1
-    size = image_size or Counter((h, w) for h, w, _ in good).most_common(1)[0][0]
+        return None
+    size, count = Counter((h, w) for h, w, _ in good).most_common(1)[0]
+    return size if 2 * count >= len(good) else None
+
+
+def _median_side(good: list[Native], sides: tuple[int, int]) -> int:
+    """The files' median shorter side, rounded down to a multiple of 8 from 16 up, within `sides`."""
+    median = int(np.median([min(h, w) for h, w, _ in good]))
+    return int(np.clip(median // 8 * 8 if median >= 16 else median, *sides))
+
+
+def _auto(heads: list[Native | str], image_size, channels) -> tuple[tuple[int, int], int]:
+    """The "auto" size and channels (see load_folder) of the readable files among `heads`, where not given;
+    `image_size` is (requested size or None, auto_sides)."""
+    size, sides = image_size
+    good = _readable(heads)
+    if not good:
+        return tuple(size or (1, 1)), channels or 1
+    if size is None:
+        side = _median_side(good, sides)
+        size = _dominant(good) or (side, side)
     return tuple(size), channels or (1 if all(gray for _, _, gray in good) else 3)
 
 
+def _size_rule(heads: list[Native | str], sides: tuple[int, int]) -> str:
+    """Why "auto" chose its size, in words, for the line that says it."""
+    good = _readable(heads)
+    if not good or _dominant(good):
+        return ""
+    median = int(np.median([min(h, w) for h, w, _ in good]))
+    distinct = len({(h, w) for h, w, _ in good})
+    return (f"a square of the files' median shorter side ({median} px; {distinct:,} sizes among {len(good):,} files), "
+            f"within {sides[0]} to {sides[1]} for this model")  # fmt: skip
+
+
 def _guess(root: str, rels: list[str], image_size, channels) -> tuple[tuple[int, int], int] | None:
-    """`_auto` of SAMPLE_FILES headers spread over the listing, or None when their most common size is under
-    half of them (then a guess would likely be wrong and cost a second decode)."""
+    """`_auto` of SAMPLE_FILES headers spread over the listing, or None when no size holds half of them (photos
+    of many sizes: every header is read then, for a median of all)."""
     heads = _read_headers(root, rels[:: max(1, len(rels) // SAMPLE_FILES)])
-    sizes = Counter((h[0], h[1]) for h in heads if not isinstance(h, str))
-    if image_size is None and (not sizes or 2 * sizes.most_common(1)[0][1] < sum(sizes.values())):
+    if image_size[0] is None and _dominant(_readable(heads)) is None:
         return None
     return _auto(heads, image_size, channels)
 

@@ -17,6 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tftrain.augment import identity_config
 from tftrain.config import MIN_APPLICATION_SIZE, model_kind
 from tftrain.errors import UserError, invalid
 from tftrain.user_code import first_line, load_function
@@ -84,11 +85,9 @@ def _conv_bn(x, filters: int, pool: bool = False):
 
 
 def _cnn_bn(x):
-    """tftrain's stronger preset: random flips and shifts of up to 2 pixels (training only), three stages of 3x3 convolutions with
-    batch normalization, a dense head with dropout."""
-    x = keras.layers.RandomFlip("horizontal")(_as_image(x))
-    x = keras.layers.RandomTranslation(0.07, 0.07, fill_mode="constant")(x)
-    x = _conv_bn(x, 32, pool=True)
+    """tftrain's stronger preset: three stages of 3x3 convolutions with batch normalization, a dense head with
+    dropout. Its augmentation runs in the input pipeline (augment.py), not in the model."""
+    x = _conv_bn(_as_image(x), 32, pool=True)
     x = _conv_bn(_conv_bn(x, 64), 64, pool=True)
     x = keras.layers.Flatten()(_conv_bn(x, 128))
     x = keras.layers.Dropout(0.25)(x)
@@ -215,9 +214,28 @@ def _check_built(model, spec: str, num_classes: int, what: str) -> keras.Model:
     return model
 
 
+def scales_pixels(model: keras.Model) -> bool:
+    """Whether `model` scales its pixels itself before its first layer with weights: a Rescaling or Normalization
+    layer, or arithmetic on its input (keras.applications' preprocess_input, `x / 255`), as Keras' tutorials write
+    models. Random augmentation layers before it do not count either way."""
+    layers = model.operations if hasattr(model, "operations") else model.layers  # Sequential has no operations
+    for op in layers:
+        if isinstance(op, (keras.layers.Rescaling, keras.layers.Normalization)):
+            return True
+        if isinstance(op, keras.Model):
+            return scales_pixels(op)
+        if not isinstance(op, keras.layers.Layer) or isinstance(op, keras.layers.Lambda):
+            return True  # an op on the pixels (Divide, Subtract, ...) or a Lambda: the model's own preprocessing
+        if op.weights:
+            return False
+    return False
+
+
 def build_from_builder(spec: str, num_classes: int, input_shape: tuple[int, ...]) -> keras.Model:
-    """A user's `build(input_shape, num_classes)`, called with (H, W, C) and fed pixels scaled to 0..1; its output
-    (logits or softmax probabilities) becomes float32 probabilities."""
+    """A user's `build(input_shape, num_classes)`, called with (H, W, C). Its model gets raw 0..255 pixels, as
+    keras.applications models and image_dataset_from_directory give them, when it scales them itself
+    (`scales_pixels`); a model that does not gets them scaled to 0..1 first. Its output (logits or softmax
+    probabilities) becomes float32 probabilities."""
     build = load_function(spec, "model builder")
     image_shape = (*input_shape, 1) if len(input_shape) == 2 else tuple(input_shape)
     try:
@@ -228,9 +246,13 @@ def build_from_builder(spec: str, num_classes: int, input_shape: tuple[int, ...]
         ) from None
     inner = _check_built(inner, spec, num_classes, "model builder")
     inputs = _pixels(input_shape)
-    x = _as_image(keras.layers.Rescaling(1.0 / 255, name="scale")(inputs))
+    x = inputs
+    if not scales_pixels(inner):
+        print(f"note: model builder {spec} does not scale pixels itself (no Rescaling layer first, as Keras' "
+              "tutorials write): tftrain scales them to 0..1 before its model")  # fmt: skip
+        x = keras.layers.Rescaling(1.0 / 255, name="scale")(inputs)
     try:
-        x = inner(x)
+        x = inner(_as_image(x))
     except Exception as e:  # its input does not take (H, W, C)
         raise UserError(
             f"model builder {spec}: its model does not take images of shape {image_shape}: {str(e).splitlines()[0][:200]}"
@@ -287,7 +309,7 @@ def _rewritten(config, rewrite):
 
 def _copy(model: keras.Model, rewrite) -> keras.Model:
     copy = keras.Model.from_config(_rewritten(model.get_config(), rewrite))
-    copy.set_weights(model.get_weights())
+    copy.set_weights(model.get_weights())  # random layers, rewritten to Identity, have no weights
     return copy
 
 
@@ -300,7 +322,7 @@ def _float32_policy(config: dict) -> dict:
 def _stock_layer(config: dict) -> dict:
     if config.get("registered_name") == "tftrain>FusedBatchNormalization":
         return {**config, "class_name": "BatchNormalization", "module": "keras.layers", "registered_name": None}
-    return config
+    return identity_config(config)
 
 
 def float32_copy(model: keras.Model) -> keras.Model:
@@ -311,5 +333,7 @@ def float32_copy(model: keras.Model) -> keras.Model:
 
 def portable_copy(model: keras.Model) -> keras.Model:
     """The same model with Keras' own layers only (FusedBatchNormalization becomes BatchNormalization, which
-    computes the same at inference): what gets logged, so loading it needs no tftrain."""
+    computes the same at inference) and without random augmentation layers (Identity instead: what they are at
+    inference, and what TFLite converts with builtin ops): what gets logged, so loading it needs no tftrain and
+    it exports."""
     return _copy(model, _stock_layer)

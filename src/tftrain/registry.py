@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import mlflow
 from mlflow.exceptions import MlflowException
 
-from tftrain.config import parse_version_uri
+from tftrain.config import QUANTIZATIONS, parse_version_uri
 from tftrain.errors import UserError
 from tftrain.tracking import logged_models
 
@@ -33,9 +33,18 @@ def version_accuracy(model_uri: str) -> float | None:
     return _accuracy(logged_models.resolve_model(model_uri))
 
 
+# The score the gate compares, linked to a model on its own test split: evaluate's test_accuracy (a Keras model),
+# or export's score of the TFLite file a LiteRT model serves (tflite_<mode>_test_accuracy)
+GATE_METRICS = ("test_accuracy", *(f"tflite_{mode}_test_accuracy" for mode in QUANTIZATIONS))
+
+
 def _accuracy(ref: logged_models.LoggedModel) -> float | None:
-    metrics = [m for m in mlflow.get_logged_model(ref.model_id).metrics or [] if m.key == "test_accuracy"]
-    return max(metrics, key=lambda m: m.timestamp).value if metrics else None
+    """The latest of the model's linked scores, by GATE_METRICS' order of preference."""
+    linked = mlflow.get_logged_model(ref.model_id).metrics or []
+    for key in GATE_METRICS:
+        if metrics := [m for m in linked if m.key == key]:
+            return max(metrics, key=lambda m: m.timestamp).value
+    return None
 
 
 def _holder(name: str, alias: str) -> str | None:

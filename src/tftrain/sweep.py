@@ -44,12 +44,17 @@ from tftrain.errors import TrainingFailed, UserError
 from tftrain.runtime import build_runtime
 from tftrain.space import OBJECTIVES, Dimension, SweepConfig, storage_url
 from tftrain.study import ATTR, open_storage, refuse_other, settings, study_name
-from tftrain.task import load_data, resolve_task
+from tftrain.task import auto_sides, load_data, resolve_task
 from tftrain.tracking import runs
 from tftrain.tracking.logged_models import mark_gated, register_once
 
 PARENT_WAIT = 60.0  # seconds a joining process waits for the study's creator to record the parent run
 DATA_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["group"] == "data")
+
+
+def _data_key(cfg: TrainConfig) -> tuple:
+    """What the loaded data depends on: the data settings and, for image_size=auto, the model's size bounds."""
+    return (*(getattr(cfg, f) for f in DATA_FIELDS), auto_sides(cfg.model))
 
 
 @dataclass(frozen=True)
@@ -277,7 +282,7 @@ def _objective(trial, study, base, sw, dims, parent, data) -> float:
     values = {d.name: d.suggest(trial) for d in dims}
     cfg = dataclasses.replace(base, **values, run_name=f"trial-{trial.number:03d}", resume="never")
     print(f"\ntrial {trial.number} ({len(_done(study)) + 1} of {sw.trials}): {_shown(values)}", flush=True)
-    key = tuple(getattr(cfg, f) for f in DATA_FIELDS)
+    key = _data_key(cfg)
     tags = {"tftrain.study": study.study_name, "tftrain.trial": str(trial.number), "tftrain.sweep": "trial"}
     pruning = PruneLosers(trial, sw.objective)
     started = time.perf_counter()
@@ -402,7 +407,7 @@ def _gate(study, best, base, data) -> list:
     if version is None:
         print(f"the best trial {best.number}'s model is registered and gated already, or another process gates it")
         return []
-    task_data = data.get(tuple(getattr(cfg, f) for f in DATA_FIELDS)) or load_data(cfg)
+    task_data = data.get(_data_key(cfg)) or load_data(cfg)
     uri = f"models:/{cfg.registered_model_name}/{version}"
     with runs.reopened(run_id):
         evaluate(uri, data=task_data)

@@ -75,13 +75,27 @@ def resolve_task(cfg: TrainConfig, data=None) -> Task:
                 data.settings)  # fmt: skip
 
 
+# image_size=auto on photos of many sizes: the square side's bounds by model kind. keras.applications
+# architectures were designed (and their weights trained) at 96 to 224; the built-ins and builders stay at most
+# 64, so that a CPU trains them in minutes, and small images are never enlarged for them.
+AUTO_SIDES = {"application": (96, 224)}
+AUTO_SIDES_OTHER = (1, 64)  # never enlarged
+
+
+def auto_sides(model: str) -> tuple[int, int]:
+    """The bounds of an "auto" square side for `model` (see folders.load_folder)."""
+    from tftrain.config import model_kind
+
+    return AUTO_SIDES.get(model_kind(model), AUTO_SIDES_OTHER)
+
+
 def load_data(cfg: TrainConfig):
-    """The TaskData of cfg's data settings (the data group of TrainConfig)."""
+    """The TaskData of cfg's data settings (the data group of TrainConfig), sized for cfg's model."""
     from tftrain.config import parse_image_size
     from tftrain.data import load_task_data
 
     return load_task_data(
         cfg.dataset, cfg.data_dir, image_size=parse_image_size(cfg.image_size),
         channels=None if cfg.channels == "auto" else int(cfg.channels), test_split=cfg.test_split,
-        validation_split=cfg.validation_split, bad_images=cfg.bad_images,
+        validation_split=cfg.validation_split, bad_images=cfg.bad_images, auto_sides=auto_sides(cfg.model),
     )  # fmt: skip

@@ -18,8 +18,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tftrain import resume, run_state
-from tftrain.callbacks import SaveClock, build_callbacks, checkpoint_dir, flush_pending
+from tftrain import batchnorm, resume, run_state
+from tftrain.augment import batch_augmenter, has_random_layers
+from tftrain.augment import resolve as resolve_augment
+from tftrain.callbacks import SaveClock, build_callbacks, chance_warning, checkpoint_dir, flush_pending, mode
 from tftrain.config import TrainConfig, check_output_dir, default_run_name, model_label
 from tftrain.data import make_dataset
 from tftrain.errors import TrainingFailed, UserError
@@ -95,12 +97,13 @@ def _log_outputs(out_dir: Path, journal: Journal) -> None:
         runs.log_file(checkpoints[-1], "checkpoints", journal)
 
 
-def _datasets(cfg: TrainConfig, rt: Runtime, train_xy, val_xy, global_batch: int):
+def _datasets(cfg: TrainConfig, rt: Runtime, train_xy, val_xy, global_batch: int, augment: str):
     """fit takes global batches and splits them itself; the custom loop takes per-replica batches, sharded per
-    worker, through distribute_datasets_from_function."""
+    worker, through distribute_datasets_from_function. The `augment` preset changes training batches only."""
+    augmenter = batch_augmenter(augment, cfg.seed)
     if cfg.engine == "fit":
         return (
-            make_dataset(*train_xy, global_batch, shuffle=True, seed=cfg.seed),
+            make_dataset(*train_xy, global_batch, shuffle=True, seed=cfg.seed, augment=augmenter),
             make_dataset(*val_xy, global_batch, shuffle=False),
         )
 
@@ -110,7 +113,8 @@ def _datasets(cfg: TrainConfig, rt: Runtime, train_xy, val_xy, global_batch: int
             batch = ctx.get_per_replica_batch_size(global_batch)
             # training: full batches only with several replicas (see _full_batches_only)
             drop = shuffle and _full_batches_only(cfg, rt)
-            return make_dataset(*xy, batch, shuffle=shuffle, seed=cfg.seed, shard=shard, drop_remainder=drop)
+            return make_dataset(*xy, batch, shuffle=shuffle, seed=cfg.seed, shard=shard, drop_remainder=drop,
+                                augment=augmenter if shuffle else None)  # fmt: skip
 
         return rt.strategy.distribute_datasets_from_function(fn)
 
@@ -154,8 +158,9 @@ def _run_engine(cfg, rt, model, train_data, val_data, callbacks, steps_per_epoch
     )
 
 
-def _runtime_params(cfg: TrainConfig, rt: Runtime, batch: int, rate: float, spe: int) -> dict[str, str]:
+def _runtime_params(cfg: TrainConfig, rt: Runtime, batch: int, rate: float, spe: int, augment: str) -> dict[str, str]:
     return {
+        "augment_resolved": augment,
         "engine_resolved": cfg.engine,  # engine=auto, as `mlflow run` logs it, resolves in TrainConfig
         "batch_size_resolved": str(batch),
         "learning_rate_resolved": f"{rate:g}",
@@ -213,22 +218,34 @@ def train(
     steps_per_epoch = _steps_per_epoch(cfg, rt, len(train_xy[0]), batch)
     if note := _few_steps_note(batch, rt, len(train_xy[0]), steps_per_epoch):
         print(note)
-    train_data, val_data = _datasets(cfg, rt, train_xy, val_xy, global_batch)
     spe = steps_per_execution(cfg, rt)
     with rt.strategy.scope():
         model = check_model(task.build_model(), task)
         compile_model(model, build_learning_rate(cfg, steps_per_epoch, rate), spe)
+    augment = resolve_augment(cfg.augment, cfg.model, cfg.dataset, has_random_layers(model))
+    momentum = batchnorm.momentum_for(steps_per_epoch)
+    norms = batchnorm.set_momentum(model, momentum)
+    train_data, val_data = _datasets(cfg, rt, train_xy, val_xy, global_batch, augment)
 
     with _run_and_folder(cfg, rt, output_root, run) as (run_id, out_dir, journal):
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
         # every worker of a multi-worker job must back up the same epochs: their own clocks would not agree
         clock = SaveClock(cfg.save_interval if rt.worker_count == 1 else 0.0)
-        callbacks = build_callbacks(cfg, out_dir, clock)
+        callbacks = build_callbacks(cfg, out_dir, clock, task.num_classes)
+        if norms:  # first: the statistics are ready before any other callback sees a validation
+            callbacks.insert(0, batchnorm.PreciseStatistics(train_xy[0], batch, steps_per_epoch, momentum, cfg.seed))
         epoch_metrics = None
         if run_id:
             runs.log_environment()
-            runs.log_config(cfg, {**_runtime_params(cfg, rt, batch, rate, spe), **task.resolved})
+            runs.log_config(
+                cfg,
+                {
+                    **_runtime_params(cfg, rt, batch, rate, spe, augment),
+                    **({"batch_norm_momentum": f"{momentum:.4g}"} if norms else {}),
+                    **task.resolved,
+                },
+            )
             runs.set_tags({"dataset_source": task.source, "train_examples": str(len(train_xy[0])),
                            "classes": str(task.num_classes)})  # fmt: skip
             epoch_metrics = EpochMetrics(clock, journal, cfg.log_lr_every_n_steps, runs.logged_steps(run_id))
@@ -245,7 +262,7 @@ def train(
             f"training {model_label(cfg.model)} ({cfg.engine}, {rt.strategy_name} x{rt.replicas}, {rt.precision}) on "
             f"{task.source}: {len(train_xy[0])} train / {len(val_xy[0])} validation images of "
             f"{'x'.join(map(str, task.input_shape))}, {task.num_classes} classes, global batch {global_batch}, "
-            f"learning rate {rate:g} ({cfg.lr_schedule})"
+            f"learning rate {rate:g} ({cfg.lr_schedule}), augment {augment}"
         )
         started = time.perf_counter()
         try:
@@ -269,6 +286,10 @@ def train(
                 _log_outputs(out_dir, journal)
             uploaded = time.perf_counter()
         fit_seconds = uploaded - started
+        if warning := _kept_epoch_warning(history.history, task.num_classes, cfg):
+            print(warning)
+            if run_id:
+                runs.set_tags({"tftrain.warning": warning})
         if rt.worker_count > 1:
             sums = gathered(rt, float(sum(np.sum(w, dtype=np.float64) for w in model.get_weights())))
             if run_id:
@@ -293,6 +314,18 @@ def train(
     return TrainResult(
         run_id, logged, history.history, out_dir, model, fit_seconds, tracking_seconds, model_logging_seconds
     )
+
+
+def _kept_epoch_warning(history: dict[str, list[float]], classes: int, cfg: TrainConfig) -> str:
+    """callbacks.chance_warning for the epoch whose weights training ends with (the best by the early-stopping
+    monitor when restore_best_weights, else the last)."""
+    monitored = history.get(cfg.early_stopping_monitor) or []
+    if not monitored:
+        return ""
+    kept = len(monitored) - 1
+    if cfg.early_stopping and cfg.restore_best_weights:
+        kept = int(np.argmin(monitored) if mode(cfg.early_stopping_monitor) == "min" else np.argmax(monitored))
+    return chance_warning({k: v[kept] for k, v in history.items() if len(v) > kept}, classes)
 
 
 def _check_workers_agree(sums: list[float]) -> None:

@@ -69,11 +69,10 @@ def fashion_subset():
 def test_one_short_epoch_of_cnn_bn_validates_like_it_trains(fashion_subset, tmp_path, engine):
     """Measured on main before: cnn_bn, 1 epoch of Fashion-MNIST, accuracy 0.74 and val_accuracy 0.25 (Keras'
     momentum 0.99 leaves the moving variance near 1 after a few hundred steps)."""
+    from conftest import mlflow_store
     from tftrain.config import TrainConfig
     from tftrain.task import Task
     from tftrain.train import train
-
-    from conftest import mlflow_store
 
     x, y, x_val, y_val = fashion_subset
     task = Task("fashion-subset", tuple("abcdefghij"), (x, y), (x_val, y_val), (x_val, y_val),

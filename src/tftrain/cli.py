@@ -295,7 +295,16 @@ def sweep_command(**params) -> None:
 @data_dir_option
 @click.option("--log-mlflow", is_flag=True, help="Log the figures to the tracking store, experiment tftrain-bench.")
 @click.option("--json", "json_out", default="", help="Also write every repeat's raw figures to this JSON file.")
-def bench_command(only: str, full: bool, repeat: int, epochs: int, data_dir: str, log_mlflow: bool, json_out: str):
+@click.option(
+    "--panel",
+    type=click.Choice(["", "all", "quick"]),
+    default="",
+    help="Instead: tftrain's defaults against plain Keras fit on a panel of real image folders, every model kind "
+    "(all: about an hour on 2 cores; quick: one small photo folder, two models).",
+)
+def bench_command(
+    only: str, full: bool, repeat: int, epochs: int, data_dir: str, log_mlflow: bool, json_out: str, panel: str
+):
     """Time tftrain's defaults against the write-up's recipes and a careful user's tf.data pipeline on Fashion-MNIST,
     and on it as a folder of PNG files, each in a fresh process; print the tables (s/epoch, samples/s, time to
     accuracy, test accuracy, tracking share, decoding, peak memory) and a verdict per target."""
@@ -305,6 +314,12 @@ def bench_command(only: str, full: bool, repeat: int, epochs: int, data_dir: str
     data_dir = check_data_dir(data_dir)
     if json_out:
         check_output_file(json_out, "--json")
+    if panel:
+        from tftrain.bench import panel as run_panel
+
+        if not run_panel(panel, epochs, data_dir, json_out):
+            raise TrainingFailed("bench: some panel pairs failed (named above); the table has the others")
+        return
     if log_mlflow:
         check_tracking_store()
     from tftrain.bench import bench

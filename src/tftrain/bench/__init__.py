@@ -59,6 +59,34 @@ def folder_figures(data_dir: str, epochs: int, failed: list[str]) -> tuple[list[
     return rows, images
 
 
+def panel(which: str, epochs: int, data_dir: str, json_out: str) -> bool:
+    """The panel (bench/panel.py): every folder written to a temporary folder, each (folder, model) pair trained
+    in a fresh process; prints the table; True if every pair ran."""
+    from tftrain.bench.panel import FOLDERS, PANEL_EPOCHS, QUICK, make_folder, table
+
+    data_dir = str(Path(data_dir).resolve()) if data_dir else ""
+    rows, failed = [], []
+    with tempfile.TemporaryDirectory(prefix="tftrain-panel-") as root:
+        for folder in FOLDERS if which == "all" else QUICK:
+            path = make_folder(folder.name, Path(root), data_dir)
+            for model in folder.models:
+                print(f"[panel] {folder.name} ({folder.describe}): {model}", file=sys.stderr, flush=True)
+                figures = _in_worker("tftrain.bench.panel", path, model, epochs or PANEL_EPOCHS)
+                if figures is None:
+                    failed.append(f"{folder.name} {model}")
+                    continue
+                rows.append(figures)
+                print(f"  plain Keras {figures['keras']['test_accuracy']:.3f}, tftrain {figures['tftrain']['test_accuracy']:.3f}",
+                      file=sys.stderr, flush=True)  # fmt: skip
+    print(f"Panel: tftrain's defaults against plain Keras fit, {epochs or PANEL_EPOCHS} epochs; {machine()}\n")
+    print(table(rows))
+    if failed:
+        print(f"failed: {', '.join(failed)}")
+    if json_out:
+        Path(json_out).write_text(json.dumps({"machine": machine(), "panel": rows}, indent=1))
+    return not failed
+
+
 def machine() -> str:
     import tensorflow as tf
 

@@ -1,0 +1,89 @@
+"""A folder of real photographs of mixed sizes (crops of the photographs scikit-image, scikit-learn and Matplotlib
+ship: bench/photos.py) through the main job, as a user runs it: a batch-norm model, a keras.applications model
+from scratch and a builder written the Keras way (augmentation and rescaling inside, batch norm) each train a
+model well above chance, export it to LiteRT with builtin ops, and register and promote both."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from conftest import activated_env, mlflow_run_args, mlflow_store
+from tftrain.bench.panel import KERAS_WAY_BUILDER
+from tftrain.bench.photos import write_photo_folder
+
+pytestmark = pytest.mark.slow
+
+CLASSES = 5
+CHANCE = 1 / CLASSES
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    return write_photo_folder(tmp_path_factory.mktemp("my-photos") / "photos", 40, classes=CLASSES, seed=1)
+
+
+@pytest.fixture(scope="module")
+def store_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("photo-store")
+
+
+def main_job(store_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**activated_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{store_dir / 'mlflow.db'}",
+           "TFTRAIN_CACHE_DIR": str(store_dir / "cache")}  # fmt: skip
+    done = subprocess.run(["tftrain", "pipeline", *args], cwd=store_dir, env=env, capture_output=True, text=True,
+                          timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    return done
+
+
+def run_of(done: subprocess.CompletedProcess):
+    run_id = re.search(r"^run: +\S+ \(([0-9a-f]{32})\)", done.stdout, re.M).group(1)
+    return mlflow.get_run(run_id)
+
+
+@pytest.mark.parametrize("model, size", [("cnn_bn", "64x64"), ("mobilenet_v2", "96x96")])
+def test_the_main_job_on_photos_trains_exports_and_promotes(photos, store_dir, model, size):
+    done = main_job(store_dir, "--dataset", str(photos), "--model", model, "--epochs", "8", "--model-name",
+                    f"photos-{model}")  # fmt: skip
+    assert f"image_size auto: {size}, a square of the files' median shorter side" in done.stderr + done.stdout
+    with mlflow_store(store_dir):
+        run = run_of(done)
+        metrics, params = run.data.metrics, run.data.params
+    assert params["image_size_resolved"] == size and params["augment_resolved"] == "standard"
+    assert 0.9 <= float(params["batch_norm_momentum"]) <= 0.99
+    assert metrics["test_accuracy"] > CHANCE + 0.3, metrics["test_accuracy"]  # chance is 0.2
+    assert "tftrain.warning" not in run.data.tags
+    assert abs(metrics["tflite_float32_accuracy_delta"]) < 0.03  # the LiteRT twin answers like the Keras model
+    assert f"photos-{model}@champion is now version 1" in done.stdout
+    assert f"photos-{model}-litert@champion is now version 1" in done.stdout
+
+
+def test_a_keras_way_builder_with_augmentation_and_batch_norm_under_mlflow_run(photos, tmp_path):
+    """The main entry point under `mlflow run`, then evaluate on its own: a builder with RandomFlip and
+    RandomRotation inside (taken out of the logged model, so it converts), Rescaling (so it gets raw pixels) and
+    batch norm; run named after its file and function."""
+    (tmp_path / "keras_way.py").write_text(KERAS_WAY_BUILDER)
+    env = {**activated_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    env.pop("MLFLOW_RUN_ID", None)
+    params = {"dataset": photos, "model": f"{tmp_path}/keras_way.py:build", "epochs": 8, "model_name": "keras-way",
+              "output_dir": tmp_path / "outputs"}  # fmt: skip
+    outputs = []
+    for entry_point, extra in (("main", params), ("evaluate", {"model_uri": "models:/keras-way/1"})):
+        done = subprocess.run(mlflow_run_args(entry_point, extra, "photos"), cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=900)  # fmt: skip
+        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+        outputs.append(done)
+    with mlflow_store(tmp_path):
+        (main, evaluation) = sorted(
+            mlflow.search_runs(experiment_names=["photos"], output_format="list"), key=lambda r: r.info.start_time
+        )
+    assert main.info.run_name.startswith("keras_way-build-photos-")
+    assert main.data.params["augment_resolved"] == "none"  # its own random layers do it
+    assert main.data.metrics["test_accuracy"] > CHANCE + 0.3, main.data.metrics["test_accuracy"]
+    assert "does not scale pixels itself" not in outputs[0].stdout
+    assert evaluation.data.metrics["test_accuracy"] == pytest.approx(main.data.metrics["test_accuracy"])

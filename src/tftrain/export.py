@@ -193,13 +193,15 @@ def export(
             metrics[f"tflite_{r.mode}_accuracy_delta"] = r.accuracy_delta
             metrics[f"tflite_{r.mode}_latency_ms"] = r.latency_ms
         runs.set_tags({"exported_model_uri": model_uri})
-        runs.log_metrics(metrics)
+        runs.log_metrics(metrics, model_id=ref.model_id)
         runs.log_folder(out_dir, "export")
         served = next(r for r in results if r.mode == litert_quantization)
         name = ref.trained_name
         made = logged_models.Provenance(data.class_names, ref.training_data or {}, name)
-        litert = logged_models.log_litert_model(served.path, made, name + LITERT_SUFFIX if name else None, x_test[:2])
-        # what the registry gate reads (registry.GATE_METRICS), linked to the LiteRT model on the model's own test
+        litert = logged_models.log_litert_model(
+            served.path, made, name + LITERT_SUFFIX if name else None, x_test[:2], served.mode
+        )
+        # what the registry gate reads (registry.gate_metric), linked to the LiteRT model on the model's own test
         # split only; under its own name, so the run's test_accuracy stays the Keras model's
         if own_test_split(ref, dataset, data_dir):
             runs.log_metrics({f"tflite_{served.mode}_test_accuracy": served.test_accuracy}, model_id=litert.model_id)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import mlflow
 from mlflow.exceptions import MlflowException
 
-from tftrain.config import QUANTIZATIONS, parse_version_uri
+from tftrain.config import parse_version_uri
 from tftrain.errors import UserError
 from tftrain.tracking import logged_models
 
@@ -33,18 +33,16 @@ def version_accuracy(model_uri: str) -> float | None:
     return _accuracy(logged_models.resolve_model(model_uri))
 
 
-# The score the gate compares, linked to a model on its own test split: evaluate's test_accuracy (a Keras model),
-# or export's score of the TFLite file a LiteRT model serves (tflite_<mode>_test_accuracy)
-GATE_METRICS = ("test_accuracy", *(f"tflite_{mode}_test_accuracy" for mode in QUANTIZATIONS))
+def gate_metric(ref: logged_models.LoggedModel) -> str:
+    """The score the gate compares, as linked to the model on its own test split: evaluate's test_accuracy for a
+    Keras model; for a LiteRT model, export's score of the TFLite file it serves (tflite_<mode>_test_accuracy)."""
+    return f"tflite_{ref.quantization}_test_accuracy" if ref.quantization else "test_accuracy"
 
 
 def _accuracy(ref: logged_models.LoggedModel) -> float | None:
-    """The latest of the model's linked scores, by GATE_METRICS' order of preference."""
-    linked = mlflow.get_logged_model(ref.model_id).metrics or []
-    for key in GATE_METRICS:
-        if metrics := [m for m in linked if m.key == key]:
-            return max(metrics, key=lambda m: m.timestamp).value
-    return None
+    key = gate_metric(ref)
+    metrics = [m for m in mlflow.get_logged_model(ref.model_id).metrics or [] if m.key == key]
+    return max(metrics, key=lambda m: m.timestamp).value if metrics else None
 
 
 def _holder(name: str, alias: str) -> str | None:
@@ -85,7 +83,8 @@ def promote(model_uri: str, alias: str = "champion", min_accuracy: float = 0.0) 
     ref = logged_models.resolve_model(model_uri)
     accuracy = _accuracy(ref)
     if accuracy is None:
-        raise UserError(f"{model_uri} has no test_accuracy yet; run: tftrain evaluate --model-uri {model_uri}")
+        step = "export --model-uri <its Keras model>" if ref.quantization else f"evaluate --model-uri {model_uri}"
+        raise UserError(f"{model_uri} has no {gate_metric(ref)} yet; run: tftrain {step}")
     holder = _holder(name, alias)
     holder_accuracy = version_accuracy(f"models:/{name}/{holder}") if holder and holder != version else None
     holder_shape = logged_models.model_input_shape(f"models:/{name}/{holder}") if holder and holder != version else None

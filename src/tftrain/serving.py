@@ -26,6 +26,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 MAX_BATCH = 1000  # images per predict call; larger requests are refused, not queued
 CLASS_NAMES_FILE = "class_names.json"
 KERAS_FILE = "model.keras"  # what mlflow.keras.save_model writes under data/
+LITERT_FILE = "model.tflite"  # a LiteRT model's network, whichever its quantization
 
 
 class Refusal(MlflowException):
@@ -172,13 +173,16 @@ class LiteRTNetwork:
 
 
 def _load_pyfunc(data_path: str, model_config: dict | None = None) -> Classifier:
-    """MLflow's entry point. A Keras model's `data_path` is a folder holding model.keras and class_names.json; a
-    LiteRT model's is its model.tflite file, with the class names in `model_config`."""
+    """MLflow's entry point. `data_path` is a folder holding the network (model.keras or model.tflite) and
+    class_names.json. (LiteRT models logged before that have data_path model.tflite and the class names in
+    `model_config`, which MLflow also logged as a run param.)"""
     path = Path(data_path)
     if path.is_file():
         model = Classifier(LiteRTNetwork(path), model_config["class_names"])
     else:
-        model = Classifier(KerasNetwork(path / KERAS_FILE), json.loads((path / CLASS_NAMES_FILE).read_text()))
+        names = json.loads((path / CLASS_NAMES_FILE).read_text())
+        litert = path / LITERT_FILE
+        model = Classifier(LiteRTNetwork(litert) if litert.is_file() else KerasNetwork(path / KERAS_FILE), names)
     # Everything loaded so far (TensorFlow's modules, the model) lives as long as the server: keep the garbage
     # collector from scanning it again on every full collection, which showed as slow requests.
     gc.freeze()
@@ -195,7 +199,7 @@ def write_code(folder: Path) -> Path:
 
 
 def write_data(folder: Path, class_names: list[str]) -> Path:
-    """The extras of a Keras model's data folder: its class names."""
+    """The extras of a model's data folder: its class names."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / CLASS_NAMES_FILE).write_text(json.dumps(list(class_names)))
     return folder

@@ -73,6 +73,7 @@ class LoggedModel:
     class_names: tuple[str, ...] | None = None  # from the MLmodel metadata (models logged before it: None)
     training_data: dict | None = None  # Provenance.data, from the MLmodel metadata (None: not said)
     trained_name: str | None = None  # Provenance.registered_name, from the MLmodel metadata
+    quantization: str | None = None  # a LiteRT model's TFLite mode, from the MLmodel metadata (Keras: None)
 
 
 def _requirements(runtime: str) -> list[str]:
@@ -124,21 +125,25 @@ def log_keras_model(
     return logged[0] if logged else None
 
 
-def log_litert_model(tflite: Path, made: Provenance, registered_name: str | None, example: np.ndarray) -> LoggedModel:
-    """Log a TFLite file (as data/model.tflite) as a pyfunc model that runs in the LiteRT interpreter, with
+def log_litert_model(
+    tflite: Path, made: Provenance, registered_name: str | None, example: np.ndarray, quantization: str
+) -> LoggedModel:
+    """Log a TFLite file (as data/litert/model.tflite, beside class_names.json) as a pyfunc model that runs in the LiteRT interpreter, with
     `example` (uint8 images) as its serving input example and `made` in its metadata, and register it."""
     example = np.asarray(example, dtype=np.uint8)
     with tempfile.TemporaryDirectory() as tmp:
-        shutil.copy(tflite, Path(tmp, "model.tflite"))  # whichever quantization, the model's file is model.tflite
+        # the class names in a file beside the network, as for Keras models: as model_config, MLflow would also
+        # log them as a run param (a long JSON list on the compare page)
+        data = serving.write_data(Path(tmp, "litert"), list(made.class_names))
+        shutil.copy(tflite, data / serving.LITERT_FILE)
         info = mlflow.pyfunc.log_model(
             name=LITERT_ARTIFACT,
             loader_module=serving.__name__,
-            data_path=str(Path(tmp, "model.tflite")),
+            data_path=str(data),
             code_paths=[str(serving.write_code(Path(tmp, "code")))],
-            model_config={"class_names": list(made.class_names)},
             signature=SIGNATURE,
             input_example=example,
-            metadata=_metadata(example.shape[1:], made),
+            metadata={**_metadata(example.shape[1:], made), "quantization": quantization},
             registered_model_name=registered_name,
             pip_requirements=_requirements("ai-edge-litert"),
         )
@@ -152,7 +157,8 @@ def resolve_model(uri: str) -> LoggedModel:
     names = meta.get("class_names")
     return LoggedModel(uri, info.model_id, info.run_id, input_shape=_image_shape(info),
                        class_names=tuple(names) if names else None, training_data=meta.get("training_data"),
-                       trained_name=meta.get("registered_model_name") or None)  # fmt: skip
+                       trained_name=meta.get("registered_model_name") or None,
+                       quantization=meta.get("quantization"))  # fmt: skip
 
 
 def _image_shape(info) -> tuple[int, ...] | None:

@@ -189,6 +189,22 @@ def test_a_right_guess_decodes_once_and_no_dominant_size_reads_every_header_firs
     assert "image_size auto: 6x6, a square of the files' median shorter side (6 px; 3 sizes among 60 files)" in err
 
 
+def test_auto_sizes_follow_the_models_bounds(tmp_path, capsys):
+    """keras.applications models (bounds 96 to 224): photos of many sizes get a square of their median shorter
+    side within the bounds; a size most files share is enlarged, aspect kept, to a shorter side of 96."""
+    mixed = tmp_path / "mixed"
+    for i in range(40):
+        save(mixed / f"c{i % 2}" / f"{i:03d}.png", i, (120 + i, 150 + 2 * i))  # every file a size of its own
+    assert load(mixed, tmp_path).image_size == (64, 64)  # median shorter side 139 -> 136 -> at most 64
+    assert load(mixed, tmp_path, auto_sides=(96, 224)).image_size == (136, 136)
+    assert load(mixed, tmp_path, auto_sides=(96, 112)).image_size == (112, 112)
+    make_classes(tmp_path / "same", {"a": 10, "b": 10})  # 8x6 files
+    assert load(tmp_path / "same", tmp_path).image_size == (8, 6)
+    capsys.readouterr()
+    assert load(tmp_path / "same", tmp_path, auto_sides=(96, 224)).image_size == (128, 96)
+    assert "image_size auto: 128x96, the size of most files (8x6) enlarged to at least 96" in capsys.readouterr().err
+
+
 def test_explicit_size_is_height_by_width_and_pixels_survive_exactly(tmp_path):
     root = tmp_path / "data"
     rng = np.random.default_rng(0)

@@ -94,7 +94,11 @@ class TrainConfig:
         group="data",
     )
     image_size: str = _opt(
-        "auto", "HxW the model sees (every image is resized to it); auto: the most common size.", group="data"
+        "auto",
+        "HxW the model sees (every image is resized to it); auto: the size most files have, else (photos of many "
+        "sizes) a square of their median shorter side: 96 to 224 for keras.applications models, at most 64 for "
+        "others.",
+        group="data",
     )
     channels: str = _opt(
         "auto", "Colour channels the model sees; auto: 1 if every image is gray, else 3.", CHANNELS, group="data"

@@ -306,7 +306,8 @@ def load_folder(
     auto_sides: tuple[int, int] = AUTO_SIDES,
 ) -> FolderData:
     """An image folder as train, validation and test arrays, decoded once and cached (see the module docstring).
-    image_size (height, width) None: the size at least half the files have, else (photos of many sizes) a square
+    image_size (height, width) None: the size at least half the files have (enlarged, aspect kept, to a shorter
+    side of at least auto_sides[0]), else (photos of many sizes) a square
     of the files' median shorter side, rounded down to a multiple of 8 (from 16 up) within `auto_sides` (the model's:
     see task.auto_sides). channels None: 1 if every image is gray, else 3."""
     _check_args(image_size, channels, test_split, validation_split, bad_images)
@@ -579,14 +580,24 @@ def _auto(heads: list[Native | str], image_size, channels) -> tuple[tuple[int, i
         return tuple(size or (1, 1)), channels or 1
     if size is None:
         side = _median_side(good, sides)
-        size = _dominant(good) or (side, side)
+        size = _at_least(_dominant(good), sides[0]) or (side, side)
     return tuple(size), channels or (1 if all(gray for _, _, gray in good) else 3)
+
+
+def _at_least(size: tuple[int, int] | None, low: int) -> tuple[int, int] | None:
+    """`size` enlarged, aspect kept, so that its shorter side is at least `low` (a keras.applications model's)."""
+    if size is None or min(size) >= low:
+        return size
+    return round(size[0] * low / min(size)), round(size[1] * low / min(size))
 
 
 def _size_rule(heads: list[Native | str], sides: tuple[int, int]) -> str:
     """Why "auto" chose its size, in words, for the line that says it."""
     good = _readable(heads)
-    if not good or _dominant(good):
+    dominant = _dominant(good) if good else None
+    if dominant and min(dominant) < sides[0]:
+        return f"the size of most files ({dominant[0]}x{dominant[1]}) enlarged to at least {sides[0]} for this model"
+    if not good or dominant:
         return ""
     median = int(np.median([min(h, w) for h, w, _ in good]))
     distinct = len({(h, w) for h, w, _ in good})

@@ -12,9 +12,9 @@ from tftrain.data import make_dataset
     [
         ("auto", "mlp", "fashion_mnist", False, "none"),  # the write-up's models keep its recipe
         ("auto", "cnn", "/photos", False, "none"),
-        ("auto", "cnn_bn", "fashion_mnist", False, "standard"),
+        ("auto", "cnn_bn", "fashion_mnist", False, "flip"),
         ("auto", "cnn_bn", "mnist", False, "none"),  # a flipped 2 is no 2
-        ("auto", "mobilenet_v2", "/photos", False, "standard"),
+        ("auto", "mobilenet_v2", "/photos", False, "flip"),
         ("auto", "nets.py:build", "/photos", True, "none"),  # its own random layers do it
         ("strong", "mlp", "mnist", False, "strong"),  # asked for: as asked
     ],

@@ -54,7 +54,7 @@ def test_the_main_job_on_photos_trains_exports_and_promotes(photos, store_dir, m
     with mlflow_store(store_dir):
         run = run_of(done)
         metrics, params = run.data.metrics, run.data.params
-    assert params["image_size_resolved"] == size and params["augment_resolved"] == "standard"
+    assert params["image_size_resolved"] == size and params["augment_resolved"] == "flip"
     assert 0.9 <= float(params["batch_norm_momentum"]) <= 0.99
     assert metrics["test_accuracy"] > CHANCE + 0.3, metrics["test_accuracy"]  # chance is 0.2
     assert "tftrain.warning" not in run.data.tags

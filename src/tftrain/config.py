@@ -113,7 +113,7 @@ class TrainConfig:
         "auto",
         "Random changes to training images, in the input pipeline (never in the served model): flip (left-right), "
         "standard (flip, shifts and zooms up to 10%), strong (standard, rotations up to 18 degrees, contrast); auto: "
-        "none for mlp, cnn, mnist and models with random layers of their own, else standard.",
+        "none for mlp, cnn, mnist and models with random layers of their own, else flip.",
         AUGMENTS,
         group="data",
     )

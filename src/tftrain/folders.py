@@ -307,9 +307,9 @@ def load_folder(
 ) -> FolderData:
     """An image folder as train, validation and test arrays, decoded once and cached (see the module docstring).
     image_size (height, width) None: the size at least half the files have (enlarged, aspect kept, to a shorter
-    side of at least auto_sides[0]), else (photos of many sizes) a square
-    of the files' median shorter side, rounded down to a multiple of 8 (from 16 up) within `auto_sides` (the model's:
-    see task.auto_sides). channels None: 1 if every image is gray, else 3."""
+    side of at least auto_sides[0]), else (photos of many sizes) a square of the files' median shorter side,
+    rounded down to a multiple of 8 (from 16 up) within `auto_sides` (the model's: see task.auto_sides).
+    channels None: 1 if every image is gray, else 3."""
     _check_args(image_size, channels, test_split, validation_split, bad_images)
     image_size = tuple(int(v) for v in image_size) if image_size is not None else None
     channels = int(channels) if channels is not None else None
@@ -565,9 +565,13 @@ def _dominant(good: list[Native]) -> tuple[int, int] | None:
     return size if 2 * count >= len(good) else None
 
 
+def _median_shorter_side(good: list[Native]) -> int:
+    return int(np.median([min(h, w) for h, w, _ in good]))
+
+
 def _median_side(good: list[Native], sides: tuple[int, int]) -> int:
     """The files' median shorter side, rounded down to a multiple of 8 from 16 up, within `sides`."""
-    median = int(np.median([min(h, w) for h, w, _ in good]))
+    median = _median_shorter_side(good)
     return int(np.clip(median // 8 * 8 if median >= 16 else median, *sides))
 
 
@@ -599,7 +603,7 @@ def _size_rule(heads: list[Native | str], sides: tuple[int, int]) -> str:
         return f"the size of most files ({dominant[0]}x{dominant[1]}) enlarged to at least {sides[0]} for this model"
     if not good or dominant:
         return ""
-    median = int(np.median([min(h, w) for h, w, _ in good]))
+    median = _median_shorter_side(good)
     distinct = len({(h, w) for h, w, _ in good})
     return (f"a square of the files' median shorter side ({median} px; {distinct:,} sizes among {len(good):,} files), "
             f"within {sides[0]} to {sides[1]} for this model")  # fmt: skip

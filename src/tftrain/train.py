@@ -158,9 +158,13 @@ def _run_engine(cfg, rt, model, train_data, val_data, callbacks, steps_per_epoch
     )
 
 
-def _runtime_params(cfg: TrainConfig, rt: Runtime, batch: int, rate: float, spe: int, augment: str) -> dict[str, str]:
+def _runtime_params(
+    cfg: TrainConfig, rt: Runtime, batch: int, rate: float, spe: int, augment: str, momentum: float | None
+) -> dict[str, str]:
+    """What training resolved, logged as params; `momentum`: the batch norms' (None: the model has none)."""
     return {
         "augment_resolved": augment,
+        **({"batch_norm_momentum": f"{momentum:.4g}"} if momentum is not None else {}),
         "engine_resolved": cfg.engine,  # engine=auto, as `mlflow run` logs it, resolves in TrainConfig
         "batch_size_resolved": str(batch),
         "learning_rate_resolved": f"{rate:g}",
@@ -238,14 +242,8 @@ def train(
         epoch_metrics = None
         if run_id:
             runs.log_environment()
-            runs.log_config(
-                cfg,
-                {
-                    **_runtime_params(cfg, rt, batch, rate, spe, augment),
-                    **({"batch_norm_momentum": f"{momentum:.4g}"} if norms else {}),
-                    **task.resolved,
-                },
-            )
+            resolved = _runtime_params(cfg, rt, batch, rate, spe, augment, momentum if norms else None)
+            runs.log_config(cfg, {**resolved, **task.resolved})
             runs.set_tags({"dataset_source": task.source, "train_examples": str(len(train_xy[0])),
                            "classes": str(task.num_classes)})  # fmt: skip
             epoch_metrics = EpochMetrics(clock, journal, cfg.log_lr_every_n_steps, runs.logged_steps(run_id))

@@ -96,9 +96,17 @@ def has_random_layers(model) -> bool:
 
 
 def identity_config(config: dict) -> dict:
-    """A layer config rewritten to keras.layers.Identity when it is one of RANDOM_LAYERS (same name, dtype)."""
+    """A layer config rewritten to keras.layers.Identity when it is one of RANDOM_LAYERS (same name, dtype).
+
+    Keras 3 records a random layer's call in a functional model with `training=True` (its call's default), and a
+    layer called with an explicit `training` sets it for every layer after it in the same call: a SavedModel or
+    TFLite file of the model then runs the batch norms that follow in training mode, on the batch's own
+    statistics (answers that change with the rest of the batch). The call's recorded kwarg goes too."""
     if config.get("class_name") in RANDOM_LAYERS and config.get("module", "").startswith("keras"):
         inner = config.get("config", {})
         kept = {k: inner[k] for k in ("name", "trainable", "dtype") if k in inner}
-        return {**config, "class_name": "Identity", "module": "keras.layers", "registered_name": None, "config": kept}
+        nodes = [{**node, "kwargs": {k: v for k, v in node.get("kwargs", {}).items() if k != "training"}}
+                 for node in config.get("inbound_nodes", [])]  # fmt: skip
+        return {**config, "class_name": "Identity", "module": "keras.layers", "registered_name": None, "config": kept,
+                **({"inbound_nodes": nodes} if "inbound_nodes" in config else {})}  # fmt: skip
     return config

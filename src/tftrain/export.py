@@ -110,6 +110,23 @@ def litert_predict(path: Path, images: np.ndarray, batch: int = 1000) -> np.ndar
     return np.concatenate(results)
 
 
+BATCH_CHECK_IMAGES = 8
+
+
+def check_batch_independent(path: Path, images: np.ndarray) -> None:
+    """The file answers each image the same alone as within a batch; a graph that normalizes with the batch's own
+    statistics at inference (a layer left in training mode) would otherwise pass a test split scored in one big
+    batch and answer single requests wrongly."""
+    alone = np.concatenate([litert_predict(path, images[i : i + 1]) for i in range(len(images))])
+    together = litert_predict(path, images)
+    if (gap := float(np.abs(alone - together).max())) > 1e-3:
+        raise UserError(
+            f"{path.name} answers an image differently alone than within a batch (probabilities differ by up to "
+            f"{gap:.3f}): the model normalizes with each batch's statistics at inference (a layer called with "
+            "training=True); refused"
+        )
+
+
 def litert_latency_ms(path: Path, images: np.ndarray, calls: int = 200) -> float:
     """Median wall time of one single-image invoke (set input, invoke, read output), after 20 warm-up calls."""
     interpreter = Interpreter(model_path=str(path))
@@ -138,6 +155,7 @@ def _tflite(mode: str, out_dir: Path, test, calibration: np.ndarray, keras_accur
     except BaseException:
         print(flush=True)  # the error starts on a line of its own
         raise
+    check_batch_independent(path, x_test[:BATCH_CHECK_IMAGES])
     accuracy = float((litert_predict(path, x_test).argmax(1) == y_test).mean())
     latency = litert_latency_ms(path, x_test)
     print(f" scored and timed in {time.perf_counter() - start:.1f}s")

@@ -68,7 +68,10 @@ def test_rows_compare_with_the_baselines_of_their_own_model_only():
     assert "validation accuracy 0.91 over ours: 2x (goal >= 2x): met" in verdicts
     assert "default CNN with epochs=5, test accuracy: not measured in this run" in verdicts
     five = {**cnn, "name": "tftrain-cnn-5-epochs", "epochs": 5, "recipe_epochs": 5, "test_accuracy": 0.8999}
-    assert "test accuracy: 0.8999 against the recipe's 0.9000 after 5 epochs (goal: at least the recipe's): missed" in targets([recipe, five])
+    assert (
+        "test accuracy: 0.8999 against the recipe's 0.9000 after 5 epochs (goal: at least the recipe's): missed"
+        in targets([recipe, five])
+    )
     assert "default MLP, samples/s over the write-up's recipe: not measured in this run" in verdicts
 
 

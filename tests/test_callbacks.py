@@ -164,7 +164,9 @@ def test_validation_near_chance_while_training_learns_is_a_warning_not_a_quiet_s
     from tftrain.callbacks import chance_warning
 
     collapsed = chance_warning({"accuracy": 0.88, "val_accuracy": 0.09}, 11)
-    assert collapsed.startswith("warning: val_accuracy 0.09 is near chance (0.09 for 11 classes) while accuracy is 0.88")
+    assert collapsed.startswith(
+        "warning: val_accuracy 0.09 is near chance (0.09 for 11 classes) while accuracy is 0.88"
+    )
     assert chance_warning({"accuracy": 0.88, "val_accuracy": 0.70}, 11) == ""  # carries over
     assert chance_warning({"accuracy": 0.20, "val_accuracy": 0.10}, 11) == ""  # not learning yet: no claim
     assert chance_warning({"loss": 1.0}, 11) == ""

@@ -57,11 +57,21 @@ def tftrain(*args, cwd=None, env=None):
         (["promote", "--model-uri", "models:/m@champion"], "allowed: a registered version, models:/<name>/<version>"),
         (["promote", "--model-uri", "models:/m/1", "--alias", "latest"], "invalid value for alias: received 'latest'"),
         (["promote", "--model-uri", "models:/m/1", "--min-accuracy", "1.5"], "invalid value for min_accuracy"),
-        (["export", "--model-uri", "models:/m/1", "--litert-quantization", "int4"], "'int4' is not one of 'float32'"),
+        (
+            ["export", "--model-uri", "models:/m/1", "--litert-quantization", "int4"],
+            "invalid value for litert_quantization: received 'int4'; allowed: one of float32, dynamic_range",
+        ),
         (["predict", "--model-uri", "models:/m/1"], "Missing argument 'INPUT...'"),
         (["predict", "--model-uri", "models:/m/1", "/no/such.png"], "invalid value for INPUT: received '/no/such.png'"),
         (["predict", "--model-uri", "models:/m/1", ".", "--output", "/no/dir/p.csv"], "invalid value for output"),
-        (["predict", "--model-uri", "models:/m/1", ".", "--format", "xml"], "'xml' is not one of 'auto', 'csv'"),
+        (
+            ["predict", "--model-uri", "models:/m/1", ".", "--format", "xml"],
+            "invalid value for format: received 'xml'; allowed: one of auto, csv, json",
+        ),
+        (
+            ["train", "--augment", "heavy"],
+            "invalid value for augment: received 'heavy'; allowed: one of auto, none, flip",
+        ),
         (["serve", "--port", "70000"], "70000 is not in the range 1<=x<=65535"),
         (["serve", "--model-uri", "latest"], "invalid value for model_uri: received 'latest'"),
         (["bench", "--only", "recipe-mlp,fast"], "invalid value for --only: received 'recipe-mlp,fast'; allowed:"),
@@ -169,8 +179,14 @@ CHECKED_BEFORE_TENSORFLOW = [
     (["train", "--launcher", "ray", "--workers", "0"], "invalid value for workers: received 0"),
     (["train", "--launcher", "ray", "--ray-address", "127.0.0.1:1"], "received 127.0.0.1:1; nothing answers there"),
     (["train", "--launcher", "ray", "--ray-address", "127.0.0.1:{busy}"], "something answers there, but not a Ray"),
-    (["train", "--launcher", "ray", "--ray-address", "head node"], "invalid value for ray_address: received 'head node'"),
-    (["train", "--workers", "4"], "invalid combination: workers=4 with launcher=none; workers is an option of launcher=ray"),
+    (
+        ["train", "--launcher", "ray", "--ray-address", "head node"],
+        "invalid value for ray_address: received 'head node'",
+    ),
+    (
+        ["train", "--workers", "4"],
+        "invalid combination: workers=4 with launcher=none; workers is an option of launcher=ray",
+    ),
     (["train", "--launcher", "ray", "--ray-address", "127.0.0.1:99999"], "invalid value for ray_address: received"),
     (["train", "--strategy", "multi_worker"], "invalid value for TF_CONFIG: received no cluster"),
     (["train", "--ray-address", "auto"], "allowed: launcher=ray, or ray_address empty (its default)"),
@@ -218,8 +234,9 @@ def test_the_probe_sees_tensorflow_when_the_checks_pass(mistakes):
 def test_a_python_without_the_dependencies_gets_one_line():
     """`mlflow run --env-manager local` runs whichever `python` is first on PATH: outside the venv, say so."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-    done = subprocess.run([sys.executable, "-S", "-m", "tftrain", "train"], capture_output=True, text=True, env=env,
-                          timeout=60)  # fmt: skip  (-S: no site-packages, so none of the dependencies)
+    done = subprocess.run(
+        [sys.executable, "-S", "-m", "tftrain", "train"], capture_output=True, text=True, env=env, timeout=60
+    )  # fmt: skip  (-S: no site-packages, so none of the dependencies)
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith(f"tftrain: error: {sys.executable} has no click, numpy, PIL, mlflow, tensorflow")
     assert "source .venv/bin/activate" in done.stderr

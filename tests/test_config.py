@@ -43,8 +43,9 @@ def test_batch_size_and_learning_rate_0_choose_by_model_and_data():
         ("dataset", "tfds:Not A Name", "tfds:NAME or tfds:NAME:VERSION"),
         ("dataset", "no/such/loader.py:load", f"(no file {Path('no/such/loader.py').resolve()})"),
         ("test_split", 1.0, "strictly between 0 and 1"),
-        ("image_size", "28", "auto, or HEIGHTxWIDTH"),
-        ("image_size", "0x28", "auto, or HEIGHTxWIDTH"),
+        ("image_size", "28x", "auto, HEIGHTxWIDTH"),
+        ("image_size", "0x28", "auto, HEIGHTxWIDTH"),
+        ("image_size", "5000", "auto, HEIGHTxWIDTH"),
         ("channels", "2", "one of auto, 1, 3"),
         ("bad_images", "ignore", "one of fail, skip"),
         ("model", "missing.keras", f"(no file {Path('missing.keras').resolve()})"),
@@ -164,5 +165,14 @@ def test_a_data_dir_of_images_points_at_dataset(tmp_path):
 
     (tmp_path / "cats").mkdir()
     Image.new("L", (4, 4)).save(tmp_path / "cats" / "a.png")
-    with pytest.raises(UserError, match=rf"; it holds images: a folder of class folders is a dataset \(--dataset {tmp_path}"):
+    with pytest.raises(
+        UserError, match=rf"; it holds images: a folder of class folders is a dataset \(--dataset {tmp_path}"
+    ):
         check_idx_folder(tmp_path)
+
+
+def test_image_size_is_height_by_width_or_one_side_for_a_square():
+    from tftrain.config import parse_image_size
+
+    assert parse_image_size("128x96") == (128, 96) and parse_image_size("96") == (96, 96)
+    assert parse_image_size("auto") is None

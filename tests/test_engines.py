@@ -85,9 +85,18 @@ def train_in_process(out: Path, **settings) -> tuple[list[np.ndarray], dict]:
 def test_mirrored_on_two_cpu_replicas_matches_one_device(tmp_path, tiny_data, engine):
     """Same seed, same global batch of 64: 1 device x 64 against 2 logical CPU devices x 32. The CNN has no
     dropout, so the two runs differ only by summation order; tolerance 1e-4 on the loss, 1e-3 on weights."""
-    common = dict(data_dir=tiny_data, model="cnn", engine=engine, epochs=2, early_stopping="false",
-                  tensorboard="false", checkpoint="false", output_dir=tmp_path / "out", model_name="m",
-                  precision="float32")  # fmt: skip  (auto may pick bfloat16, whose rounding the tolerance is not for)
+    common = dict(
+        data_dir=tiny_data,
+        model="cnn",
+        engine=engine,
+        epochs=2,
+        early_stopping="false",
+        tensorboard="false",
+        checkpoint="false",
+        output_dir=tmp_path / "out",
+        model_name="m",
+        precision="float32",
+    )  # fmt: skip  (auto may pick bfloat16, whose rounding the tolerance is not for)
     one, one_log = train_in_process(tmp_path / "one", strategy="one_device", batch_size=64, **common)
     two, two_log = train_in_process(tmp_path / "two", strategy="mirrored", cpu_replicas=2, batch_size=32, **common)
     np.testing.assert_allclose(two_log["history"]["loss"], one_log["history"]["loss"], rtol=1e-4)

@@ -231,7 +231,7 @@ def test_the_kuberay_rayjob_runs_train_on_ray_with_as_many_workers_as_gpu_pods()
         (container,) = g["template"]["spec"]["containers"]
         assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     pins = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["ray"]
-    assert f'ray[train]=={cluster["rayVersion"]}' in pins
+    assert f"ray[train]=={cluster['rayVersion']}" in pins
     head = cluster["headGroupSpec"]["template"]["spec"]
     mounts = {m["mountPath"] for c in head["containers"] for m in c["volumeMounts"]}
     assert cfg.output_dir.startswith(tuple(mounts)) and cfg.dataset.startswith(tuple(mounts))

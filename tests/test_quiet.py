@@ -96,7 +96,11 @@ def test_a_partial_line_is_passed_on_before_its_newline():
 
 
 def _env(**extra):
-    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TFTRAIN_VERBOSE", "MLFLOW_LOGGING_LEVEL")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("TF_CPP_MIN_LOG_LEVEL", "TFTRAIN_VERBOSE", "MLFLOW_LOGGING_LEVEL")
+    }
     return {**env, **extra}
 
 

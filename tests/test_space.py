@@ -50,7 +50,10 @@ def test_dimensions_sample_what_they_say_in_an_optuna_trial():
 BAD_SPACES = [
     ("", "received ''; allowed: NAME=EXPR parts separated by ';'"),
     ("learning_rate", "received the part 'learning_rate'; allowed: NAME=EXPR"),
-    ("learnig_rate=uniform(0.1,0.2)", "learnig_rate is not a train parameter (did you mean learning_rate?); allowed: dataset, image_size"),
+    (
+        "learnig_rate=uniform(0.1,0.2)",
+        "learnig_rate is not a train parameter (did you mean learning_rate?); allowed: dataset, image_size",
+    ),
     ("data_dir=choice(a,b)", "data_dir is fixed for every trial of a sweep"),
     ("run_name=choice(a,b)", "run_name is fixed for every trial of a sweep"),
     ("learning_rate=uniform(0.1,0.01)", "low 0.1 is not below high 0.01; allowed: low < high"),

@@ -30,13 +30,23 @@ from tftrain.study import check_study
 _TYPES = {"int": int, "float": float, "str": str, "bool": click.BOOL}
 
 
+class _Choice(click.Choice):
+    """click's Choice, refusing in tftrain's words: `invalid value for augment: received 'heavy'; allowed: ...`."""
+
+    def convert(self, value, param, ctx):
+        if value in self.choices:
+            return value
+        name = param.opts[0].lstrip("-").replace("-", "_") if param is not None and param.opts else "value"
+        raise click.UsageError(str(invalid(name, value, "one of " + ", ".join(map(str, self.choices)))), ctx)
+
+
 def config_options(cls):
     """One click option per config field: same name, type, default and help."""
 
     def decorate(fn):
         for f in reversed(dataclasses.fields(cls)):
             choices = f.metadata["choices"]
-            kind = click.Choice(choices) if choices else _TYPES[f.type]
+            kind = _Choice(choices) if choices else _TYPES[f.type]
             flag = "--" + f.name.replace("_", "-")
             fn = click.option(flag, f.name, type=kind, default=f.default, show_default=True, help=f.metadata["help"])(
                 fn
@@ -137,7 +147,7 @@ def evaluate_command(model_uri: str, dataset: str, data_dir: str) -> None:
 @click.option("--output-dir", default="outputs", show_default=True, help="Local folder for the exported files.")
 @click.option(
     "--litert-quantization",
-    type=click.Choice(QUANTIZATIONS),
+    type=_Choice(QUANTIZATIONS),
     default="float32",
     show_default=True,
     help="Which TFLite file to log as the servable LiteRT model (registered as <name>-litert).",
@@ -177,7 +187,7 @@ def promote_command(model_uri: str, alias: str, min_accuracy: float) -> None:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(("auto", "csv", "json")),
+    type=_Choice(("auto", "csv", "json")),
     default="auto",
     show_default=True,
     help="auto: JSON when the output file ends in .json, else CSV (and CSV on standard output).",

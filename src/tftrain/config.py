@@ -95,9 +95,9 @@ class TrainConfig:
     )
     image_size: str = _opt(
         "auto",
-        "HxW the model sees (every image is resized to it); auto: the size most files have, else (photos of many "
-        "sizes) a square of their median shorter side: 96 to 224 for keras.applications models, at most 64 for "
-        "others.",
+        "HxW (or one number: a square) the model sees, every image resized to it; auto: the size most files have, "
+        "else (photos of many sizes) a square of their median shorter side: 96 to 224 for keras.applications "
+        "models, at most 64 for others.",
         group="data",
     )
     channels: str = _opt(
@@ -507,12 +507,16 @@ def model_kind(value: str) -> str:
 
 
 def parse_image_size(value: str) -> tuple[int, int] | None:
-    """auto -> None; HxW -> (height, width), each 1..4096."""
+    """auto -> None; HxW -> (height, width); a single N -> (N, N); each 1..4096."""
     if value == "auto":
         return None
-    match = re.fullmatch(r"(\d{1,4})x(\d{1,4})", value)
+    match = re.fullmatch(r"(\d{1,4})x(\d{1,4})", value) or re.fullmatch(r"(\d{1,4})()", value)
+    if match and not match[2]:
+        match = re.fullmatch(r"(\d{1,4})x(\d{1,4})", f"{value}x{value}")
     if not match or not all(1 <= int(v) <= 4096 for v in match.groups()):
-        raise invalid("image_size", value, "auto, or HEIGHTxWIDTH in pixels (e.g. 128x128), each 1 to 4096")
+        raise invalid(
+            "image_size", value, "auto, HEIGHTxWIDTH in pixels (e.g. 128x96), or SIDE for a square, each 1 to 4096"
+        )
     return int(match[1]), int(match[2])
 
 

@@ -605,8 +605,9 @@ def _size_rule(heads: list[Native | str], sides: tuple[int, int]) -> str:
         return ""
     median = _median_shorter_side(good)
     distinct = len({(h, w) for h, w, _ in good})
+    bounds = f"at most {sides[1]}" if sides[0] == 1 else f"within {sides[0]} to {sides[1]}"
     return (f"a square of the files' median shorter side ({median} px; {distinct:,} sizes among {len(good):,} files), "
-            f"within {sides[0]} to {sides[1]} for this model")  # fmt: skip
+            f"{bounds} for this model")  # fmt: skip
 
 
 def _guess(root: str, rels: list[str], image_size, channels) -> tuple[tuple[int, int], int] | None:

@@ -87,3 +87,4 @@ def test_a_keras_way_builder_with_augmentation_and_batch_norm_under_mlflow_run(p
     assert main.data.metrics["test_accuracy"] > CHANCE + 0.3, main.data.metrics["test_accuracy"]
     assert "does not scale pixels itself" not in outputs[0].stdout
     assert evaluation.data.metrics["test_accuracy"] == pytest.approx(main.data.metrics["test_accuracy"])
+    assert "decoding" not in outputs[1].stderr  # evaluate found the folder's images in the cache training made

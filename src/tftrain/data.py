@@ -215,7 +215,9 @@ def load_task_data(
 
     kind, name = dataset_kind(dataset), dataset_label(dataset)
     settings = {"dataset": resolved_dataset(dataset), "data_dir": str(Path(data_dir).resolve()) if data_dir else "",
-                "test_split": test_split, "validation_split": validation_split, "bad_images": bad_images}  # fmt: skip
+                "test_split": test_split, "validation_split": validation_split, "bad_images": bad_images,
+                # as asked (None: auto), so that loading again finds a folder's decoded images in the same cache
+                "image_size": image_size, "channels": channels, "auto_sides": auto_sides}  # fmt: skip
     if kind == "folder":
         from tftrain.folders import load_folder
 

@@ -3,6 +3,7 @@ confusion-matrix picture."""
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -125,13 +126,18 @@ def model_data(ref: logged_models.LoggedModel, dataset: str = "", data_dir: str 
             "or logged by an older tftrain); pass dataset=NAME_OR_FOLDER (and data_dir) to score it"
         )
     shape = logged_models.image_shape(ref)
-    same = not dataset
-    return load_task_data(
-        dataset or trained["dataset"], data_dir or (trained.get("data_dir", "") if same else ""),
-        image_size=shape[:2], channels=shape[2] if len(shape) == 3 else 1,
+    same = not dataset and not data_dir
+    load = functools.partial(
+        load_task_data, dataset or trained["dataset"], data_dir or (trained.get("data_dir", "") if not dataset else ""),
         test_split=float(trained.get("test_split", 0.1)), validation_split=float(trained.get("validation_split", 0.2)),
         bad_images=trained.get("bad_images", "fail"),
     )  # fmt: skip
+    if same and "image_size" in trained:  # as training asked for it: a folder's decoded images are in the cache
+        sides = tuple(trained["auto_sides"]) if trained.get("auto_sides") else None
+        data = load(image_size=trained["image_size"], channels=trained["channels"], auto_sides=sides)
+        if data.input_shape == tuple(shape):  # else the folder changed since: resized to the model's images
+            return data
+    return load(image_size=tuple(shape[:2]), channels=shape[2] if len(shape) == 3 else 1)
 
 
 def own_test_split(ref: logged_models.LoggedModel, dataset: str, data_dir: str = "") -> bool:

@@ -147,3 +147,21 @@ def test_folder_figures_decode_once_then_read_the_cache(tmp_path, tiny_data):
     assert re.search(r"a second run on the same folder decoded 0 images, loaded in [\d.]+ s .*: met", done.stdout)
     assert "decoding the folder, Keras' loader's seconds per image over tftrain's" in done.stdout
     assert "later epochs on the folder against the IDX files" in done.stdout
+
+
+@pytest.mark.slow
+def test_the_panel_trains_tftrain_and_plain_keras_on_a_real_photo_folder(tmp_path):
+    out = tmp_path / "panel.json"
+    done = subprocess.run([sys.executable, "-m", "tftrain", "bench", "--panel", "quick", "--epochs", "2", "--json",
+                           str(out)], capture_output=True, text=True, timeout=900, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(out.read_text())["panel"]
+    assert [(r["folder"], r["model"]) for r in rows] == [("photos-5x40", "cnn_bn"), ("photos-5x40", "builder")]
+    for r in rows:
+        assert r["images"] == 200 and r["classes"] == 5 and r["shape"] == "64x64x3"
+        assert r["keras"]["epochs"] == 2 and 1 <= r["tftrain"]["epochs"] <= 2
+        ours, plain = r["tftrain"]["test_accuracy"], r["keras"]["test_accuracy"]
+        assert 0 <= plain <= 1 and 0 <= ours <= 1
+        verdict = re.search(rf"\| photos-5x40 \| 200 \| 64x64x3 \| {r['model']} \| {plain:.3f} .*\| (\w+)", done.stdout)
+        assert verdict and verdict.group(1) in ("better", "same", "WORSE")
+    assert not list(tmp_path.glob("tftrain-panel-*"))  # the folders were written to a temporary place, and removed

@@ -117,16 +117,17 @@ class SaveClock(keras.callbacks.Callback):
 class BestCheckpoint(keras.callbacks.ModelCheckpoint):
     """Keras' ModelCheckpoint(save_best_only=True), written at save points: an improvement's weights and file name
     are kept in memory, and the best not yet on disk is written at the next save point, when training ends, or
-    when it fails. Files and names are ModelCheckpoint's own."""
+    when it fails. Files and names are ModelCheckpoint's own. `start_from_epoch`: epochs before it watches, as
+    early stopping's, so that the best checkpoint is the epoch training ends with."""
 
-    def __init__(self, filepath: str, clock: SaveClock, **kwargs):
+    def __init__(self, filepath: str, clock: SaveClock, start_from_epoch: int = 0, **kwargs):
         super().__init__(filepath, save_best_only=True, **kwargs)
-        self.clock = clock
+        self.clock, self.start_from_epoch = clock, start_from_epoch
         self._pending = None  # (epoch, file path, weights) of a best not yet written
 
     def on_epoch_end(self, epoch, logs=None):
         filepath = checkpoint_path(self.filepath, epoch, logs)
-        if should_save(self, epoch, logs, filepath):
+        if epoch >= self.start_from_epoch and should_save(self, epoch, logs, filepath):
             self._pending = (epoch, filepath, self.model.get_weights())
         if self.clock.due:
             self.flush(epoch)
@@ -190,12 +191,17 @@ def build_callbacks(
             mode=mode(cfg.early_stopping_monitor),
             patience=cfg.early_stopping_patience,
             restore_best_weights=cfg.restore_best_weights,
+            start_from_epoch=cfg.early_stopping_start,
             verbose=verbose,
         )
         callbacks.append(early_stopping)
     if cfg.checkpoint:
+        # the epochs early stopping watches, when it decides the best too (checkpoint_monitor=auto)
+        start = cfg.early_stopping_start if cfg.early_stopping and cfg.checkpoint_monitor == "auto" else 0
         template = checkpoint_dir(out_dir) / "model_{epoch:02d}_{val_accuracy:.4f}.keras"
-        callbacks.append(BestCheckpoint(str(template), clock, monitor=cfg.best_monitor, mode=mode(cfg.best_monitor)))
+        callbacks.append(
+            BestCheckpoint(str(template), clock, start, monitor=cfg.best_monitor, mode=mode(cfg.best_monitor))
+        )
     if cfg.plateau_enabled:
         plateau = keras.callbacks.ReduceLROnPlateau(
             monitor=cfg.plateau_monitor,

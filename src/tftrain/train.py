@@ -318,11 +318,13 @@ def _kept_epoch_warning(history: dict[str, list[float]], classes: int, cfg: Trai
     """callbacks.chance_warning for the epoch whose weights training ends with (the best by the early-stopping
     monitor when restore_best_weights, else the last)."""
     monitored = history.get(cfg.early_stopping_monitor) or []
+    start = min(cfg.early_stopping_start, len(monitored) - 1)  # the epochs early stopping watched
     if not monitored:
         return ""
     kept = len(monitored) - 1
     if cfg.early_stopping and cfg.restore_best_weights:
-        kept = int(np.argmin(monitored) if mode(cfg.early_stopping_monitor) == "min" else np.argmax(monitored))
+        watched = monitored[start:]
+        kept = start + int(np.argmin(watched) if mode(cfg.early_stopping_monitor) == "min" else np.argmax(watched))
     return chance_warning({k: v[kept] for k, v in history.items() if len(v) > kept}, classes)
 
 

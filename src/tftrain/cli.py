@@ -310,7 +310,7 @@ def sweep_command(**params) -> None:
     type=click.Choice(["", "all", "quick"]),
     default="",
     help="Instead: tftrain's defaults against plain Keras fit on a panel of real image folders, every model kind "
-    "(all: about an hour on 2 cores; quick: one small photo folder, two models).",
+    "(all: about 35 minutes on 2 cores; quick: one small photo folder, two models).",
 )
 def bench_command(
     only: str, full: bool, repeat: int, epochs: int, data_dir: str, log_mlflow: bool, json_out: str, panel: str

@@ -27,8 +27,8 @@ import mlflow
 import numpy as np
 import yaml
 
-from tftrain.data import load_dataset
-from tftrain.predict import answers
+from tftrain.data.datasets import load_dataset
+from tftrain.ship.predict import answers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from servers import running_server  # noqa: E402  (the tests' server harness, not part of the package)

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from tftrain.config import TrainConfig, grouped_fields
-from tftrain.space import SweepConfig
+from tftrain.search.space import SweepConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 WIDTH = 110  # command lines wrap at this many characters, indent included

@@ -19,9 +19,9 @@ import tensorflow as tf
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
 from tftrain.config import MODELS, PRECISIONS
-from tftrain.data import load_dataset, make_dataset, split_validation
-from tftrain.models import build_model
-from tftrain.train import compile_model
+from tftrain.data.datasets import load_dataset, make_dataset, split_validation
+from tftrain.models.build import build_model
+from tftrain.training.trainer import compile_model
 
 # profiler events that wrap others (the whole step, a thread pool's loop): left out of the per-op sums
 WRAPPERS = ("Execute", "Run", "Process", "multi_step_on_iterator", "__inference", "TFE_Py", "Iterator", "DoCompute",

@@ -13,6 +13,8 @@ import mlflow
 import numpy as np
 import pytest
 
+from tftrain import log
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -42,6 +44,12 @@ def write_dataset(folder: Path, n_train: int = 640, n_test: int = 200) -> Path:
     write_idx(folder / "t10k-images-idx3-ubyte.gz", x_test)
     write_idx(folder / "t10k-labels-idx1-ubyte.gz", y_test)
     return folder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _console_logging():
+    """tftrain's messages on the console as the CLI shows them (tftrain.log), for the tests that read them."""
+    log.setup()
 
 
 QUIET_VARIABLES = ("TF_CPP_MIN_LOG_LEVEL", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "MLFLOW_LOGGING_LEVEL")
@@ -92,7 +100,7 @@ def store(tmp_path) -> str:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_data):
     """One tiny model trained and registered in a module-wide store: (TrainResult, store folder)."""
-    from tftrain.train import train
+    from tftrain.training.trainer import train
 
     folder = tmp_path_factory.mktemp("trained")
     with mlflow_store(folder):

@@ -14,7 +14,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from tftrain.serve import serve_command
+from tftrain.ship.serve import serve_command
 
 
 def free_port() -> int:

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from tftrain.augment import batch_augmenter, resolve
-from tftrain.data import make_dataset
+from tftrain.data.augment import batch_augmenter, resolve
+from tftrain.data.datasets import make_dataset
 
 
 @pytest.mark.parametrize(
@@ -44,8 +44,8 @@ def test_none_leaves_the_pipeline_as_it_was():
 
 def test_training_batches_are_augmented_and_validation_batches_are_not(tmp_path):
     from tftrain.config import TrainConfig
-    from tftrain.runtime import build_runtime
-    from tftrain.train import _datasets
+    from tftrain.training.runtime import build_runtime
+    from tftrain.training.trainer import _datasets
 
     cfg = TrainConfig(model="cnn_bn", precision="float32")
     images = np.random.default_rng(2).integers(0, 256, size=(32, 10, 10, 3)).astype(np.uint8)

@@ -5,8 +5,8 @@ import keras
 import numpy as np
 import pytest
 
-from tftrain import batchnorm
-from tftrain.models import build_model
+from tftrain.models.build import build_model
+from tftrain.training import batchnorm
 
 
 def test_the_momentum_gives_a_time_constant_of_a_fifth_of_an_epoch_within_keras_range():
@@ -59,7 +59,7 @@ def test_statistics_are_estimated_again_only_while_the_averages_remember_their_s
 
 @pytest.fixture(scope="module")
 def fashion_subset():
-    from tftrain.data import load_dataset
+    from tftrain.data.datasets import load_dataset
 
     data = load_dataset("fashion_mnist")
     return data.x_train[:3000], data.y_train[:3000], data.x_test[:1000], data.y_test[:1000]
@@ -71,8 +71,8 @@ def test_one_short_epoch_of_cnn_bn_validates_like_it_trains(fashion_subset, tmp_
     momentum 0.99 leaves the moving variance near 1 after a few hundred steps)."""
     from conftest import mlflow_store
     from tftrain.config import TrainConfig
-    from tftrain.task import Task
-    from tftrain.train import train
+    from tftrain.training.task import Task
+    from tftrain.training.trainer import train
 
     x, y, x_val, y_val = fashion_subset
     task = Task("fashion-subset", tuple("abcdefghij"), (x, y), (x_val, y_val), (x_val, y_val),

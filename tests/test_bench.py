@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO, mlflow_store
 from tftrain.bench.report import seconds_to, summarize, table, targets, with_comparisons
 from tftrain.bench.worker import train_flops_per_example
-from tftrain.models import build_model
+from tftrain.models.build import build_model
 
 
 def test_flops_are_six_per_multiply_add_but_four_in_the_first_layer():

@@ -1,4 +1,3 @@
-import io
 from pathlib import Path
 
 import keras
@@ -6,8 +5,8 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from tftrain.callbacks import BestCheckpoint, EpochSummary, SaveClock, StopOnNonFiniteLoss, build_callbacks
-from tftrain.models import build_model
+from tftrain.models.build import build_model
+from tftrain.training.callbacks import BestCheckpoint, EpochSummary, SaveClock, StopOnNonFiniteLoss, build_callbacks
 
 KINDS = {
     "early_stopping": keras.callbacks.EarlyStopping,
@@ -59,16 +58,16 @@ def test_callbacks_get_their_parameters(tmp_path):
     assert checkpoint.filepath.endswith("run/checkpoints/model_{epoch:02d}_{val_accuracy:.4f}.keras")
 
 
-def test_checkpoint_and_summary_during_a_real_fit(tmp_path):
+def test_checkpoint_and_summary_during_a_real_fit(tmp_path, capsys):
     model = build_model("mlp")
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     x = np.random.default_rng(0).integers(0, 256, size=(64, 28, 28)).astype(np.float32)
     y = np.arange(64) % 10
-    out = io.StringIO()
     cfg = tiny_config(tmp_path, epochs=2, tensorboard=False, epoch_summary=False)
     callbacks = build_callbacks(cfg, tmp_path, SaveClock(0))
-    model.fit(x, y, validation_data=(x, y), epochs=2, verbose=0, callbacks=[*callbacks, EpochSummary(2, out)])
-    lines = out.getvalue().splitlines()
+    capsys.readouterr()
+    model.fit(x, y, validation_data=(x, y), epochs=2, verbose=0, callbacks=[*callbacks, EpochSummary(2)])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
     assert len(lines) == 2 and lines[1].startswith("epoch 2/2  accuracy ")
     assert "val_loss" in lines[0] and "lr 1.00e-03" in lines[0]
     saved = list((tmp_path / "checkpoints").glob("model_0*_*.keras"))
@@ -161,7 +160,7 @@ def test_without_the_epoch_summary_keras_prints_its_own_messages(tmp_path):
 
 
 def test_validation_near_chance_while_training_learns_is_a_warning_not_a_quiet_success():
-    from tftrain.callbacks import chance_warning
+    from tftrain.training.callbacks import chance_warning
 
     collapsed = chance_warning({"accuracy": 0.88, "val_accuracy": 0.09}, 11)
     assert collapsed.startswith(

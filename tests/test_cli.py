@@ -132,12 +132,12 @@ def test_help_lists_the_steps_and_exits_0():
 def test_the_cli_imports_neither_the_bench_nor_a_test_harness():
     """`tftrain` loads the commands users run; the benchmark loads only for `tftrain bench`, and the server harness
     of the tests and scripts (tests/servers.py) is not in the package."""
-    code = "import sys, tftrain.cli, tftrain.serve; print(' '.join(m for m in sys.modules if m.startswith('tftrain')))"
+    code = "import sys, tftrain.cli, tftrain.ship.serve; print(' '.join(m for m in sys.modules if m.startswith('tftrain')))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert "tftrain.cli" in loaded and not [m for m in loaded if m.startswith("tftrain.bench")]
-    import tftrain.serve
+    import tftrain.ship.serve
 
-    assert not hasattr(tftrain.serve, "running_server")
+    assert not hasattr(tftrain.ship.serve, "running_server")
 
 
 # Runs the CLI, then says on stdout which of TensorFlow and Keras got imported (an empty list: neither).

@@ -161,7 +161,7 @@ def test_near_misses_get_a_did_you_mean_and_relative_paths_under_mlflow_run_a_hi
 def test_a_data_dir_of_images_points_at_dataset(tmp_path):
     from PIL import Image
 
-    from tftrain.data import check_idx_folder
+    from tftrain.data.datasets import check_idx_folder
 
     (tmp_path / "cats").mkdir()
     Image.new("L", (4, 4)).save(tmp_path / "cats" / "a.png")

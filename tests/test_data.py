@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from conftest import tiny_images, write_dataset, write_idx
-from tftrain import data
-from tftrain.data import load_dataset, make_dataset, read_idx, split_validation
+from tftrain.data import datasets as data
+from tftrain.data.datasets import load_dataset, make_dataset, read_idx, split_validation
 from tftrain.errors import UserError
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")

@@ -13,8 +13,8 @@ import pytest
 
 from conftest import tiny_config
 from tftrain.errors import UserError
-from tftrain.export import export
-from tftrain.train import train
+from tftrain.ship.export import export
+from tftrain.training.trainer import train
 
 TRAIN_AND_SAVE = Path(__file__).with_name("train_and_save.py")
 
@@ -157,7 +157,7 @@ def test_cpu_replicas_after_tensorflow_started_is_refused(tiny_data):
 
 
 def test_precision_auto_resolves_per_machine_and_model_and_is_logged(store, tiny_data, float32_afterwards, capsys):
-    from tftrain.runtime import BFLOAT16_CPU_FLAGS, cpu_flags, resolve_precision
+    from tftrain.training.runtime import BFLOAT16_CPU_FLAGS, cpu_flags, resolve_precision
 
     assert "sse2" in cpu_flags() or not Path("/proc/cpuinfo").exists()  # the real flags are read
     bfloat16_cpu = bool(set(BFLOAT16_CPU_FLAGS["mlp"]) & cpu_flags())

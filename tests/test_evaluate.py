@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from conftest import artifact, run_tagged
-from tftrain.data import CLASS_NAMES
+from tftrain.data.datasets import CLASS_NAMES
 from tftrain.errors import UserError
-from tftrain.evaluate import Evaluation, confusion_figure, evaluate, metric_names, score, summary
+from tftrain.ship.evaluate import Evaluation, confusion_figure, evaluate, metric_names, score, summary
 
 
 def test_score_by_hand():

@@ -9,7 +9,7 @@ import tensorflow as tf
 from conftest import run_tagged
 from tftrain.config import QUANTIZATIONS
 from tftrain.errors import UserError
-from tftrain.export import CONVERTER_SETUP, convert, export, flex_ops, litert_predict
+from tftrain.ship.export import CONVERTER_SETUP, convert, export, flex_ops, litert_predict
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tftrain.data.folders import load_folder, scan
 from tftrain.errors import UserError
-from tftrain.folders import load_folder, scan
 
 
 def save(path: Path, value: int = 0, size: tuple[int, int] = (8, 6), colour: bool = False) -> Path:
@@ -339,8 +339,8 @@ def test_many_skipped_files_print_ten_lines_then_a_count(tmp_path, capsys):
     f = load(root, tmp_path, bad_images="skip")
     assert len(f.skipped) == 13 and f.channels == 1
     err = capsys.readouterr().err.splitlines()
-    assert sum(line.startswith("skipped unreadable image") for line in err) == 10
-    assert "... and 3 more unreadable images skipped" in err
+    assert sum(line.startswith("warning: skipped unreadable image") for line in err) == 10
+    assert "warning: ... and 3 more unreadable images skipped" in err
 
 
 # ---------------------------------------------------------------- the cache

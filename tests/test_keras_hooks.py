@@ -5,8 +5,8 @@ import keras
 import numpy as np
 import pytest
 
-from tftrain.callbacks import checkpoint_path
 from tftrain.keras_hooks import initial_epoch, should_save
+from tftrain.training.callbacks import checkpoint_path
 
 
 def tiny_model() -> keras.Model:

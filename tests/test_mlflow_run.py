@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from conftest import REPO, activated_env, mlflow_run_args, mlflow_store
-from tftrain.registry import version_accuracy
+from tftrain.ship.registry import version_accuracy
 
 pytestmark = pytest.mark.slow
 

@@ -2,8 +2,8 @@ import keras
 import numpy as np
 import pytest
 
-from tftrain.augment import has_random_layers
-from tftrain.models import FusedBatchNormalization, build_model, portable_copy
+from tftrain.data.augment import has_random_layers
+from tftrain.models.build import FusedBatchNormalization, build_model, portable_copy
 
 # Flatten 784 -> Dense 128 (100,480) -> Dense 10 (1,290)
 MLP_PARAMS = 784 * 128 + 128 + 128 * 10 + 10
@@ -94,7 +94,7 @@ def test_cnn_computes_the_write_ups_function_and_gradients():
 # --- every kind of model, for any task shape -------------------------------------------------------------------
 
 from tftrain.errors import UserError  # noqa: E402
-from tftrain.models import build_application, build_from_builder, load_keras_file  # noqa: E402
+from tftrain.models.build import build_application, build_from_builder, load_keras_file  # noqa: E402
 
 
 def _probabilities(model, shape, classes):
@@ -251,7 +251,7 @@ def test_a_builder_that_does_not_scale_pixels_is_told_and_fed_0_to_1(builders, c
 def test_a_builders_random_layers_train_but_leave_the_logged_model_and_it_converts(tmp_path):
     """Keras' random layers are identity at inference, yet they put ImageProjectiveTransformV3 and stateless-random
     ops into a graph that TFLite cannot convert with builtin ops: the logged copy has Identity layers instead."""
-    from tftrain.export import check_batch_independent, convert, litert_predict
+    from tftrain.ship.export import check_batch_independent, convert, litert_predict
 
     (tmp_path / "keras_way.py").write_text(KERAS_WAY)
     model = build_from_builder(f"{tmp_path}/keras_way.py:rescales", 3, (12, 10, 3))

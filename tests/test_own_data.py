@@ -263,7 +263,7 @@ def test_folder_mistakes_are_one_line_before_training(tmp_path, store_dir):
 @pytest.fixture(scope="module")
 def fashion_subset():
     """The first 12,000 training and 2,000 test images of the real Fashion-MNIST (Debian's package)."""
-    from tftrain.data import load_dataset
+    from tftrain.data.datasets import load_dataset
 
     data = load_dataset("fashion_mnist")
     return (data.x_train[:12000], data.y_train[:12000]), (data.x_test[:2000], data.y_test[:2000]), data.class_names
@@ -281,10 +281,10 @@ def test_fashion_mnist_as_png_folders_trains_like_the_idx_files(fashion_subset, 
     API's Task: the same test accuracy within noise."""
     from conftest import mlflow_store as store
     from tftrain.config import TrainConfig
-    from tftrain.data import split_validation
-    from tftrain.models import model_builder
-    from tftrain.task import Task, resolve_task
-    from tftrain.train import train
+    from tftrain.data.datasets import split_validation
+    from tftrain.models.build import model_builder
+    from tftrain.training.task import Task, resolve_task
+    from tftrain.training.trainer import train
 
     (x, y), (x_test, y_test), names = fashion_subset
     root = tmp_path / "fashion-png"

@@ -19,7 +19,7 @@ from mlflow.projects._project_spec import load_project
 from conftest import REPO
 from tftrain.cli import cli
 from tftrain.config import TrainConfig, grouped_fields
-from tftrain.space import SweepConfig
+from tftrain.search.space import SweepConfig
 
 RUN = "0123456789abcdef0123456789abcdef"
 

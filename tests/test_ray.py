@@ -137,10 +137,10 @@ def test_joining_without_the_clusters_token_is_one_line_that_says_so(tmp_path, t
 def test_the_forwarded_lines_keep_the_workers_words_without_rays_and_tensorflows_noise():
     import io
 
-    from tftrain.ray_launcher import _WorkerLines
+    from tftrain.quiet import ForwardedLines
 
     shown = io.StringIO()  # not a terminal: without Ray's colours
-    lines = _WorkerLines(shown, gpu=False)
+    lines = ForwardedLines(shown, gpu=False)
     cyan = "\x1b[36m(RayTrainWorker pid=7)\x1b[0m "
     lines.write(f"{cyan}epoch 1/2  accuracy 0.45\n(PlacementGroupCleaner pid=5) Failed to query Ray Train Controller "
                 "actor state. State API may be temporarily unavailable. Continuing to monitor.\n")  # fmt: skip

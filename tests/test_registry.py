@@ -6,9 +6,9 @@ import pytest
 from conftest import tiny_config
 from tftrain.config import check_alias
 from tftrain.errors import UserError
-from tftrain.evaluate import evaluate
-from tftrain.registry import promote, version_accuracy
-from tftrain.train import train
+from tftrain.ship.evaluate import evaluate
+from tftrain.ship.registry import promote, version_accuracy
+from tftrain.training.trainer import train
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_a_version_taking_other_images_does_not_take_the_alias(store, tmp_path):
     (another image_size on the same folder, say) must not swap under them."""
     import numpy as np
 
-    from tftrain.models import build_model
+    from tftrain.models.build import build_model
     from tftrain.tracking import logged_models
 
     names = ("a", "b")
@@ -104,7 +104,7 @@ def test_a_model_no_better_than_chance_takes_no_alias(store):
     """The first version of a model has no holder to beat: it must at least beat guessing (1/classes)."""
     import numpy as np
 
-    from tftrain.models import build_model
+    from tftrain.models.build import build_model
     from tftrain.tracking import logged_models
 
     for accuracy in (0.25, 0.26):
@@ -137,7 +137,7 @@ def test_a_score_on_other_data_is_not_linked_to_the_model(versions, tmp_path, ti
 def test_a_dataset_of_other_classes_is_refused_by_evaluate_and_export(versions, tmp_path):
     from PIL import Image
 
-    from tftrain.export import export
+    from tftrain.ship.export import export
 
     for name in ("circle", "cross", "square"):
         (tmp_path / "shapes" / name).mkdir(parents=True)

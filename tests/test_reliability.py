@@ -293,9 +293,9 @@ def test_a_run_that_went_offline_leaves_the_next_steps_in_the_process_online(tmp
     import keras
 
     from tftrain.errors import TrainingFailed
-    from tftrain.export import export
+    from tftrain.ship.export import export
     from tftrain.tracking.sync import replay_journal
-    from tftrain.train import train
+    from tftrain.training.trainer import train
 
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
@@ -391,9 +391,9 @@ def test_callback_counters_survive_a_resume(tmp_path, tiny_data):
     """Early stopping's patience, the plateau rule's counters and the best checkpoint value come back as saved."""
     import keras
 
-    from tftrain.callbacks import SaveClock, build_callbacks
-    from tftrain.models import build_model
-    from tftrain.resume import CallbackState
+    from tftrain.models.build import build_model
+    from tftrain.training.callbacks import SaveClock, build_callbacks
+    from tftrain.training.resume import CallbackState
 
     def fresh():
         clock = SaveClock(0.0)
@@ -429,8 +429,8 @@ def test_workers_with_different_latest_backups_agree_on_one_epoch(tmp_path):
 
     import keras
 
-    from tftrain.callbacks import SaveClock
-    from tftrain.resume import Backup, agree_on_backups
+    from tftrain.training.callbacks import SaveClock
+    from tftrain.training.resume import Backup, agree_on_backups
 
     def backed_up(folder, epochs: int):
         model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])

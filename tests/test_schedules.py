@@ -7,8 +7,8 @@ import pytest
 
 from conftest import tiny_config
 from tftrain.config import TrainConfig
-from tftrain.schedules import build_learning_rate
-from tftrain.train import train
+from tftrain.training.schedules import build_learning_rate
+from tftrain.training.trainer import train
 
 LR = 0.002
 

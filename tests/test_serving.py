@@ -18,9 +18,9 @@ from mlflow.exceptions import MlflowException
 
 from conftest import REPO, mlflow_store, tiny_images
 from servers import running_server
-from tftrain.data import CLASS_NAMES
-from tftrain.export import convert, export
+from tftrain.data.datasets import CLASS_NAMES
 from tftrain.serving import MAX_BATCH, Classifier, KerasNetwork, LiteRTNetwork, check_images
+from tftrain.ship.export import convert, export
 from tftrain.tracking import logged_models
 
 NAMES = list(CLASS_NAMES["fashion_mnist"])

@@ -11,9 +11,9 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from tftrain.data.folders import to_pixels
+from tftrain.data.sources import load_function_source, load_tfds
 from tftrain.errors import UserError
-from tftrain.folders import to_pixels
-from tftrain.sources import load_function_source, load_tfds
 
 SHAPES = ("circle", "square", "triangle")
 RNG = np.random.default_rng(7)
@@ -271,9 +271,9 @@ def test_tfds_and_function_datasets_train_evaluate_and_export(kind, tfds_dir, tm
 
     from conftest import mlflow_store
     from tftrain.config import TrainConfig
-    from tftrain.evaluate import evaluate
-    from tftrain.export import export
-    from tftrain.train import train
+    from tftrain.ship.evaluate import evaluate
+    from tftrain.ship.export import export
+    from tftrain.training.trainer import train
 
     if kind == "tfds":
         dataset, data_dir, names, shape = "tfds:tftrain_tiny_shapes", str(tfds_dir), SHAPES, (16, 12, 3)

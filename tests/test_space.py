@@ -7,7 +7,7 @@ import pytest
 from test_cli import probe
 from tftrain.config import TrainConfig
 from tftrain.errors import UserError
-from tftrain.space import SEARCHABLE, SweepConfig, check_sweep, parse_space
+from tftrain.search.space import SEARCHABLE, SweepConfig, check_sweep, parse_space
 
 BASE = TrainConfig()
 

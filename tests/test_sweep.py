@@ -15,9 +15,9 @@ import optuna
 import pytest
 
 from conftest import REPO, tiny_config
-from tftrain.space import SweepConfig, check_sweep
-from tftrain.study import open_storage, study_name
-from tftrain.sweep import report, sweep
+from tftrain.search.space import SweepConfig, check_sweep
+from tftrain.search.study import open_storage, study_name
+from tftrain.search.sweep import report, sweep
 
 # a builder whose model answers NaN: its trials fail on a non-finite loss
 NAN_BUILDER = """

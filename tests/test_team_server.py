@@ -259,7 +259,7 @@ def shared_sweep(client_env, team_server, tiny_data, tmp_path_factory):
 def test_two_sweep_processes_share_one_study_and_one_parent_run(shared_sweep, as_client, team_server):
     import optuna
 
-    from tftrain.study import open_storage
+    from tftrain.search.study import open_storage
 
     study = optuna.load_study(study_name="team-sweep", storage=open_storage(f"{team_server['postgres']}/optuna"))
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 6

@@ -11,7 +11,7 @@ from conftest import artifact, tiny_config
 from tftrain.config import TrainConfig
 from tftrain.errors import UserError
 from tftrain.tracking import runs
-from tftrain.train import train
+from tftrain.training.trainer import train
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 
 from tftrain.config import TrainConfig
-from tftrain.train import train
+from tftrain.training.trainer import train
 
 
 def main(out: str, *pairs: str) -> None:

@@ -22,17 +22,17 @@ def check_dataset(dataset: str, data_dir: str) -> None:
     function's source: whatever the dataset names, as far as it can be told without running anything."""
     kind = dataset_kind(dataset)
     if kind == "builtin":
-        from tftrain.data import builtin_folder, check_idx_folder
+        from tftrain.data.datasets import builtin_folder, check_idx_folder
 
         folder = builtin_folder(dataset, data_dir)
         if folder is not None:
             check_idx_folder(folder)
     elif kind == "folder":
-        from tftrain.folders import scan
+        from tftrain.data.folders import scan
 
         scan(dataset)
     elif kind == "tfds":
-        from tftrain.sources import check_tfds
+        from tftrain.data.sources import check_tfds
 
         check_tfds(dataset, data_dir)
     else:
@@ -125,7 +125,7 @@ def check_address(host: str, port: int) -> None:
 
 def check_inputs(inputs: tuple[str, ...]) -> None:
     """Every INPUT of predict exists, and a folder holds image files."""
-    from tftrain.folders import IMAGE_SUFFIXES, image_files
+    from tftrain.data.folders import IMAGE_SUFFIXES, image_files
 
     for given in inputs:
         path = Path(given)

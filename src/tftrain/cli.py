@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from tftrain import quiet
+from tftrain import log, quiet
 from tftrain.checks import check_address, check_dataset, check_inputs, check_training, journal_run
 from tftrain.config import (
     QUANTIZATIONS,
@@ -23,9 +23,16 @@ from tftrain.config import (
     parse_version_uri,
 )
 from tftrain.errors import TrainingFailed, UserError, invalid
-from tftrain.space import SweepConfig, check_storage, check_sweep, storage_url
-from tftrain.store import StoreError, check_keras_model, check_run, check_tracking_store, mark_refused, model_info
-from tftrain.study import check_study
+from tftrain.search.space import SweepConfig, check_storage, check_sweep, storage_url
+from tftrain.search.study import check_study
+from tftrain.tracking.store import (
+    StoreError,
+    check_keras_model,
+    check_run,
+    check_tracking_store,
+    mark_refused,
+    model_info,
+)
 
 _TYPES = {"int": int, "float": float, "str": str, "bool": click.BOOL}
 
@@ -105,6 +112,7 @@ def _training_args(params: dict) -> TrainConfig:
 def cli(verbose: bool) -> None:
     """Train, track and ship TensorFlow models with MLflow."""
     quiet.setup(verbose)  # before any command loads TensorFlow
+    log.setup(verbose)
 
 
 @cli.command("train")
@@ -113,18 +121,18 @@ def train_command(**params) -> None:
     """Train (model.fit or the custom loop, any strategy and precision); log and register the model in MLflow."""
     cfg = _training_args(params)
     if cfg.launcher == "ray":
-        from tftrain.ray_launcher import train_on_ray
+        from tftrain.cluster.launcher import train_on_ray
 
         m = train_on_ray(cfg)
     else:
-        from tftrain.train import train
+        from tftrain.training.trainer import train
 
         m = train(cfg).model
     if m is None:
-        print("worker finished its part; the chief worker logged the run and the model")
+        click.echo("worker finished its part; the chief worker logged the run and the model")
         return
     registered = f", registered as {m.registered_name} version {m.version}" if m.version else ""
-    print(f"run {m.run_id}: model {m.uri}{registered}")
+    click.echo(f"run {m.run_id}: model {m.uri}{registered}")
 
 
 @cli.command("evaluate")
@@ -135,7 +143,7 @@ def evaluate_command(model_uri: str, dataset: str, data_dir: str) -> None:
     """Score a model on the test split: loss, accuracy, per-class precision/recall/F1, confusion matrix."""
     dataset, data_dir = _data_args(dataset, data_dir)
     _model_args(model_uri)
-    from tftrain.evaluate import evaluate
+    from tftrain.ship.evaluate import evaluate
 
     evaluate(model_uri, dataset, data_dir)
 
@@ -159,7 +167,7 @@ def export_command(model_uri: str, dataset: str, data_dir: str, output_dir: str,
     _model_args(model_uri)
     check_keras_model(model_uri)
     check_output_dir(output_dir)
-    from tftrain.export import export
+    from tftrain.ship.export import export
 
     export(model_uri, dataset, data_dir, output_dir, litert_quantization)
 
@@ -175,9 +183,9 @@ def promote_command(model_uri: str, alias: str, min_accuracy: float) -> None:
     parse_version_uri(model_uri)
     check_alias(alias)
     _model_args(model_uri)
-    from tftrain.registry import promote
+    from tftrain.ship.registry import promote
 
-    print(promote(model_uri, alias, min_accuracy).reason)
+    click.echo(promote(model_uri, alias, min_accuracy).reason)
 
 
 @cli.command("predict")
@@ -202,7 +210,7 @@ def predict_command(model_uri: str, inputs: tuple[str, ...], output: str, fmt: s
     if output != "-":
         check_output_file(output)
     _model_args(model_uri)
-    from tftrain.predict import predict
+    from tftrain.ship.predict import predict
 
     predict(model_uri, list(inputs), output, fmt)
 
@@ -226,7 +234,7 @@ def serve_command(model_uri: str, host: str, port: int) -> None:
     check_model_uri(model_uri)
     check_address(host, port)
     _model_args(model_uri)
-    from tftrain.serve import serve
+    from tftrain.ship.serve import serve
 
     serve(model_uri, host, port)
 
@@ -241,7 +249,7 @@ def sync_command(journal: str) -> None:
     from tftrain.tracking.sync import replay_journal
 
     run_id = replay_journal(folder)
-    print(f"uploaded {folder} into run {run_id}")
+    click.echo(f"uploaded {folder} into run {run_id}")
 
 
 @cli.command("pipeline")
@@ -271,11 +279,11 @@ def sweep_command(**params) -> None:
     dims = check_sweep(sw, cfg)
     check_storage(storage_url(sw, cfg))
     check_study(sw, cfg, dims)
-    from tftrain.sweep import report, sweep
+    from tftrain.search.sweep import report, sweep
 
     result = sweep(cfg, sw, dims)
     if result.summarized:
-        print(report(result, sw.objective))
+        click.echo(report(result, sw.objective))
     if not result.best and result.summarized:
         raise TrainingFailed(f"study {result.study}: no trial completed ({result.counts}); see the trial runs")
 

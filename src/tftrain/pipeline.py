@@ -3,20 +3,23 @@ ends with where to look."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
 
-from tftrain import run_state
 from tftrain.config import TrainConfig, default_run_name
-from tftrain.evaluate import Evaluation, evaluate
-from tftrain.export import export
-from tftrain.registry import Decision, promote
-from tftrain.runtime import build_runtime, is_chief_process
-from tftrain.task import resolve_task
+from tftrain.ship.evaluate import Evaluation, evaluate
+from tftrain.ship.export import export
+from tftrain.ship.registry import Decision, promote
 from tftrain.tracking import runs
 from tftrain.tracking.logged_models import LoggedModel
-from tftrain.train import TrainResult, train
+from tftrain.training import run_state
+from tftrain.training.runtime import build_runtime, is_chief_process
+from tftrain.training.task import resolve_task
+from tftrain.training.trainer import TrainResult, train
+
+log = logging.getLogger(__name__)
 
 
 def mlflow_command() -> str:
@@ -76,5 +79,5 @@ def pipeline(cfg: TrainConfig) -> tuple[TrainResult, Evaluation | None]:
         exported = export(result.model.uri, output_dir=cfg.output_dir, data=task)
         models = [result.model, exported.litert]
         decisions = [promote(f"models:/{m.registered_name}/{m.version}") for m in models if m.version]
-    print(report(result, ev, models, decisions))
+    log.info(report(result, ev, models, decisions))
     return result, ev

@@ -10,12 +10,17 @@ process that drops exactly the known lines below and passes every other line on;
 (tracebacks, tftrain's errors and progress) writes straight to the real stderr. A child process rather than a
 thread: if TensorFlow aborts, the child still drains the pipe, so a fatal line is never lost; and the processes
 tftrain starts or becomes (the scoring server of `serve`, bench workers) inherit the filtered descriptor 2.
-This file imports only the standard library: the child runs it as a script."""
+This file imports only the standard library: the child runs it as a script.
+
+It is tftrain's one output filter: the same rules, plus Ray's own noise, apply to the lines Ray forwards from its
+worker processes to the driver (`forwarded_lines`, used by cluster/launcher.py). tftrain's own messages are not
+filtered: they go through the `tftrain` logger (log.py)."""
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import io
 import os
 import re
 import signal
@@ -168,6 +173,88 @@ def _stop(original: int) -> None:
     # past 5 s, a process started here still writes through the filter, which ends when that one does
     with contextlib.suppress(subprocess.TimeoutExpired):
         _filter.wait(timeout=5)
+
+
+# Ray (cluster/launcher.py)
+
+# Lines Ray's processes print on every run that say nothing to a tftrain user, as Ray forwards them (after the
+# "(RayTrainWorker pid=...)" prefix): besides TensorFlow's known ones (above), Ray Train's placement group
+# cleaner on a cluster without a dashboard (`ray start --include-dashboard false`), its preemption watcher's
+# restart note, and TensorFlow's note on the generator datasets of distribute_datasets_from_function. And, with
+# its traceback, the cleaner's stop timing out at the end on a busy machine (the job is done by then).
+_RAY_NOISE = re.compile(
+    r"Failed to query Ray Train Controller actor state\. .*|Monitor thread did not exit within [\d.]+ seconds"
+    r"|\[[\d-]+ [\d:,]+ E \d+ \d+\] core_worker\.cc:\d+: Actor with class name: 'PreemptionWatcher' .*"
+    r"|W\d{4} [\d:.]+\s+\d+ dataset\.cc:\d+\] Input of GeneratorDatasetOp::Dataset will not be optimized .*"
+    # a worker killed: the raylet's word for it, and the collective ops' errors in the others (the driver's
+    # "worker failed" line says it once)
+    r"|A worker died or was killed while executing a task by an unexpected system error\. .*"
+    r"|[EW]\d{4} [\d:.]+\s+\d+ (?:ring_alg|base_collective_executor|collective_ops|collective_rma_distributed)"
+    r"\.cc:\d+\] .*|Additional GRPC error information .*|\s*\[\[\{\{node CollectiveReduceV\d\}\}\]\].*"
+)
+_FORWARDED_LINE = re.compile(r"\((?P<who>[^)]*)\) (?P<line>.*?)(?: \[repeated \d+x across cluster\].*)?")
+_ANSI = re.compile(r"\x1b\[[\d;]*m")
+
+
+@contextlib.contextmanager
+def forwarded_lines(verbose: bool):
+    """Ray prints its processes' lines through this process's sys.stdout and sys.stderr: without the known
+    noise (all of it with --verbose)."""
+    if verbose:
+        yield
+        return
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = (ForwardedLines(s, has_nvidia_gpu()) for s in streams)
+    try:
+        yield
+    finally:
+        for s in (sys.stdout, sys.stderr):
+            s.flush()
+        sys.stdout, sys.stderr = streams
+
+
+# the placement group cleaner's tracebacks: its stop timing out, its monitor failing to reach the state API (as on
+# a machine running several Ray clusters, where it cannot tell which is its own); the job goes on in both
+_NOISY_TRACEBACK = re.compile(
+    r"Failed to stop PlacementGroupCleaner gracefully\.|Exception in thread PlacementGroupCleaner\w*:"
+)
+_TRACEBACK_END = re.compile(r"(?:\w+\.)*\w*(?:Error|Exception): .*")
+
+
+class ForwardedLines(io.TextIOBase):
+    def __init__(self, stream, gpu: bool):
+        self.stream, self.gpu, self.pending = stream, gpu, ""
+        self.skipping = None  # the process whose traceback is being dropped
+        self.plain = not (hasattr(stream, "isatty") and stream.isatty())  # a file or a pipe: Ray's colours dropped
+
+    def write(self, text: str) -> int:
+        *lines, self.pending = (self.pending + text).split("\n")
+        self.stream.write("".join(f"{self._shown(line)}\n" for line in lines if not self._noise(line)))
+        return len(text)
+
+    def flush(self) -> None:
+        if self.pending and not self._noise(self.pending):
+            self.stream.write(self._shown(self.pending))
+        self.pending = ""
+        self.stream.flush()
+
+    def _shown(self, line: str) -> str:
+        return _ANSI.sub("", line) if self.plain else line
+
+    def _noise(self, line: str) -> bool:
+        forwarded = _FORWARDED_LINE.fullmatch(_ANSI.sub("", line))
+        if not forwarded:
+            return False
+        who, body = forwarded["who"], forwarded["line"]
+        if _NOISY_TRACEBACK.fullmatch(body):
+            self.skipping = who
+            return True
+        if self.skipping == who:
+            if _TRACEBACK_END.fullmatch(body):
+                self.skipping = None
+            return True
+        return bool(_RAY_NOISE.fullmatch(body)) or is_noise(body.encode(), self.gpu)
+
 
 
 if __name__ == "__main__":

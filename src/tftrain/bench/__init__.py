@@ -9,6 +9,7 @@ write-up's `validation_split=0.2` does. `setups.py` says what runs, `report.py` 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -19,6 +20,9 @@ from pathlib import Path
 
 from tftrain.bench.report import summarize, table, targets, with_comparisons
 from tftrain.bench.setups import select
+from tftrain.log import progress_log
+
+log = logging.getLogger(__name__)
 
 FOLDER_EPOCHS = 4  # the folder steps' epochs: the first, and three warm ones
 
@@ -46,11 +50,11 @@ def folder_figures(data_dir: str, epochs: int, failed: list[str]) -> tuple[list[
     with tempfile.TemporaryDirectory(prefix="tftrain-bench-folder-") as root:
         folder, cache = Path(root, "fashion-mnist-png"), Path(root, "cache")
         started = time.perf_counter()
-        print(f"[folders] writing Fashion-MNIST as PNG files in {folder}", file=sys.stderr, flush=True)
+        progress_log.info(f"[folders] writing Fashion-MNIST as PNG files in {folder}")
         images = folders.write_pngs(data_dir, folder)
-        print(f"  {images:,} files in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+        progress_log.info(f"  {images:,} files in {time.perf_counter() - started:.0f} s")
         for step in folders.STEPS:
-            print(f"[folders] {step}", file=sys.stderr, flush=True)
+            progress_log.info(f"[folders] {step}")
             figures = _in_worker("tftrain.bench.folders", step, folder, cache, epochs, data_dir or "-")
             if figures is None:
                 failed.append(f"folders {step}")
@@ -70,18 +74,17 @@ def panel(which: str, epochs: int, data_dir: str, json_out: str) -> bool:
         for folder in FOLDERS if which == "all" else QUICK:
             path = make_folder(folder.name, Path(root), data_dir)
             for model in folder.models:
-                print(f"[panel] {folder.name} ({folder.describe}): {model}", file=sys.stderr, flush=True)
+                progress_log.info(f"[panel] {folder.name} ({folder.describe}): {model}")
                 figures = _in_worker("tftrain.bench.panel", path, model, epochs or PANEL_EPOCHS)
                 if figures is None:
                     failed.append(f"{folder.name} {model}")
                     continue
                 rows.append(figures)
-                print(f"  plain Keras {figures['keras']['test_accuracy']:.3f}, tftrain {figures['tftrain']['test_accuracy']:.3f}",
-                      file=sys.stderr, flush=True)  # fmt: skip
-    print(f"Panel: tftrain's defaults against plain Keras fit, {epochs or PANEL_EPOCHS} epochs; {machine()}\n")
-    print(table(rows))
+                progress_log.info(f"  plain Keras {figures['keras']['test_accuracy']:.3f}, tftrain {figures['tftrain']['test_accuracy']:.3f}")  # fmt: skip
+    log.info(f"Panel: tftrain's defaults against plain Keras fit, {epochs or PANEL_EPOCHS} epochs; {machine()}\n")
+    log.info(table(rows))
     if failed:
-        print(f"failed: {', '.join(failed)}")
+        log.info(f"failed: {', '.join(failed)}")
     if json_out:
         Path(json_out).write_text(json.dumps({"machine": machine(), "panel": rows}, indent=1))
     return not failed
@@ -114,7 +117,7 @@ def log_to_mlflow(rows: list[dict], report: str) -> str:
 
 def bench(only: str, full: bool, repeat: int, data_dir: str, epochs: int, log: bool, json_out: str) -> bool:
     """Run the configurations `repeat` times, print the table and the targets; True if every configuration ran."""
-    from tftrain.data import load_dataset
+    from tftrain.data.datasets import load_dataset
 
     setups, with_folders = select(only, full)
     load_dataset("fashion_mnist", data_dir)  # a missing or corrupt dataset: one line now, not one per worker
@@ -123,20 +126,15 @@ def bench(only: str, full: bool, repeat: int, data_dir: str, epochs: int, log: b
     for i in range(repeat):
         results = []
         for j, setup in enumerate(setups, 1):
-            print(
-                f"[repeat {i + 1}/{repeat}, {j}/{len(setups)}] {setup.name}: {setup.describe}",
-                file=sys.stderr,
-                flush=True,
-            )
+            progress_log.info(f"[repeat {i + 1}/{repeat}, {j}/{len(setups)}] {setup.name}: {setup.describe}")
             started = time.perf_counter()
             figures = _in_worker("tftrain.bench.worker", setup.name, data_dir, epochs)
             if figures is None:
                 failed.append(setup.name)
-                print(f"tftrain: {setup.name} failed (its output is above); going on", file=sys.stderr, flush=True)
+                progress_log.info(f"tftrain: {setup.name} failed (its output is above); going on")
                 continue
             results.append(figures)
-            print(f"  done in {time.perf_counter() - started:.0f} s: test accuracy {figures['test_accuracy']:.4f}",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            progress_log.info(f"  done in {time.perf_counter() - started:.0f} s: test accuracy {figures['test_accuracy']:.4f}")  # fmt: skip
         repeats.append(with_comparisons(results))
     rows, host = summarize(repeats), machine()
     parts = [f"Fashion-MNIST; {host}; medians of {repeat} repeat(s)"] + [table(rows), targets(rows)] * bool(rows)
@@ -146,11 +144,11 @@ def bench(only: str, full: bool, repeat: int, data_dir: str, epochs: int, log: b
         steps, images = folder_figures(data_dir, epochs or FOLDER_EPOCHS, failed)
         parts += [folders.table(steps, images), folders.verdicts(steps, images)]
     report = "\n\n".join(parts)
-    print(report)
+    log.info(report)
     if failed:
-        print(f"failed: {', '.join(failed)}")
+        log.info(f"failed: {', '.join(failed)}")
     if json_out:
         Path(json_out).write_text(json.dumps({"machine": host, "repeats": repeats}, indent=1))
     if log and rows:
-        print(f"logged to MLflow: experiment tftrain-bench, run {log_to_mlflow(rows, report)}")
+        log.info(f"logged to MLflow: experiment tftrain-bench, run {log_to_mlflow(rows, report)}")
     return not failed

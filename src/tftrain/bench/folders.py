@@ -27,7 +27,7 @@ def write_pngs(data_dir: str, folder: Path) -> int:
     """Fashion-MNIST's 60,000 training and 10,000 test images as PNG files, one folder per class; their count."""
     from PIL import Image
 
-    from tftrain.data import load_dataset
+    from tftrain.data.datasets import load_dataset
 
     data = load_dataset("fashion_mnist", data_dir)
     classes = [name.replace("/", "-") for name in data.class_names]  # "T-shirt/top" is no folder name
@@ -91,10 +91,10 @@ def _tftrain(folder: Path | None, epochs: int, data_dir: str) -> dict:
     import mlflow
 
     from tftrain.config import TrainConfig
-    from tftrain.folders import load_folder
-    from tftrain.runtime import build_runtime
-    from tftrain.task import resolve_task
-    from tftrain.train import train
+    from tftrain.data.folders import load_folder
+    from tftrain.training.runtime import build_runtime
+    from tftrain.training.task import resolve_task
+    from tftrain.training.trainer import train
 
     mlflow.set_tracking_uri("sqlite:///mlflow.db")
     dataset = {"dataset": str(folder)} if folder else {"data_dir": data_dir}

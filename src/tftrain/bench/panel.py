@@ -79,7 +79,7 @@ def make_folder(name: str, root: Path, data_dir: str = "") -> Path:
     if name == "photos-5x40":
         return write_photo_folder(folder, 40, classes=5, seed=1)
     if name.startswith("fashion-"):
-        from tftrain.data import load_dataset
+        from tftrain.data.datasets import load_dataset
 
         data = load_dataset("fashion_mnist", data_dir)
         count = {"fashion-2k": 2000, "fashion-10k": 10000}[name]
@@ -120,7 +120,7 @@ def _plain_keras(task, epochs: int) -> dict:
 
 
 def _tftrain(cfg, task) -> dict:
-    from tftrain.train import train
+    from tftrain.training.trainer import train
 
     started = time.perf_counter()
     result = train(cfg, task)
@@ -136,8 +136,8 @@ def measure(folder: Path, model: str, epochs: int) -> dict:
     import mlflow
 
     from tftrain.config import TrainConfig
-    from tftrain.runtime import build_runtime
-    from tftrain.task import resolve_task
+    from tftrain.training.runtime import build_runtime
+    from tftrain.training.task import resolve_task
 
     mlflow.set_tracking_uri("sqlite:///mlflow.db")
     spec = _model_spec(model, Path.cwd())

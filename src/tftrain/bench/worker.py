@@ -126,7 +126,7 @@ def _tftrain(setup: Setup, data, data_dir: str, epochs: int) -> dict:
     import mlflow
 
     from tftrain.config import TrainConfig
-    from tftrain.train import train
+    from tftrain.training.trainer import train
 
     settings = {**setup.settings, "model": setup.model, "data_dir": data_dir}
     if epochs:
@@ -145,7 +145,7 @@ def _tftrain(setup: Setup, data, data_dir: str, epochs: int) -> dict:
 
 def measure(setup: Setup, data_dir: str, epochs: int) -> dict:
     """Train one configuration in this process; its figures as a dict."""
-    from tftrain.data import load_dataset
+    from tftrain.data.datasets import load_dataset
 
     data = load_dataset("fashion_mnist", data_dir)
     out = _tftrain(setup, data, data_dir, epochs) if setup.kind == "tftrain" else _by_hand(setup, data, epochs)

@@ -4,8 +4,9 @@
 - `epoch_metrics`: the Keras callback that logs each epoch.
 - `logged_models`: logging, registering, looking up and loading models.
 - `journal`: the offline journal a training run writes when the tracking server goes away; `sync` uploads it.
+- `store`: the tracking store itself: is it reachable, does a run or model exist.
 
-With registry.py (the model registry) and serving.py (the pyfunc flavor), these are the modules that import mlflow.
-Each step (train, evaluate, export) logs into the run that is already active (the pipeline's, or the one
-`mlflow run` created and named in MLFLOW_RUN_ID), or else starts its own.
+May import: config, errors, serving (the pyfunc flavor). Never data, models, training, ship, search, cluster, cli.
+The modules above it that import mlflow themselves are ship.registry, search, cluster and bench; config, data,
+models and checks never do (pyproject's import contracts).
 """

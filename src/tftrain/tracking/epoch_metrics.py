@@ -10,10 +10,14 @@ import mlflow
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
-from tftrain.callbacks import current_lr
 from tftrain.errors import TrainingFailed
 from tftrain.tracking.journal import Journal
 from tftrain.tracking.runs import active_run_id, log_params_once
+
+
+def current_lr(model: keras.Model) -> float:
+    return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+
 
 
 class EpochMetrics(keras.callbacks.Callback):

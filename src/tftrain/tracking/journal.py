@@ -10,12 +10,15 @@ hands it to whatever logs for it; the folder appears only once the server is gon
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
 from mlflow.exceptions import MlflowException
+
+log = logging.getLogger(__name__)
 
 FOLDER = "offline"
 
@@ -53,11 +56,8 @@ class Journal:
         self.folder.mkdir(parents=True, exist_ok=True)
         record = {"run_id": self.run_id, "tracking_uri": mlflow.get_tracking_uri()}
         (self.folder / "run.json").write_text(json.dumps(record))
-        print(
-            f"warning: the tracking server stopped answering ({str(error).splitlines()[0][:200]}); training goes "
-            f"on and keeps what it would log in {self.folder}; upload it later with: tftrain sync {self.folder}",
-            flush=True,
-        )
+        log.warning(f"the tracking server stopped answering ({str(error).splitlines()[0][:200]}); training goes "
+            f"on and keeps what it would log in {self.folder}; upload it later with: tftrain sync {self.folder}")
 
     def add(self, entry: dict) -> None:
         with open(self.folder / "journal.jsonl", "a") as f:

@@ -18,8 +18,8 @@ from mlflow.types.schema import Array, ColSpec, Schema
 
 from tftrain import serving
 from tftrain.errors import UserError
-from tftrain.store import model_info
 from tftrain.tracking.journal import Journal, remote
+from tftrain.tracking.store import model_info
 
 MODEL_ARTIFACT = "model"
 LITERT_ARTIFACT = "litert"

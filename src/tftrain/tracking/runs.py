@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import platform
 import subprocess
@@ -19,6 +20,8 @@ from mlflow.exceptions import MlflowException
 
 from tftrain.config import TrainConfig
 from tftrain.tracking.journal import Journal, remote
+
+log = logging.getLogger(__name__)
 
 DEFAULT_EXPERIMENT = "tftrain"
 
@@ -49,7 +52,7 @@ def step_run(name: str, resume_run_id: str | None = None, within: StepRun | None
         return
     if "MLFLOW_RUN_ID" not in os.environ and resume_run_id and continuable(resume_run_id):
         started = mlflow.start_run(run_id=resume_run_id, log_system_metrics=_system_metrics())
-        print(f"continuing run {resume_run_id} from where it stopped")
+        log.info(f"continuing run {resume_run_id} from where it stopped")
     else:
         started = mlflow.start_run(
             experiment_id=None if "MLFLOW_RUN_ID" in os.environ else _experiment_id(),
@@ -208,7 +211,7 @@ def adopt_run(old_run_id: str) -> None:
     mlflow.set_tag("tftrain.continues_run", old_run_id)
     client.set_tag(old_run_id, "tftrain.continued_in", new_run_id)
     client.delete_run(old_run_id)
-    print(f"continuing run {old_run_id} (interrupted) in run {new_run_id}; the old one is deleted")
+    log.info(f"continuing run {old_run_id} (interrupted) in run {new_run_id}; the old one is deleted")
 
 
 def _git_commit() -> str:

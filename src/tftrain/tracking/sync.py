@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,8 @@ import numpy as np
 from tftrain.tracking.journal import entries
 from tftrain.tracking.logged_models import Provenance, log_keras_model
 from tftrain.tracking.runs import logged_steps
+
+log = logging.getLogger(__name__)
 
 
 def replay_journal(folder: Path) -> str:
@@ -36,7 +39,7 @@ def replay_journal(folder: Path) -> str:
             example = np.asarray(item["example"]["inputs"])
             made = Provenance(tuple(item["class_names"]), item["training_data"], item["trained_name"])
             logged = log_keras_model(model, item["registered_name"], example, made)
-            print(f"model {logged.uri}" + (f", registered as version {logged.version}" if logged.version else ""))
+            log.info(f"model {logged.uri}" + (f", registered as version {logged.version}" if logged.version else ""))
         elif "end" in item:
             status = item["end"]
     mlflow.end_run(status)

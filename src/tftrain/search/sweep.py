@@ -38,15 +38,17 @@ import psutil
 import tensorflow as tf
 from optuna.trial import TrialState
 
-from tftrain import run_state
 from tftrain.config import TrainConfig
 from tftrain.errors import TrainingFailed, UserError
-from tftrain.runtime import build_runtime
-from tftrain.space import OBJECTIVES, Dimension, SweepConfig, storage_url
-from tftrain.study import ATTR, open_storage, refuse_other, settings, study_name
-from tftrain.task import auto_sides, load_data, resolve_task
+from tftrain.search.space import OBJECTIVES, Dimension, SweepConfig, storage_url
+from tftrain.search.study import ATTR, open_storage, refuse_other, settings, study_name
 from tftrain.tracking import runs
 from tftrain.tracking.logged_models import mark_gated, register_once
+from tftrain.training import run_state
+from tftrain.training.runtime import build_runtime
+from tftrain.training.task import auto_sides, load_data, resolve_task
+
+log = logging.getLogger(__name__)
 
 PARENT_WAIT = 60.0  # seconds a joining process waits for the study's creator to record the parent run
 DATA_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["group"] == "data")
@@ -109,7 +111,7 @@ def sweep(base: TrainConfig, sw: SweepConfig, dims: tuple[Dimension, ...]) -> Sw
     study.sampler = _sampler(sw, dims, base.seed if same_seed else base.seed + os.getpid())
     started = time.monotonic()
     data: dict[tuple, object] = {}
-    print(f"study {name}: {sw.trials} trials over {', '.join(str(d) for d in dims)}; parent run {parent}")
+    log.info(f"study {name}: {sw.trials} trials over {', '.join(str(d) for d in dims)}; parent run {parent}")
     out_of_time = False
     try:
         while True:
@@ -117,11 +119,11 @@ def sweep(base: TrainConfig, sw: SweepConfig, dims: tuple[Dimension, ...]) -> Sw
             if _taken(study) >= sw.trials:
                 break
             if _exhausted(study):
-                print(f"the grid's {_grid_size(dims)} points are all tried: the study ends before {sw.trials} trials")
+                log.info(f"the grid's {_grid_size(dims)} points are all tried: the study ends before {sw.trials} trials")
                 break
             if sw.timeout and time.monotonic() - started >= sw.timeout:
                 out_of_time = True
-                print(f"timeout: {sw.timeout:g} s passed; no new trial starts")
+                log.info(f"timeout: {sw.timeout:g} s passed; no new trial starts")
                 break
             study.optimize(
                 lambda trial: _objective(trial, study, base, sw, dims, parent, data),
@@ -184,7 +186,7 @@ def _join(study: optuna.Study, name: str, given: dict) -> str:
         runs.tag_run(own, {"mlflow.parentRunId": parent, "tftrain.study": name, "tftrain.sweep": "worker",
                            "mlflow.note.content": f"A process that worked on study {name}; its trials are the "
                            f"parent run {parent}'s children."})  # fmt: skip
-    print(f"continuing study {name} (parent run {parent})")
+    log.info(f"continuing study {name} (parent run {parent})")
     return parent
 
 
@@ -270,7 +272,7 @@ def _interrupted(study: optuna.Study, trial: optuna.trial.FrozenTrial, why: str 
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.RetryHeartbeatStaleTrialCallback()(study, trial)
     done = f"{epoch} epoch{'s' * (epoch != 1)}"
-    print(f"trial {trial.number} was interrupted ({why}) after {done}: queued again, with the same values")
+    log.info(f"trial {trial.number} was interrupted ({why}) after {done}: queued again, with the same values")
 
 
 def _objective(trial, study, base, sw, dims, parent, data) -> float:
@@ -281,7 +283,7 @@ def _objective(trial, study, base, sw, dims, parent, data) -> float:
         raise _Surplus(f"trial {trial.number}: the study has its {sw.trials} trials")
     values = {d.name: d.suggest(trial) for d in dims}
     cfg = dataclasses.replace(base, **values, run_name=f"trial-{trial.number:03d}", resume="never")
-    print(f"\ntrial {trial.number} ({len(_done(study)) + 1} of {sw.trials}): {_shown(values)}", flush=True)
+    log.info(f"\ntrial {trial.number} ({len(_done(study)) + 1} of {sw.trials}): {_shown(values)}")
     key = _data_key(cfg)
     tags = {"tftrain.study": study.study_name, "tftrain.trial": str(trial.number), "tftrain.sweep": "trial"}
     pruning = PruneLosers(trial, sw.objective)
@@ -290,7 +292,7 @@ def _objective(trial, study, base, sw, dims, parent, data) -> float:
         with runs.child_run(parent, cfg.run_name, tags, killed=(optuna.TrialPruned,)) as run:
             trial.set_user_attr(ATTR, {**_owner(trial), "run_id": run.run_id})
             mlflow.log_params({"trial_number": trial.number, **{f"trial_{k}": v for k, v in values.items()}})
-            from tftrain.train import train
+            from tftrain.training.trainer import train
 
             rt = build_runtime(cfg)
             if key not in data:
@@ -304,17 +306,17 @@ def _objective(trial, study, base, sw, dims, parent, data) -> float:
     except optuna.TrialPruned:
         trial.set_user_attr("epochs", pruning.epochs)
         runs.tag_run(run.run_id, {"tftrain.pruned_at_epoch": str(pruning.epochs)})
-        print(f"trial {trial.number}: pruned after epoch {pruning.epochs} ({sw.objective} "
+        log.info(f"trial {trial.number}: pruned after epoch {pruning.epochs} ({sw.objective} "
               f"{pruning.last:.4f}, behind the other trials at that epoch)")  # fmt: skip
         raise
     except TrainingFailed as e:
         trial.set_user_attr("failure", str(e))
         trial.set_user_attr("epochs", pruning.epochs)
-        print(f"trial {trial.number}: failed: {e}; the sweep goes on")
+        log.info(f"trial {trial.number}: failed: {e}; the sweep goes on")
         raise
     finally:
         run_state.forget(cfg)
-    print(f"trial {trial.number}: {sw.objective} {value:.4f} after {result.epochs_run} epochs, "
+    log.info(f"trial {trial.number}: {sw.objective} {value:.4f} after {result.epochs_run} epochs, "
           f"{time.perf_counter() - started:.1f} s")  # fmt: skip
     return value
 
@@ -375,7 +377,7 @@ def _finish(study, name, parent, base, sw, data, out_of_time) -> SweepResult:
     finished = len(_done(study))
     if not (finished >= sw.trials or _exhausted(study) or out_of_time) or counts["running"]:
         where = f"{counts['running']} trial(s) still running elsewhere" if counts["running"] else "not done"
-        print(f"study {name}: {finished} of {sw.trials} trials done, {where}; the process that finishes "
+        log.info(f"study {name}: {finished} of {sw.trials} trials done, {where}; the process that finishes "
               "last summarizes it")  # fmt: skip
         return SweepResult(name, parent, best, False, counts)
     decisions = _gate(study, best, base, data) if best else []
@@ -392,20 +394,20 @@ def _best(study: optuna.Study):
 def _gate(study, best, base, data) -> list:
     """The best trial's model: registered once, scored on the test split, exported and gated like the main job's,
     in the best trial's run."""
-    from tftrain.evaluate import evaluate
-    from tftrain.export import export
-    from tftrain.registry import promote
+    from tftrain.ship.evaluate import evaluate
+    from tftrain.ship.export import export
+    from tftrain.ship.registry import promote
 
     model_uri = best.user_attrs.get("model_uri")
     run_id = _own_record(best)["run_id"]
     if not model_uri:
-        print(f"the best trial {best.number}'s model was not logged (the tracking server was away); nothing to gate")
+        log.info(f"the best trial {best.number}'s model was not logged (the tracking server was away); nothing to gate")
         return []
     cfg = dataclasses.replace(base, **best.params)
     claim = {**_owner(best), "at": time.time()}
     version = register_once(model_uri, cfg.registered_model_name, run_id, claim, _still_gating)
     if version is None:
-        print(f"the best trial {best.number}'s model is registered and gated already, or another process gates it")
+        log.info(f"the best trial {best.number}'s model is registered and gated already, or another process gates it")
         return []
     task_data = data.get(_data_key(cfg)) or load_data(cfg)
     uri = f"models:/{cfg.registered_model_name}/{version}"
@@ -417,7 +419,7 @@ def _gate(study, best, base, data) -> list:
         decisions = [promote(u) for u in uris]
     mark_gated(cfg.registered_model_name, version)
     for d in decisions:
-        print(d.reason)
+        log.info(d.reason)
     return decisions
 
 

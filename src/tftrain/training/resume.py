@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import filecmp
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -17,11 +18,13 @@ import h5py
 import keras
 import numpy as np
 
-from tftrain.callbacks import SaveClock
 from tftrain.config import TrainConfig
 from tftrain.errors import UserError
 from tftrain.keras_hooks import initial_epoch
-from tftrain.run_state import state_dir
+from tftrain.training.callbacks import SaveClock
+from tftrain.training.run_state import state_dir
+
+log = logging.getLogger(__name__)
 
 
 def check_backup(cfg: TrainConfig) -> None:
@@ -42,7 +45,7 @@ def check_backup(cfg: TrainConfig) -> None:
             f"{state_dir(cfg)} to lose it and start afresh, or run with resume=never"
         )
     _go_back(backup)
-    print(f"note: the latest backup in {backup} is corrupt; resuming from the one before it")
+    log.info(f"note: the latest backup in {backup} is corrupt; resuming from the one before it")
 
 
 def _epochs(folder: Path) -> tuple[int, int]:

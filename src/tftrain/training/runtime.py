@@ -7,6 +7,7 @@ runs its first op; `build_runtime` is therefore the first thing `train` calls.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ import tensorflow as tf
 
 from tftrain.config import FIT_CANNOT_RUN, NO_TF_CONFIG, TrainConfig
 from tftrain.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -153,7 +156,7 @@ def resolve_precision(cfg: TrainConfig) -> str:
     not measured here, so they stay in float32 there."""
     if cfg.precision != "auto":
         if cfg.precision == "mixed_float16" and not tf.config.list_physical_devices("GPU"):
-            print("note: precision=mixed_float16 on a CPU has no float16 hardware to use and runs much slower than "
+            log.info("note: precision=mixed_float16 on a CPU has no float16 hardware to use and runs much slower than "
                   "float32 (the CNN about 15x here); use precision=auto, or mixed_bfloat16 on CPUs with AMX or "
                   "AVX512-BF16")  # fmt: skip
         return cfg.precision

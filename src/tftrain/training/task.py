@@ -67,7 +67,7 @@ def resolve_task(cfg: TrainConfig, data=None) -> Task:
     """The task `cfg.dataset` and `cfg.model` name: data loaded (decoded once, cached), the model's builder
     checked to exist; `data` the TaskData already loaded for the same data settings (a sweep's trials share it).
     TensorFlow may run here (tfds, user functions): call it after the runtime is set up."""
-    from tftrain.models import model_builder
+    from tftrain.models.build import model_builder
 
     data = data or load_data(cfg)
     build = model_builder(cfg.model, len(data.class_names), data.input_shape, cfg.weights, cfg.freeze_backbone)
@@ -92,7 +92,7 @@ def auto_sides(model: str) -> tuple[int, int]:
 def load_data(cfg: TrainConfig):
     """The TaskData of cfg's data settings (the data group of TrainConfig), sized for cfg's model."""
     from tftrain.config import parse_image_size
-    from tftrain.data import load_task_data
+    from tftrain.data.datasets import load_task_data
 
     return load_task_data(
         cfg.dataset, cfg.data_dir, image_size=parse_image_size(cfg.image_size),

@@ -5,6 +5,7 @@ Keras model, and timed at one image per call. One of them is logged as a servabl
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Callable
@@ -17,11 +18,13 @@ from ai_edge_litert.interpreter import Interpreter
 from tensorflow.lite.python.convert_phase import ConverterError
 
 from tftrain.config import QUANTIZATIONS
-from tftrain.data import TaskData
+from tftrain.data.datasets import TaskData
 from tftrain.errors import UserError
-from tftrain.evaluate import check_classes, model_data, own_test_split
-from tftrain.models import float32_copy
+from tftrain.models.build import float32_copy
+from tftrain.ship.evaluate import check_classes, model_data, own_test_split
 from tftrain.tracking import logged_models, runs
+
+log = logging.getLogger(__name__)
 
 
 def _float32(converter: tf.lite.TFLiteConverter, representative: np.ndarray) -> None:
@@ -148,17 +151,13 @@ def _tflite(mode: str, out_dir: Path, test, calibration: np.ndarray, keras_accur
     start = time.perf_counter()
     path = out_dir / f"model_{mode}.tflite"
     x_test, y_test = test
-    # half a line now, the rest when done: it says which file is converting (0.2 s for the MLP, longer for big models)
-    print(f"  {path.name}: converting,", end="", flush=True)
-    try:
-        path.write_bytes(convert(out_dir / "saved_model", mode, calibration))
-    except BaseException:
-        print(flush=True)  # the error starts on a line of its own
-        raise
+    # said before it starts: converting takes 0.2 s for the MLP, minutes for big models
+    log.info(f"  {path.name}: converting")
+    path.write_bytes(convert(out_dir / "saved_model", mode, calibration))
     check_batch_independent(path, x_test[:BATCH_CHECK_IMAGES])
     accuracy = float((litert_predict(path, x_test).argmax(1) == y_test).mean())
     latency = litert_latency_ms(path, x_test)
-    print(f" scored and timed in {time.perf_counter() - start:.1f}s")
+    log.info(f"  {path.name}: converted, scored and timed in {time.perf_counter() - start:.1f}s")
     return TfliteResult(mode, path, path.stat().st_size, accuracy, accuracy - keras_accuracy, latency)
 
 
@@ -191,7 +190,7 @@ def export(
     check_classes(ref, keras_probs.shape[1], data)
     keras_accuracy = float((keras_probs.argmax(1) == y_test).mean())
     if mixed := sorted({layer.dtype_policy.name for layer in model.layers} - {"float32"}):
-        print(f"  {model_uri} computes in {', '.join(mixed)}: exporting a float32 copy of its weights")
+        log.info(f"  {model_uri} computes in {', '.join(mixed)}: exporting a float32 copy of its weights")
         model = float32_copy(model)
 
     with runs.step_run(f"export-{data.name}"):
@@ -223,9 +222,9 @@ def export(
         # split only; under its own name, so the run's test_accuracy stays the Keras model's
         if own_test_split(ref, dataset, data_dir):
             runs.log_metrics({f"tflite_{served.mode}_test_accuracy": served.test_accuracy}, model_id=litert.model_id)
-    print(table(keras_accuracy, results))
+    log.info(table(keras_accuracy, results))
     registered = f", registered as {litert.registered_name} version {litert.version}" if litert.version else ""
-    print(f"LiteRT model ({served.mode}): {litert.uri}{registered}")
+    log.info(f"LiteRT model ({served.mode}): {litert.uri}{registered}")
     return Export(results, litert)
 
 

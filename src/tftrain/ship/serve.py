@@ -3,12 +3,15 @@ uvicorn) running in this environment."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
 
 from tftrain.checks import check_address
 from tftrain.tracking.logged_models import resolve_model
+
+log = logging.getLogger(__name__)
 
 
 def serve_command(model_uri: str, host: str, port: int) -> tuple[list[str], dict[str, str]]:
@@ -22,10 +25,7 @@ def serve_command(model_uri: str, host: str, port: int) -> tuple[list[str], dict
 def serve(model_uri: str, host: str, port: int) -> None:
     resolve_model(model_uri)
     check_address(host, port)
-    print(
-        f"serving {model_uri} at http://{host}:{port}/invocations: loading the model (about 10-20 s; ready when the "
-        "server says 'Application startup complete')",
-        flush=True,
-    )
+    log.info(f"serving {model_uri} at http://{host}:{port}/invocations: loading the model (about 10-20 s; ready when the "
+        "server says 'Application startup complete')")
     command, env = serve_command(model_uri, host, port)
     os.execve(command[0], command, env)

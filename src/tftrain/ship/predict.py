@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -15,11 +16,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tftrain.data import read_idx
+from tftrain.data.datasets import read_idx
+from tftrain.data.folders import IMAGE_SUFFIXES, UnreadableImage, image_files, read_image, to_pixels
 from tftrain.errors import UserError
-from tftrain.folders import IMAGE_SUFFIXES, UnreadableImage, image_files, read_image, to_pixels
+from tftrain.log import progress_log
 from tftrain.serving import MAX_BATCH, describe
 from tftrain.tracking import logged_models
+
+log = logging.getLogger(__name__)
 
 CSV_COLUMNS = ("input", "class", "class_name", "probability")
 
@@ -90,7 +94,7 @@ def answers(model, images: np.ndarray, progress: bool = False) -> list[dict]:
             ]
         rows += answer
         if progress and len(images) > MAX_BATCH:
-            print(f"  predicted {len(rows)}/{len(images)} images", file=sys.stderr)
+            progress_log.info(f"  predicted {len(rows)}/{len(images)} images")
     return rows
 
 
@@ -130,5 +134,5 @@ def predict(model_uri: str, inputs: list[str], output: str = "-", fmt: str = "cs
         sys.stdout.write(text)
     else:
         write_atomically(Path(output), text)
-        print(f"{len(rows)} predictions written to {output}", file=sys.stderr)
+        progress_log.info(f"{len(rows)} predictions written to {output}")
     return rows

@@ -3,8 +3,8 @@ and an epoch summary like the write-up's custom callback."""
 
 from __future__ import annotations
 
+import logging
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -13,10 +13,9 @@ import keras
 from tftrain.config import TrainConfig
 from tftrain.errors import TrainingFailed
 from tftrain.keras_hooks import should_save
+from tftrain.tracking.epoch_metrics import current_lr
 
-
-def current_lr(model: keras.Model) -> float:
-    return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+log = logging.getLogger(__name__)
 
 
 def chance_warning(logs: dict, classes: int) -> str:
@@ -40,9 +39,9 @@ class EpochSummary(keras.callbacks.Callback):
     LR-on-plateau callbacks did at that epoch (they are built silent when this summary is on, so that their own
     messages do not break the lines). Goes last in the callback list, so it sees what they did."""
 
-    def __init__(self, epochs: int, stream=None, early_stopping=None, plateau=None, classes: int = 0):
+    def __init__(self, epochs: int, early_stopping=None, plateau=None, classes: int = 0):
         super().__init__()
-        self.epochs, self.stream, self.classes = epochs, stream, classes
+        self.epochs, self.classes = epochs, classes
         self.early_stopping, self.plateau = early_stopping, plateau
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -58,7 +57,7 @@ class EpochSummary(keras.callbacks.Callback):
         line = f"epoch {epoch + 1}/{self.epochs}  {metrics}  {lr}  {seconds:.1f}s{self._stopping_note(epoch)}"
         if self.classes and (warning := chance_warning(logs or {}, self.classes)):
             line += "  " + warning.split(":")[0]  # the whole warning ends the training
-        print(line, file=self.stream or sys.stdout, flush=True)  # stdout as it is now (tests swap it)
+        log.info(line)
 
     def _stopping_note(self, epoch: int) -> str:
         """Early stopping's messages: that it stopped here, and whose weights training ends with."""

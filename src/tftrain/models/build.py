@@ -10,6 +10,7 @@ mixed-precision policy.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Callable
 
@@ -17,10 +18,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tftrain.augment import identity_config
 from tftrain.config import MIN_APPLICATION_SIZE, model_kind
+from tftrain.data.augment import identity_config
 from tftrain.errors import UserError, invalid
 from tftrain.user_code import first_line, load_function
+
+log = logging.getLogger(__name__)
 
 
 def _as_image(x):
@@ -248,7 +251,7 @@ def build_from_builder(spec: str, num_classes: int, input_shape: tuple[int, ...]
     inputs = _pixels(input_shape)
     x = inputs
     if not scales_pixels(inner):
-        print(f"note: model builder {spec} does not scale pixels itself (no Rescaling layer first, as Keras' "
+        log.info(f"note: model builder {spec} does not scale pixels itself (no Rescaling layer first, as Keras' "
               "tutorials write): tftrain scales them to 0..1 before its model")  # fmt: skip
         x = keras.layers.Rescaling(1.0 / 255, name="scale")(inputs)
     try:

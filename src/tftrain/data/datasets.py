@@ -99,7 +99,7 @@ def _idx_paths(folder: Path) -> dict[str, Path]:
     paths = {key: _find_idx_file(folder, stem) for key, stem in IDX_FILES.items()}
     missing = [IDX_FILES[k] + ".gz" for k, p in paths.items() if p is None]
     if missing:
-        from tftrain.folders import IMAGE_SUFFIXES
+        from tftrain.data.folders import IMAGE_SUFFIXES
 
         hint = ""
         if any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.rglob("*")):
@@ -211,7 +211,7 @@ def load_task_data(
     """Any `dataset` (see config.dataset_kind) as train, validation and test splits of images of `image_size` and
     `channels` (None: as the data has them; for a folder, see folders.load_folder, with `auto_sides`)."""
     from tftrain.config import dataset_kind, dataset_label, resolved_dataset
-    from tftrain.folders import conform, hold_out
+    from tftrain.data.folders import conform, hold_out
 
     kind, name = dataset_kind(dataset), dataset_label(dataset)
     settings = {"dataset": resolved_dataset(dataset), "data_dir": str(Path(data_dir).resolve()) if data_dir else "",
@@ -219,7 +219,7 @@ def load_task_data(
                 # as asked (None: auto), so that loading again finds a folder's decoded images in the same cache
                 "image_size": image_size, "channels": channels, "auto_sides": auto_sides}  # fmt: skip
     if kind == "folder":
-        from tftrain.folders import load_folder
+        from tftrain.data.folders import load_folder
 
         sides = {"auto_sides": auto_sides} if auto_sides else {}
         f = load_folder(dataset, image_size, channels, test_split, validation_split, bad_images, **sides)
@@ -231,7 +231,7 @@ def load_task_data(
         train, validation = split_validation(d.x_train, d.y_train, validation_split)
         test, class_names, source = (d.x_test, d.y_test), d.class_names, d.source
     else:
-        from tftrain import sources
+        from tftrain.data import sources
 
         s = (
             sources.load_tfds(dataset, data_dir, image_size, channels)

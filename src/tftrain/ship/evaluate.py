@@ -4,6 +4,7 @@ confusion-matrix picture."""
 from __future__ import annotations
 
 import functools
+import logging
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -17,10 +18,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tftrain.config import resolved_dataset  # noqa: E402
-from tftrain.data import TaskData, load_task_data  # noqa: E402
+from tftrain.data.datasets import TaskData, load_task_data  # noqa: E402
 from tftrain.errors import UserError  # noqa: E402
-from tftrain.predict import answers  # noqa: E402
+from tftrain.ship.predict import answers  # noqa: E402
 from tftrain.tracking import logged_models, runs  # noqa: E402
+
+log = logging.getLogger(__name__)
 
 CELL_NUMBERS_UP_TO = 20  # classes; with more, the counts no longer fit their cells
 FIGURE_MAX_INCHES = 30.0  # the confusion figure's height (3000 pixels at 100 dpi), whatever the class count
@@ -185,7 +188,7 @@ def evaluate(model_uri: str, dataset: str = "", data_dir: str = "", data: TaskDa
                        "evaluated_dataset": data.source})  # fmt: skip
         runs.log_metrics(ev.metrics, model_id=ref.model_id if own else None)
         if not own:
-            print(f"note: {data.name} is not the dataset {model_uri} trained on: its scores stay in this run, not "
+            log.info(f"note: {data.name} is not the dataset {model_uri} trained on: its scores stay in this run, not "
                   "linked to the model, so the registry gate does not compare them")  # fmt: skip
         runs.log_figure(confusion_figure(ev, f"{data.name} test split: {model_uri}"), "evaluation/confusion_matrix.png")
         runs.log_dict(
@@ -198,5 +201,5 @@ def evaluate(model_uri: str, dataset: str = "", data_dir: str = "", data: TaskDa
             "evaluation/report.json",
         )
         plt.close("all")
-    print(summary(ev))
+    log.info(summary(ev))
     return ev

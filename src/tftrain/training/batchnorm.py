@@ -20,7 +20,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from tftrain.augment import all_layers
+from tftrain.data.augment import all_layers
 
 MOMENTUM_RANGE = (0.9, 0.99)
 TIME_CONSTANT_EPOCHS = 0.2  # the averages' time constant, in epochs

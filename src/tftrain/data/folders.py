@@ -11,11 +11,11 @@ import concurrent.futures as cf
 import contextlib
 import hashlib
 import json
+import logging
 import multiprocessing
 import os
 import shutil
 import struct
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -26,6 +26,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from tftrain.errors import UserError, invalid
+from tftrain.log import progress_log
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
@@ -362,7 +365,7 @@ def _check_args(image_size, channels, test_split, validation_split, bad_images) 
 def _printer(progress: bool) -> Callable[[str], None]:
     def say(line: str) -> None:
         if progress:
-            print(line, file=sys.stderr, flush=True)
+            progress_log.info(line)
 
     return say
 
@@ -453,10 +456,7 @@ class _Rows:
             np.lib.format.write_array_header_1_0(self.file, header)
         except OSError as e:
             self.close()
-            print(
-                f"warning: cannot write the image cache in {self.npy.parent} ({e}); keeping images in memory only",
-                file=sys.stderr,
-            )
+            log.warning(f"cannot write the image cache in {self.npy.parent} ({e}); keeping images in memory only")
             self.array = np.zeros(shape, np.uint8)
 
     def add(self, rows: np.ndarray) -> None:
@@ -693,9 +693,9 @@ def _check_unreadable(root: Path, unreadable: dict[str, str], bad_images: str) -
             f"cannot read image {root / rel}: {reason}{more}; fix or remove it, or pass bad_images=skip to train without it"
         )
     for rel, reason in list(unreadable.items())[:10]:
-        print(f"skipped unreadable image {root / rel}: {reason}", file=sys.stderr)
+        log.warning(f"skipped unreadable image {root / rel}: {reason}")
     if len(unreadable) > 10:
-        print(f"... and {len(unreadable) - 10} more unreadable images skipped", file=sys.stderr)
+        log.warning(f"... and {len(unreadable) - 10} more unreadable images skipped")
 
 
 def _split_rows(listing: Listing, labels, keep, test_split: float, validation_split: float) -> list[np.ndarray]:

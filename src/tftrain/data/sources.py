@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 import os
 import re
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -21,9 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from tftrain.config import parse_function
+from tftrain.data.folders import conform
 from tftrain.errors import UserError, invalid
-from tftrain.folders import conform
+from tftrain.log import progress_log
 from tftrain.user_code import first_line, load_function
+
+log = logging.getLogger(__name__)
 
 _TFDS_SPEC = re.compile(r"tfds:(?P<name>[a-z][a-z0-9_]*)(:(?P<version>\d+\.\d+\.\d+))?")
 _VERSION_DIR = re.compile(r"\d+\.\d+\.\d+")
@@ -225,12 +228,12 @@ def _read(pairs, what: str, n_classes: int, target, spec) -> tuple[list[np.ndarr
         chunks.append(conform(chunk, *target) if target else chunk)
         count += len(y)
         if time.monotonic() - last > _PROGRESS_EVERY:
-            print(f"reading {what}: {count:,} images", file=sys.stderr, flush=True)
+            progress_log.info(f"reading {what}: {count:,} images")
             shown, last = True, time.monotonic()
     if not count:
         raise UserError(f"{who}the {what.rsplit(' ', 1)[-1]} split is empty; allowed: at least one image")
     if shown:
-        print(f"reading {what}: {count:,} images, done", file=sys.stderr, flush=True)
+        progress_log.info(f"reading {what}: {count:,} images, done")
     return chunks, np.concatenate(labels)
 
 
@@ -267,7 +270,7 @@ def _target(read, image_size, channels) -> tuple[tuple[int, int], int]:
     colour = any(chunk.ndim == 4 for chunks, _ in read.values() for chunk in chunks)
     if image_size is None and len(sizes) > 1:
         moved = sum(n for s, n in sizes.items() if s != size)
-        print(f"images differ in size: resizing {moved:,} to the most common, {size[0]}x{size[1]}", file=sys.stderr)
+        progress_log.info(f"images differ in size: resizing {moved:,} to the most common, {size[0]}x{size[1]}")
     return tuple(size), channels or (3 if colour else 1)
 
 

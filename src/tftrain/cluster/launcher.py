@@ -19,7 +19,6 @@ import dataclasses
 import io
 import logging
 import os
-import re
 import signal
 import socket
 import sys
@@ -27,12 +26,15 @@ from pathlib import Path
 
 from ray.train import UserCallback
 
-from tftrain import run_state
+from tftrain import quiet
 from tftrain.checks import check_ray_address
 from tftrain.config import TrainConfig, default_run_name
 from tftrain.errors import TrainingFailed, UserError
 from tftrain.tracking import runs
 from tftrain.tracking.logged_models import LoggedModel
+from tftrain.training import run_state
+
+log = logging.getLogger(__name__)
 
 # the environment a worker takes from the driver: where to log, how to behave, what the user set for TensorFlow
 FORWARDED = ("MLFLOW_", "TFTRAIN_", "TF_", "KERAS_", "CUDA_", "OMP_", "PYTHONPATH")
@@ -45,26 +47,26 @@ def train_on_ray(cfg: TrainConfig) -> LoggedModel:
     from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
-    with _quiet_worker_lines():  # also while Ray shuts down: the workers' last lines come then
+    with quiet.forwarded_lines(verbose=_verbose()):  # also while Ray shuts down: the workers' last lines come then
         _start(cfg)
         try:
             resources = ray.cluster_resources()
             cpus, gpus = resources.get("CPU", 0), int(resources.get("GPU", 0))
             if cfg.ray_address:  # auto joins whichever cluster runs here: say which
                 nodes = sum(n["Alive"] for n in ray.nodes())
-                print(f"joined the Ray cluster at {ray.get_runtime_context().gcs_address}: {_count(nodes, 'node')}, "
+                log.info(f"joined the Ray cluster at {ray.get_runtime_context().gcs_address}: {_count(nodes, 'node')}, "
                       f"{_count(cpus, 'CPU')}, {_count(gpus, 'GPU')}")  # fmt: skip
             elif cfg.workers > (os.cpu_count() or 1):
-                print(f"note: {cfg.workers} workers on this machine's {os.cpu_count()} CPUs: they share them, each "
+                log.info(f"note: {cfg.workers} workers on this machine's {os.cpu_count()} CPUs: they share them, each "
                       "step waits on the slowest; fine for trying, not for speed")  # fmt: skip
             if cpus < cfg.workers:
-                print(f"note: the Ray cluster has {cpus:g} CPUs for {cfg.workers} workers of 1 CPU each; Ray Train "
+                log.info(f"note: the Ray cluster has {cpus:g} CPUs for {cfg.workers} workers of 1 CPU each; Ray Train "
                       "waits for more (an autoscaling cluster adds nodes)")  # fmt: skip
             mine = os.environ.get("MLFLOW_RUN_ID")
             previous = run_state.interrupted_run(cfg)  # the same command stopped before: its run goes on
             if not mine and previous and runs.continuable(previous):
                 run_id = previous
-                print(f"continuing run {run_id} from where it stopped")
+                log.info(f"continuing run {run_id} from where it stopped")
             else:
                 run_id = mine or runs.new_run(default_run_name(cfg))
             each = "1 GPU" if gpus >= cfg.workers else "1 CPU"
@@ -78,7 +80,7 @@ def train_on_ray(cfg: TrainConfig) -> LoggedModel:
                                      callbacks=[_Failures(cfg.max_failures)],
                                      logging_config=LoggingConfig(log_level="INFO" if _verbose() else "CRITICAL")),
             )  # fmt: skip
-            print(f"training on Ray: {cfg.workers} workers ({each} each), logging to run {run_id}; up to "
+            log.info(f"training on Ray: {cfg.workers} workers ({each} each), logging to run {run_id}; up to "
                   f"{cfg.max_failures} restarts")  # fmt: skip
             interrupted, previous = [], signal.getsignal(signal.SIGINT)
 
@@ -96,7 +98,7 @@ def train_on_ray(cfg: TrainConfig) -> LoggedModel:
                 if not mine:
                     _end_failed(run_id, stop)
                     if isinstance(stop, KeyboardInterrupt):
-                        print(f"run {run_id} stopped; the same command goes on in it from the workers' last "
+                        log.info(f"run {run_id} stopped; the same command goes on in it from the workers' last "
                               "completed epoch")  # fmt: skip
                 raise stop from None
             finally:
@@ -124,7 +126,7 @@ class _Failures(UserCallback):
         what = "; ".join(f"rank {rank}: {_first_line(cause)}" for rank, cause in causes.items())
         then = (f"Ray starts the workers again ({self.failures} of {self.max_failures} restarts)"
                 if self.failures <= self.max_failures else "no restarts left")  # fmt: skip
-        print(f"worker failed ({what}); {then}", flush=True)
+        log.info(f"worker failed ({what}); {then}")
 
 
 def _count(n: float, what: str) -> str:
@@ -209,89 +211,6 @@ def _environ(**values: str):
                 os.environ[k] = v
 
 
-# Lines Ray's processes print on every run that say nothing to a tftrain user, as Ray forwards them (after the
-# "(RayTrainWorker pid=...)" prefix): besides TensorFlow's known ones (quiet.py), Ray Train's placement group
-# cleaner on a cluster without a dashboard (`ray start --include-dashboard false`), its preemption watcher's
-# restart note, and TensorFlow's note on the generator datasets of distribute_datasets_from_function. And, with
-# its traceback, the cleaner's stop timing out at the end on a busy machine (the job is done by then).
-_RAY_NOISE = re.compile(
-    r"Failed to query Ray Train Controller actor state\. .*|Monitor thread did not exit within [\d.]+ seconds"
-    r"|\[[\d-]+ [\d:,]+ E \d+ \d+\] core_worker\.cc:\d+: Actor with class name: 'PreemptionWatcher' .*"
-    r"|W\d{4} [\d:.]+\s+\d+ dataset\.cc:\d+\] Input of GeneratorDatasetOp::Dataset will not be optimized .*"
-    # a worker killed: the raylet's word for it, and the collective ops' errors in the others (the driver's
-    # "worker failed" line says it once)
-    r"|A worker died or was killed while executing a task by an unexpected system error\. .*"
-    r"|[EW]\d{4} [\d:.]+\s+\d+ (?:ring_alg|base_collective_executor|collective_ops|collective_rma_distributed)"
-    r"\.cc:\d+\] .*|Additional GRPC error information .*|\s*\[\[\{\{node CollectiveReduceV\d\}\}\]\].*"
-)
-_FORWARDED_LINE = re.compile(r"\((?P<who>[^)]*)\) (?P<line>.*?)(?: \[repeated \d+x across cluster\].*)?")
-_ANSI = re.compile(r"\x1b\[[\d;]*m")
-
-
-@contextlib.contextmanager
-def _quiet_worker_lines():
-    """Ray prints its processes' lines through this process's sys.stdout and sys.stderr: without the known
-    noise (all of it with --verbose)."""
-    if _verbose():
-        yield
-        return
-    from tftrain.quiet import has_nvidia_gpu
-
-    streams = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = (_WorkerLines(s, has_nvidia_gpu()) for s in streams)
-    try:
-        yield
-    finally:
-        for s in (sys.stdout, sys.stderr):
-            s.flush()
-        sys.stdout, sys.stderr = streams
-
-
-# the placement group cleaner's tracebacks: its stop timing out, its monitor failing to reach the state API (as on
-# a machine running several Ray clusters, where it cannot tell which is its own); the job goes on in both
-_NOISY_TRACEBACK = re.compile(
-    r"Failed to stop PlacementGroupCleaner gracefully\.|Exception in thread PlacementGroupCleaner\w*:"
-)
-_TRACEBACK_END = re.compile(r"(?:\w+\.)*\w*(?:Error|Exception): .*")
-
-
-class _WorkerLines(io.TextIOBase):
-    def __init__(self, stream, gpu: bool):
-        self.stream, self.gpu, self.pending = stream, gpu, ""
-        self.skipping = None  # the process whose traceback is being dropped
-        self.plain = not (hasattr(stream, "isatty") and stream.isatty())  # a file or a pipe: Ray's colours dropped
-
-    def write(self, text: str) -> int:
-        *lines, self.pending = (self.pending + text).split("\n")
-        self.stream.write("".join(f"{self._shown(line)}\n" for line in lines if not self._noise(line)))
-        return len(text)
-
-    def flush(self) -> None:
-        if self.pending and not self._noise(self.pending):
-            self.stream.write(self._shown(self.pending))
-        self.pending = ""
-        self.stream.flush()
-
-    def _shown(self, line: str) -> str:
-        return _ANSI.sub("", line) if self.plain else line
-
-    def _noise(self, line: str) -> bool:
-        from tftrain.quiet import is_noise
-
-        forwarded = _FORWARDED_LINE.fullmatch(_ANSI.sub("", line))
-        if not forwarded:
-            return False
-        who, body = forwarded["who"], forwarded["line"]
-        if _NOISY_TRACEBACK.fullmatch(body):
-            self.skipping = who
-            return True
-        if self.skipping == who:
-            if _TRACEBACK_END.fullmatch(body):
-                self.skipping = None
-            return True
-        return bool(_RAY_NOISE.fullmatch(body)) or is_noise(body.encode(), self.gpu)
-
-
 def _verbose() -> bool:
     return os.environ.get("TFTRAIN_VERBOSE") == "1"
 
@@ -308,12 +227,13 @@ def _worker(config: dict) -> None:
         os.environ["MLFLOW_RUN_ID"] = config["run_id"]
     else:
         os.environ.pop("MLFLOW_RUN_ID", None)
-    from tftrain import quiet
+    from tftrain import log
 
     quiet.setup(verbose=False)
+    log.setup()
     for name in ("tensorflow", "mlflow"):  # Ray's logging setup shows their INFO lines
         logging.getLogger(name).setLevel(logging.WARNING)
-    from tftrain.train import train
+    from tftrain.training.trainer import train
 
     with _silenced() if rank else contextlib.nullcontext():  # its errors still reach the driver, as Ray's
         train(TrainConfig(**config["cfg"]))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import math
 import sys
 import tempfile
@@ -18,22 +19,24 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tftrain import batchnorm, resume, run_state
-from tftrain.augment import batch_augmenter, has_random_layers
-from tftrain.augment import resolve as resolve_augment
-from tftrain.callbacks import SaveClock, build_callbacks, chance_warning, checkpoint_dir, flush_pending, mode
 from tftrain.config import TrainConfig, check_output_dir, default_run_name, model_label
-from tftrain.data import make_dataset
+from tftrain.data.augment import batch_augmenter, has_random_layers
+from tftrain.data.augment import resolve as resolve_augment
+from tftrain.data.datasets import make_dataset
 from tftrain.errors import TrainingFailed, UserError
-from tftrain.loop import fit_custom
-from tftrain.models import portable_copy
-from tftrain.runtime import Runtime, barrier, build_runtime, gathered, worker_index
-from tftrain.schedules import build_learning_rate
-from tftrain.task import Task, resolve_task
+from tftrain.models.build import portable_copy
 from tftrain.tracking import runs
 from tftrain.tracking.epoch_metrics import EpochMetrics, log_timings
 from tftrain.tracking.journal import Journal
 from tftrain.tracking.logged_models import LoggedModel, Provenance, log_keras_model
+from tftrain.training import batchnorm, resume, run_state
+from tftrain.training.callbacks import SaveClock, build_callbacks, chance_warning, checkpoint_dir, flush_pending, mode
+from tftrain.training.loop import fit_custom
+from tftrain.training.runtime import Runtime, barrier, build_runtime, gathered, worker_index
+from tftrain.training.schedules import build_learning_rate
+from tftrain.training.task import Task, resolve_task
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,7 @@ def steps_per_execution(cfg: TrainConfig, rt: Runtime) -> int:
     """Keras 3's fit fails with steps_per_execution > 1 under a multi-replica strategy ("You must feed a value for
     placeholder tensor", keras-team/keras#19246): there, fit runs one step per call, and says so."""
     if cfg.engine == "fit" and rt.replicas > 1 and cfg.steps_per_execution > 1:
-        print(f"note: engine=fit with {rt.replicas} replicas runs steps_per_execution=1 (keras-team/keras#19246)")
+        log.info(f"note: engine=fit with {rt.replicas} replicas runs steps_per_execution=1 (keras-team/keras#19246)")
         return 1
     return cfg.steps_per_execution
 
@@ -221,7 +224,7 @@ def train(
     global_batch = batch * rt.replicas
     steps_per_epoch = _steps_per_epoch(cfg, rt, len(train_xy[0]), batch)
     if note := _few_steps_note(batch, rt, len(train_xy[0]), steps_per_epoch):
-        print(note)
+        log.info(note)
     spe = steps_per_execution(cfg, rt)
     with rt.strategy.scope():
         model = check_model(task.build_model(), task)
@@ -254,14 +257,12 @@ def train(
         if rt.worker_count > 1:
             agreed = resume.agree_on_backups(resume.backup_folder(cfg, worker), lambda value: gathered(rt, value))
             if agreed and rt.is_chief:
-                print(f"the workers go on after epoch {agreed}, from their backups")
+                log.info(f"the workers go on after epoch {agreed}, from their backups")
         callbacks += extra_callbacks
-        print(
-            f"training {model_label(cfg.model)} ({cfg.engine}, {rt.strategy_name} x{rt.replicas}, {rt.precision}) on "
+        log.info(f"training {model_label(cfg.model)} ({cfg.engine}, {rt.strategy_name} x{rt.replicas}, {rt.precision}) on "
             f"{task.source}: {len(train_xy[0])} train / {len(val_xy[0])} validation images of "
             f"{'x'.join(map(str, task.input_shape))}, {task.num_classes} classes, global batch {global_batch}, "
-            f"learning rate {rate:g} ({cfg.lr_schedule}), augment {augment}"
-        )
+            f"learning rate {rate:g} ({cfg.lr_schedule}), augment {augment}")
         started = time.perf_counter()
         try:
             try:
@@ -285,7 +286,7 @@ def train(
             uploaded = time.perf_counter()
         fit_seconds = uploaded - started
         if warning := _kept_epoch_warning(history.history, task.num_classes, cfg):
-            print(warning)
+            log.info(warning)
             if run_id:
                 runs.set_tags({"tftrain.warning": warning})
         if rt.worker_count > 1:
@@ -334,7 +335,7 @@ def _check_workers_agree(sums: list[float]) -> None:
     agree = len(set(sums)) == 1
     runs.set_tags({"tftrain.workers_agree": str(agree).lower(), "tftrain.worker_weight_sums": json.dumps(sums)})
     if not agree:
-        print(f"warning: the workers ended with different weights (sums {sums}); the logged model is the chief's")
+        log.warning(f"the workers ended with different weights (sums {sums}); the logged model is the chief's")
 
 
 @contextlib.contextmanager

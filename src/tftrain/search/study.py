@@ -14,7 +14,7 @@ import optuna
 
 from tftrain.config import TrainConfig, dataset_label, model_label
 from tftrain.errors import UserError
-from tftrain.space import Dimension, SweepConfig, storage_url
+from tftrain.search.space import Dimension, SweepConfig, storage_url
 
 ATTR = "tftrain"  # the study's and each trial's user attribute holding tftrain's records
 HEARTBEAT_INTERVAL = 10  # seconds between a running trial's heartbeats in the storage

@@ -1,6 +1,6 @@
 """Where one warm training epoch spends its time, op by op: TensorFlow's profiler over `model.fit` on tftrain's
-input pipeline, summed per op type across threads, and grouped by what bounds it. The figures behind the README's
-"what bounds it".
+input pipeline, summed per op type across threads, and grouped by what bounds it. The figures behind "What bounds
+it" in docs/benchmarks.md.
 
     .venv/bin/python scripts/profile_epoch.py --model cnn --batch-size 512 --precision mixed_bfloat16
 """

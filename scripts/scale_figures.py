@@ -1,5 +1,5 @@
-"""The README's scale-out figure: seconds per warm epoch on this machine for one process without Ray, and for 1
-and 2 Ray Train workers (launcher=ray, a local Ray cluster), the same model, data and batch per replica; and
+"""The scale-out figure of docs/scale-out.md: seconds per warm epoch on this machine for one process without Ray,
+and for 1 and 2 Ray Train workers (launcher=ray, a local Ray cluster), the same model, data and batch per replica; and
 what the all-reduce costs per step. Each a whole `tftrain train` command in a fresh MLflow sqlite store.
 
     .venv/bin/python scripts/scale_figures.py --out /tmp/scale-figures

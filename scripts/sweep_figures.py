@@ -1,4 +1,4 @@
-"""The README's sweep figures: the same 20-trial sweep on Fashion-MNIST with and without pruning, each a
+"""The sweep figures of docs/sweeps.md: the same 20-trial sweep on Fashion-MNIST with and without pruning, each a
 `tftrain sweep` process in a fresh MLflow sqlite store, then one table (trials per state, epochs trained, wall
 time, best validation accuracy, the best model's test accuracy) and, with --screenshot, the pruned sweep's trials
 in the MLflow UI's parallel coordinates view (headless Chromium).

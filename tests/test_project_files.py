@@ -93,16 +93,19 @@ def test_config_fields_stand_together_by_group():
     assert [f for fields in grouped_fields().values() for f in fields] == list(dataclasses.fields(TrainConfig))
 
 
-def readme_parameter_tables() -> list[list[str]]:
-    """The rows of each table between the README's params markers, one list per table."""
-    readme = (REPO / "README.md").read_text()
-    block = readme.split("<!-- params:begin -->\n")[1].split("<!-- params:end -->")[0]
-    tables = [section.split("\n\n", 1)[1] for section in block.split("\n#### ")[1:]]
+PARAMETERS_PAGE = "docs/parameters.md"  # where scripts/params.py writes the parameter tables
+
+
+def documented_parameter_tables() -> list[list[str]]:
+    """The rows of each table between the parameters page's params markers, one list per table."""
+    page = (REPO / PARAMETERS_PAGE).read_text()
+    block = page.split("<!-- params:begin -->\n")[1].split("<!-- params:end -->")[0]
+    tables = [section.split("\n\n", 1)[1] for section in block.split("\n## ")[1:]]
     return [[row for row in table.splitlines() if row.startswith("| `")] for table in tables]
 
 
-def test_readme_parameter_tables_list_every_parameter_by_group_with_its_default():
-    tables = readme_parameter_tables()
+def test_parameter_tables_list_every_parameter_by_group_with_its_default():
+    tables = documented_parameter_tables()
     assert len(tables) == len(grouped_fields())
     for rows, fields in zip(tables, grouped_fields().values(), strict=True):
         assert len(rows) == len(fields)
@@ -118,7 +121,7 @@ def params_script(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=60)
 
 
-def test_generated_mlproject_and_readme_are_up_to_date():
+def test_generated_mlproject_and_parameter_tables_are_up_to_date():
     done = params_script("--check")
     assert done.returncode == 0, done.stderr
 
@@ -126,18 +129,19 @@ def test_generated_mlproject_and_readme_are_up_to_date():
 def test_params_check_names_stale_files_and_a_rewrite_touches_only_the_generated_blocks(tmp_path):
     """One field dropped from each copy: --check fails naming both; a rewrite restores them and keeps the rest."""
     originals = {
-        name: (REPO / name).read_text() + "\n<!-- not generated: stays -->\n" for name in ("MLproject", "README.md")
+        name: (REPO / name).read_text() + "\n<!-- not generated: stays -->\n" for name in ("MLproject", PARAMETERS_PAGE)
     }
     (tmp_path / "MLproject").write_text(
         originals["MLproject"].replace("      test_split: {type: float, default: 0.1}\n", "")
     )
-    readme = re.sub(r"^\| `test_split` \|.*\n", "", originals["README.md"], flags=re.MULTILINE)
-    (tmp_path / "README.md").write_text(readme)
-    assert readme != originals["README.md"] and (tmp_path / "MLproject").read_text() != originals["MLproject"]
+    page = re.sub(r"^\| `test_split` \|.*\n", "", originals[PARAMETERS_PAGE], flags=re.MULTILINE)
+    (tmp_path / PARAMETERS_PAGE).parent.mkdir()
+    (tmp_path / PARAMETERS_PAGE).write_text(page)
+    assert page != originals[PARAMETERS_PAGE] and (tmp_path / "MLproject").read_text() != originals["MLproject"]
 
     done = params_script("--check", "--root", str(tmp_path))
     assert done.returncode == 1 and len(done.stderr.splitlines()) == 1, done.stderr
-    assert "stale: MLproject (+1 -0 lines" in done.stderr and "README.md (+1 -0 lines" in done.stderr
+    assert "stale: MLproject (+1 -0 lines" in done.stderr and f"{PARAMETERS_PAGE} (+1 -0 lines" in done.stderr
 
     assert params_script("--root", str(tmp_path)).returncode == 0
     assert {name: (tmp_path / name).read_text() for name in originals} == originals

@@ -21,6 +21,7 @@ from tensorflow.tsl.profiler.protobuf import xplane_pb2
 from tftrain.config import MODELS, PRECISIONS
 from tftrain.data.datasets import load_dataset, make_dataset, split_validation
 from tftrain.models.build import build_model
+from tftrain.training.task import Task
 from tftrain.training.trainer import compile_model
 
 # profiler events that wrap others (the whole step, a thread pool's loop): left out of the per-op sums
@@ -64,10 +65,11 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=15)
     args = parser.parse_args()
     data = load_dataset("fashion_mnist", args.data_dir)
-    (x, y), _ = split_validation(data.x_train, data.y_train, 0.2)
+    (x, y), val = split_validation(data.x_train, data.y_train, 0.2)
     keras.mixed_precision.set_global_policy(args.precision)
-    model = build_model(args.model)
-    compile_model(model, 0.001, 50)
+    task = Task(data.name, data.class_names, (x, y), val, val, build_model=lambda: build_model(args.model))
+    model = task.build_model()
+    compile_model(model, task, 0.001, 50)
     train = make_dataset(x, y, args.batch_size, shuffle=True, seed=1)
     model.fit(train, epochs=1, verbose=0)  # traces the graph
     with tempfile.TemporaryDirectory() as folder:

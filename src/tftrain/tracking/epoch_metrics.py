@@ -44,6 +44,7 @@ class EpochMetrics(keras.callbacks.Callback):
         self._last_step = 0
         self._pending: list[dict] = []
         self.seconds = 0.0
+        clock.wait_for(self)  # a failure flushes what waits
 
     def on_train_begin(self, logs=None):
         with self._timed():

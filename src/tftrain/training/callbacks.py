@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -37,7 +38,7 @@ def chance_warning(logs: dict, classes: int) -> str:
 class EpochSummary(keras.callbacks.Callback):
     """One line per epoch: every metric, the learning rate and the wall time, and what Keras' early stopping and
     LR-on-plateau callbacks did at that epoch (they are built silent when this summary is on, so that their own
-    messages do not break the lines). Goes last in the callback list, so it sees what they did."""
+    messages do not break the lines). Its place in the list: build_callbacks."""
 
     def __init__(self, epochs: int, early_stopping=None, plateau=None, classes: int = 0):
         super().__init__()
@@ -93,15 +94,24 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
 class SaveClock(keras.callbacks.Callback):
     """Decides, at each epoch's end, whether this is a save point: `interval` seconds of training have passed since
     the last one (0: every epoch). The callbacks that write files or call the tracking server (the best checkpoint,
-    the resume backup, epoch metrics) write at save points, when training ends, and (`flush_pending`) when it
-    fails. A tuned MLP epoch here takes about 0.12 s, and writing all three about 60 ms: every epoch, they would
-    add half to it. Goes first in the callback list."""
+    the resume backup, epoch metrics) write at save points, when training ends, and when it fails: those holding
+    something back until then say so (`wait_for`), and `flush_pending` writes it. A tuned MLP epoch here takes
+    about 0.12 s, and writing all three about 60 ms: every epoch, they would add half to it."""
 
     def __init__(self, interval: float):
         super().__init__()
         self.interval = interval
         self.due = True
         self._last = time.perf_counter()
+        self._waiting: list = []  # callbacks with a flush() of what waits for the next save point
+
+    def wait_for(self, callback) -> None:
+        self._waiting.append(callback)
+
+    def flush_pending(self) -> None:
+        """Training failed or was interrupted: write what waits for the next save point (best checkpoint, metrics)."""
+        for callback in self._waiting:
+            callback.flush()
 
     def on_train_begin(self, logs=None):
         self._last = time.perf_counter()
@@ -123,6 +133,7 @@ class BestCheckpoint(keras.callbacks.ModelCheckpoint):
         super().__init__(filepath, save_best_only=True, **kwargs)
         self.clock, self.start_from_epoch = clock, start_from_epoch
         self._pending = None  # (epoch, file path, weights) of a best not yet written
+        clock.wait_for(self)
 
     def on_epoch_end(self, epoch, logs=None):
         filepath = checkpoint_path(self.filepath, epoch, logs)
@@ -161,13 +172,6 @@ def checkpoint_path(template: str, epoch: int, logs: dict) -> str:
         raise KeyError(f'Failed to format this callback filepath: "{template}". Reason: {e}') from e
 
 
-def flush_pending(callbacks: list[keras.callbacks.Callback]) -> None:
-    """Training failed or was interrupted: write what waits for the next save point (best checkpoint, metrics)."""
-    for callback in callbacks:
-        if hasattr(callback, "flush"):
-            callback.flush()
-
-
 def mode(monitor: str) -> str:
     """Said, not guessed: Keras guesses from compiled metrics, which the custom loop never builds."""
     return "max" if "accuracy" in monitor else "min"
@@ -178,11 +182,44 @@ def checkpoint_dir(out_dir: Path) -> Path:
 
 
 def build_callbacks(
-    cfg: TrainConfig, out_dir: Path, clock: SaveClock, classes: int = 0
+    cfg: TrainConfig,
+    out_dir: Path,
+    clock: SaveClock,
+    classes: int = 0,
+    *,
+    statistics: keras.callbacks.Callback | None = None,
+    epoch_metrics: keras.callbacks.Callback | None = None,
+    backups: Callable[[list], list] | None = None,
+    extra: tuple[keras.callbacks.Callback, ...] = (),
 ) -> list[keras.callbacks.Callback]:
-    callbacks: list[keras.callbacks.Callback] = [clock, StopOnNonFiniteLoss()]
-    # Keras' own messages when there is no epoch summary to carry them
-    verbose = 0 if cfg.epoch_summary else 1
+    """tftrain's callbacks as one list, in the order Keras calls them at every hook. The order is the contract:
+
+    1. `statistics` (batchnorm.PreciseStatistics): the batch norms' averages are ready before anything validates.
+    2. the save clock: whether this epoch is a save point, decided before any callback that saves.
+    3. the stop on a non-finite loss.
+    4. Keras' rules (early stopping, the best checkpoint, the LR plateau) and TensorBoard.
+    5. the epoch summary: after the rules, so that its line says what they did.
+    6. `epoch_metrics` (tracking.EpochMetrics): the epoch goes to MLflow.
+    7. `backups(callbacks_so_far)` (resume.backup_callbacks): an epoch's metrics are logged before its backup
+       says the epoch is done, and the backup holds the counters of the rules above.
+    8. `extra`: the caller's (the benchmark's timers, a sweep's pruning), after everything of tftrain's.
+    """
+    rules, early_stopping, plateau = _rules(cfg, out_dir, clock)
+    summary = None
+    if cfg.epoch_summary:
+        summary = EpochSummary(cfg.epochs, early_stopping=early_stopping, plateau=plateau, classes=classes)
+    ordered = [statistics, clock, StopOnNonFiniteLoss(), *rules, summary, epoch_metrics]
+    callbacks = [c for c in ordered if c is not None]
+    if backups is not None:
+        callbacks += backups(callbacks)
+    return callbacks + list(extra)
+
+
+def _rules(cfg: TrainConfig, out_dir: Path, clock: SaveClock) -> tuple[list, object, object]:
+    """Early stopping, the best checkpoint, the LR plateau and TensorBoard, as cfg enables them; with the early
+    stopping and plateau callbacks themselves (None when off) for the epoch summary to read."""
+    callbacks: list[keras.callbacks.Callback] = []
+    verbose = 0 if cfg.epoch_summary else 1  # Keras' own messages when there is no epoch summary to carry them
     early_stopping = plateau = None
     if cfg.early_stopping:
         early_stopping = keras.callbacks.EarlyStopping(
@@ -215,6 +252,4 @@ def build_callbacks(
         callbacks.append(
             keras.callbacks.TensorBoard(log_dir=str(out_dir / "tensorboard"), histogram_freq=cfg.histogram_freq)
         )
-    if cfg.epoch_summary:
-        callbacks.append(EpochSummary(cfg.epochs, early_stopping=early_stopping, plateau=plateau, classes=classes))
-    return callbacks
+    return callbacks, early_stopping, plateau

@@ -15,11 +15,10 @@ import tensorflow as tf
 from tftrain.keras_hooks import initial_epoch
 
 
-def _metrics(prefix: str) -> dict[str, keras.metrics.Metric]:
-    return {
-        f"{prefix}loss": keras.metrics.Mean(name=f"{prefix}loss"),
-        f"{prefix}accuracy": keras.metrics.SparseCategoricalAccuracy(name=f"{prefix}accuracy"),
-    }
+def _metrics(task, prefix: str) -> dict[str, keras.metrics.Metric]:
+    """The loss's running mean and the task's metrics, keyed by the names fit logs them under."""
+    metrics = [keras.metrics.Mean(name=f"{prefix}loss"), *task.build_metrics(prefix)]
+    return {m.name: m for m in metrics}
 
 
 def _results(metrics: dict[str, keras.metrics.Metric]) -> dict[str, float]:
@@ -46,11 +45,11 @@ def _chunked(strategy: tf.distribute.Strategy, step: Callable) -> Callable:
     return run
 
 
-def build_steps(model: keras.Model, strategy: tf.distribute.Strategy, global_batch: int):
-    """The train and eval step functions and their metrics, created in the strategy's scope."""
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(reduction=None)
+def build_steps(model: keras.Model, task, strategy: tf.distribute.Strategy, global_batch: int):
+    """The train and eval step functions and their metrics (the task's), created in the strategy's scope."""
+    loss_fn = task.build_loss(reduction=None)
     with strategy.scope():
-        train_metrics, val_metrics = _metrics(""), _metrics("val_")
+        train_metrics, val_metrics = _metrics(task, ""), _metrics(task, "val_")
         model.optimizer.build(model.trainable_variables)  # before strategy.run, or the first step fails
 
     def train_step(images, labels):
@@ -63,18 +62,23 @@ def build_steps(model: keras.Model, strategy: tf.distribute.Strategy, global_bat
         # apply_gradients unscales the gradients and skips steps whose gradients are not finite
         model.optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
         train_metrics["loss"].update_state(per_example)
-        train_metrics["accuracy"].update_state(labels, probs)
+        for name, metric in train_metrics.items():
+            if name != "loss":
+                metric.update_state(labels, probs)
 
     def eval_step(images, labels):
         probs = model(images, training=False)
         val_metrics["val_loss"].update_state(loss_fn(labels, probs))
-        val_metrics["val_accuracy"].update_state(labels, probs)
+        for name, metric in val_metrics.items():
+            if name != "val_loss":
+                metric.update_state(labels, probs)
 
     return _chunked(strategy, train_step), _chunked(strategy, eval_step), train_metrics, val_metrics
 
 
 def fit_custom(
     model: keras.Model,
+    task,
     strategy: tf.distribute.Strategy,
     train_data: tf.distribute.DistributedDataset,
     val_data: tf.distribute.DistributedDataset,
@@ -87,7 +91,7 @@ def fit_custom(
     verbose: int,
 ) -> keras.callbacks.History:
     """Train like model.fit: the same callback calls in the same order, a History back."""
-    train_chunk, eval_chunk, train_metrics, val_metrics = build_steps(model, strategy, global_batch)
+    train_chunk, eval_chunk, train_metrics, val_metrics = build_steps(model, task, strategy, global_batch)
     cb = keras.callbacks.CallbackList(
         callbacks, add_history=True, add_progbar=verbose != 0, model=model, verbose=verbose, epochs=epochs,
         steps=steps_per_epoch,

@@ -92,7 +92,7 @@ def backup_callbacks(
 ) -> list[keras.callbacks.Callback]:
     """Weights, optimizer state and epoch (Keras' BackupAndRestore, two copies kept, so a backup torn by a kill
     mid-write falls back to the one before), then the counters of the other callbacks, at each save point;
-    restored when training begins. Go last in the callback list: the epoch metrics before them are logged by then."""
+    restored when training begins. Their place in the list: callbacks.build_callbacks."""
     folder = backup_folder(cfg, worker)
     return [Backup(str(folder), clock), CallbackState(folder, callbacks, clock)]
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import keras
 import numpy as np
 
 from tftrain.config import TrainConfig
@@ -61,6 +62,15 @@ class Task:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def build_loss(self, reduction: str | None = "sum_over_batch_size") -> keras.losses.Loss:
+        """Cross-entropy of the model's probabilities against the integer labels. fit takes the batch mean; the
+        custom loop asks for one value per example (reduction None) and averages over the global batch itself."""
+        return keras.losses.SparseCategoricalCrossentropy(reduction=reduction)
+
+    def build_metrics(self, prefix: str = "") -> list[keras.metrics.Metric]:
+        """What each epoch reports besides the loss, named as fit names them (`prefix` "val_" for validation)."""
+        return [keras.metrics.SparseCategoricalAccuracy(name=f"{prefix}accuracy")]
 
 
 def resolve_task(cfg: TrainConfig, data=None) -> Task:

@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import math
 import sys
 import tempfile
 import time
@@ -17,12 +16,10 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from tftrain.config import TrainConfig, check_output_dir, default_run_name, model_label
-from tftrain.data.augment import batch_augmenter, has_random_layers
+from tftrain.data.augment import has_random_layers
 from tftrain.data.augment import resolve as resolve_augment
-from tftrain.data.datasets import make_dataset
 from tftrain.errors import TrainingFailed, UserError
 from tftrain.models.build import portable_copy
 from tftrain.tracking import runs
@@ -30,8 +27,9 @@ from tftrain.tracking.epoch_metrics import EpochMetrics, log_timings
 from tftrain.tracking.journal import Journal
 from tftrain.tracking.logged_models import LoggedModel, Provenance, log_keras_model
 from tftrain.training import batchnorm, resume, run_state
-from tftrain.training.callbacks import SaveClock, build_callbacks, chance_warning, checkpoint_dir, flush_pending, mode
+from tftrain.training.callbacks import SaveClock, build_callbacks, chance_warning, checkpoint_dir, mode
 from tftrain.training.loop import fit_custom
+from tftrain.training.plan import Plan, datasets, plan_steps
 from tftrain.training.runtime import Runtime, barrier, build_runtime, gathered, worker_index
 from tftrain.training.schedules import build_learning_rate
 from tftrain.training.task import Task, resolve_task
@@ -55,26 +53,29 @@ class TrainResult:
         return len(self.history["loss"])
 
 
-def steps_per_execution(cfg: TrainConfig, rt: Runtime) -> int:
-    """Keras 3's fit fails with steps_per_execution > 1 under a multi-replica strategy ("You must feed a value for
-    placeholder tensor", keras-team/keras#19246): there, fit runs one step per call, and says so."""
-    if cfg.engine == "fit" and rt.replicas > 1 and cfg.steps_per_execution > 1:
-        log.info(f"note: engine=fit with {rt.replicas} replicas runs steps_per_execution=1 (keras-team/keras#19246)")
-        return 1
-    return cfg.steps_per_execution
-
-
-def compile_model(model: keras.Model, learning_rate, steps_per_execution: int) -> None:
-    """Adam with the given rate or schedule; under mixed_float16 compile wraps it in a LossScaleOptimizer."""
+def compile_model(model: keras.Model, task: Task, learning_rate, steps_per_execution: int) -> None:
+    """Adam with the given rate or schedule, the task's loss and metrics; under mixed_float16 compile wraps the
+    optimizer in a LossScaleOptimizer. Call it inside the strategy's scope."""
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate, name="adam"),  # a fixed name: runs compare equal
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
+        loss=task.build_loss(),
+        metrics=task.build_metrics(),
         steps_per_execution=steps_per_execution,
     )
     # Built now, inside the caller's strategy scope: building it inside the first distributed step fails
     # ("You must feed a value for placeholder tensor") under MirroredStrategy with loss scaling.
     model.optimizer.build(model.trainable_variables)
+
+
+def build_model(cfg: TrainConfig, rt: Runtime, task: Task, plan: Plan) -> tuple[keras.Model, float | None]:
+    """The task's model, checked and compiled in the strategy's scope, and its batch norms' momentum set for the
+    run's length (batchnorm.py); the momentum, None when the model has no batch norm to train."""
+    with rt.strategy.scope():
+        model = check_model(task.build_model(), task)
+        compile_model(model, task, build_learning_rate(cfg, plan.steps_per_epoch, plan.learning_rate),
+                      plan.steps_per_execution)  # fmt: skip
+    momentum = batchnorm.momentum_for(plan.steps_per_epoch)
+    return model, momentum if batchnorm.set_momentum(model, momentum) else None
 
 
 def _fit_verbosity(cfg: TrainConfig) -> int:
@@ -100,55 +101,11 @@ def _log_outputs(out_dir: Path, journal: Journal) -> None:
         runs.log_file(checkpoints[-1], "checkpoints", journal)
 
 
-def _datasets(cfg: TrainConfig, rt: Runtime, train_xy, val_xy, global_batch: int, augment: str):
-    """fit takes global batches and splits them itself; the custom loop takes per-replica batches, sharded per
-    worker, through distribute_datasets_from_function. The `augment` preset changes training batches only."""
-    augmenter = batch_augmenter(augment, cfg.seed)
-    if cfg.engine == "fit":
-        return (
-            make_dataset(*train_xy, global_batch, shuffle=True, seed=cfg.seed, augment=augmenter),
-            make_dataset(*val_xy, global_batch, shuffle=False),
-        )
-
-    def per_worker(xy, shuffle):
-        def fn(ctx: tf.distribute.InputContext):
-            shard = (ctx.num_input_pipelines, ctx.input_pipeline_id)
-            batch = ctx.get_per_replica_batch_size(global_batch)
-            # training: full batches only with several replicas (see _full_batches_only)
-            drop = shuffle and _full_batches_only(cfg, rt)
-            return make_dataset(*xy, batch, shuffle=shuffle, seed=cfg.seed, shard=shard, drop_remainder=drop,
-                                augment=augmenter if shuffle else None)  # fmt: skip
-
-        return rt.strategy.distribute_datasets_from_function(fn)
-
-    return per_worker(train_xy, True), per_worker(val_xy, False)
-
-
-def _full_batches_only(cfg: TrainConfig, rt: Runtime) -> bool:
-    """The custom engine over several replicas trains on full global batches only: an epoch's last, smaller batch
-    left a replica an empty one, whose gradient fails in TensorFlow (ReluGrad shapes [0,19,14,32] != [0,20,15,3],
-    the CNN on 40x30 images), and workers whose shards end at different steps would wait on each other. Each
-    epoch is reshuffled, so what one epoch leaves out another trains on."""
-    return cfg.engine == "custom" and rt.replicas > 1
-
-
-def _steps_per_epoch(cfg: TrainConfig, rt: Runtime, examples: int, batch: int) -> int:
-    global_batch = batch * rt.replicas
-    if not _full_batches_only(cfg, rt):
-        return math.ceil(examples / global_batch)
-    if examples < global_batch:
-        raise UserError(
-            f"invalid value for batch_size: received {batch}; with {rt.replicas} replicas the global batch "
-            f"is {global_batch}, more than the {examples} training images; allowed: at most {examples // rt.replicas}"
-        )
-    return examples // global_batch
-
-
-def _run_engine(cfg, rt, model, train_data, val_data, callbacks, steps_per_epoch, global_batch):
+def _engine(cfg, rt, task, model, train_data, val_data, callbacks, plan: Plan) -> keras.callbacks.History:
     if cfg.engine == "custom":
         return fit_custom(
-            model, rt.strategy, train_data, val_data, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
-            global_batch=global_batch, steps_per_execution=model.steps_per_execution, callbacks=callbacks,
+            model, task, rt.strategy, train_data, val_data, epochs=cfg.epochs, steps_per_epoch=plan.steps_per_epoch,
+            global_batch=plan.global_batch, steps_per_execution=model.steps_per_execution, callbacks=callbacks,
             verbose=_fit_verbosity(cfg),
         )  # fmt: skip
     return model.fit(
@@ -161,35 +118,21 @@ def _run_engine(cfg, rt, model, train_data, val_data, callbacks, steps_per_epoch
     )
 
 
-def _runtime_params(
-    cfg: TrainConfig, rt: Runtime, batch: int, rate: float, spe: int, augment: str, momentum: float | None
-) -> dict[str, str]:
+def _runtime_params(cfg: TrainConfig, rt: Runtime, plan: Plan, augment: str, momentum: float | None) -> dict[str, str]:
     """What training resolved, logged as params; `momentum`: the batch norms' (None: the model has none)."""
     return {
         "augment_resolved": augment,
         **({"batch_norm_momentum": f"{momentum:.4g}"} if momentum is not None else {}),
         "engine_resolved": cfg.engine,  # engine=auto, as `mlflow run` logs it, resolves in TrainConfig
-        "batch_size_resolved": str(batch),
-        "learning_rate_resolved": f"{rate:g}",
-        "steps_per_execution_used": str(spe),
+        "batch_size_resolved": str(plan.batch),
+        "learning_rate_resolved": f"{plan.learning_rate:g}",
+        "steps_per_execution_used": str(plan.steps_per_execution),
         "strategy_resolved": rt.strategy_name,
         "replicas": str(rt.replicas),
         "workers_resolved": str(rt.worker_count),  # the processes training together (TF_CONFIG's workers)
-        "global_batch_size": str(batch * rt.replicas),
+        "global_batch_size": str(plan.global_batch),
         "precision_resolved": rt.precision,
     }
-
-
-def _few_steps_note(batch: int, rt: Runtime, examples: int, steps: int) -> str | None:
-    """A word when an epoch is only a few optimizer steps (a small folder at the default batch size), which can
-    leave a model at chance after all its epochs."""
-    suggested = max(8, 2 ** int(math.log2(max(1, examples // (20 * rt.replicas)))))
-    if steps >= 4 or suggested >= batch:
-        return None
-    return (
-        f"note: {examples} training images in batches of {batch * rt.replicas} make {steps} step"
-        f"{'s' if steps > 1 else ''} an epoch; a smaller batch_size (such as {suggested}) learns more per epoch"
-    )
 
 
 def check_model(model, task: Task) -> keras.Model:
@@ -215,92 +158,33 @@ def train(
     """Train `task` (None: the one cfg.dataset and cfg.model name) as `cfg` says; `rt` the runtime already built
     (None: built here, first thing); `extra_callbacks` (the benchmark's) run after all of tftrain's own; `run` the
     caller's open run to train in (None: the active run, MLFLOW_RUN_ID's, the interrupted one's, or a new one);
-    `register` False logs the model without registering it (a sweep registers its best trial's only)."""
+    `register` False logs the model without registering it (a sweep registers its best trial's only).
+
+    The phases, in order: runtime, task, compile, run context, callbacks, engine (fit or the custom loop), log."""
     output_root = check_output_dir(cfg.output_dir)
     rt = rt or build_runtime(cfg)  # first: devices and strategy must be set up before TensorFlow runs any op
     task = task or resolve_task(cfg)
-    train_xy, val_xy = task.train, task.validation
-    batch, rate = cfg.training_batch(len(train_xy[0]), rt.replicas)
-    global_batch = batch * rt.replicas
-    steps_per_epoch = _steps_per_epoch(cfg, rt, len(train_xy[0]), batch)
-    if note := _few_steps_note(batch, rt, len(train_xy[0]), steps_per_epoch):
-        log.info(note)
-    spe = steps_per_execution(cfg, rt)
-    with rt.strategy.scope():
-        model = check_model(task.build_model(), task)
-        compile_model(model, build_learning_rate(cfg, steps_per_epoch, rate), spe)
+    plan = plan_steps(cfg, rt, len(task.train[0]))
+    model, momentum = build_model(cfg, rt, task, plan)
     augment = resolve_augment(cfg.augment, cfg.model, cfg.dataset, has_random_layers(model))
-    momentum = batchnorm.momentum_for(steps_per_epoch)
-    norms = batchnorm.set_momentum(model, momentum)
-    train_data, val_data = _datasets(cfg, rt, train_xy, val_xy, global_batch, augment)
-
+    resolved = {**_runtime_params(cfg, rt, plan, augment, momentum), **task.resolved}
     with _run_and_folder(cfg, rt, output_root, run) as (run_id, out_dir, journal):
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
-        # every worker of a multi-worker job must back up the same epochs: their own clocks would not agree
-        clock = SaveClock(cfg.save_interval if rt.worker_count == 1 else 0.0)
-        callbacks = build_callbacks(cfg, out_dir, clock, task.num_classes)
-        if norms:  # first: the statistics are ready before any other callback sees a validation
-            callbacks.insert(0, batchnorm.PreciseStatistics(train_xy[0], batch, steps_per_epoch, momentum, cfg.seed))
-        epoch_metrics = None
         if run_id:
-            runs.log_environment()
-            resolved = _runtime_params(cfg, rt, batch, rate, spe, augment, momentum if norms else None)
-            runs.log_config(cfg, {**resolved, **task.resolved})
-            runs.set_tags({"dataset_source": task.source, "train_examples": str(len(train_xy[0])),
-                           "classes": str(task.num_classes)})  # fmt: skip
-            epoch_metrics = EpochMetrics(clock, journal, cfg.log_lr_every_n_steps, runs.logged_steps(run_id))
-            callbacks.append(epoch_metrics)
-        # last: an epoch's metrics are logged before its backup says it is done
-        worker = "chief" if rt.is_chief else worker_index()
-        callbacks += resume.backup_callbacks(cfg, callbacks, clock, worker)
-        if rt.worker_count > 1:
-            agreed = resume.agree_on_backups(resume.backup_folder(cfg, worker), lambda value: gathered(rt, value))
-            if agreed and rt.is_chief:
-                log.info(f"the workers go on after epoch {agreed}, from their backups")
-        callbacks += extra_callbacks
-        log.info(f"training {model_label(cfg.model)} ({cfg.engine}, {rt.strategy_name} x{rt.replicas}, {rt.precision}) on "
-            f"{task.source}: {len(train_xy[0])} train / {len(val_xy[0])} validation images of "
-            f"{'x'.join(map(str, task.input_shape))}, {task.num_classes} classes, global batch {global_batch}, "
-            f"learning rate {rate:g} ({cfg.lr_schedule}), augment {augment}")
-        started = time.perf_counter()
-        try:
-            try:
-                history = _run_engine(cfg, rt, model, train_data, val_data, callbacks, steps_per_epoch, global_batch)
-            except BaseException:
-                # the best checkpoint and epoch metrics not yet written; if that fails too (a full disk), the
-                # first failure is the one to report
-                with contextlib.suppress(OSError):
-                    flush_pending(callbacks)
-                raise
-        except OSError as e:  # a checkpoint, backup or log that could not be written: a full disk, a lost mount
-            _set_aside_partial_checkpoints(out_dir)
-            raise TrainingFailed(
-                f"training stopped: cannot write {e.filename or out_dir}: {e.strerror or e}; files written before "
-                "are kept; make room and run the same command to continue from the last completed epoch"
-            ) from None
-        finally:
-            uploading = time.perf_counter()
-            if run_id:
-                _log_outputs(out_dir, journal)
-            uploaded = time.perf_counter()
-        fit_seconds = uploaded - started
-        if warning := _kept_epoch_warning(history.history, task.num_classes, cfg):
-            log.info(warning)
-            if run_id:
-                runs.set_tags({"tftrain.warning": warning})
-        if rt.worker_count > 1:
-            sums = gathered(rt, float(sum(np.sum(w, dtype=np.float64) for w in model.get_weights())))
-            if run_id:
-                _check_workers_agree(sums)
-        tracking_seconds = (epoch_metrics.seconds if epoch_metrics else 0.0) + uploaded - uploading
+            _log_run_start(cfg, task, resolved)
+        callbacks, clock, epoch_metrics = _callbacks(cfg, rt, task, plan, out_dir, momentum, run_id, journal,
+                                                     extra_callbacks)  # fmt: skip
+        log.info(_start_line(cfg, rt, task, plan, augment))
+        history, fit_seconds, upload_seconds = _run_engine(
+            cfg, rt, task, model, datasets(cfg, rt, task.train, task.validation, plan.global_batch, augment), callbacks,
+            plan, clock, out_dir, run_id, journal,
+        )  # fmt: skip
+        _check_outcome(cfg, rt, task, model, history, run_id)
+        tracking_seconds = (epoch_metrics.seconds if epoch_metrics else 0.0) + upload_seconds
         logged, model_logging_seconds = None, 0.0
         if run_id:
-            made = Provenance(task.class_names, task.data_settings, cfg.registered_model_name)
-            logged = log_keras_model(
-                portable_copy(model), cfg.registered_model_name if register else None, val_xy[0][:2], made, journal
-            )
-            model_logging_seconds = time.perf_counter() - uploaded
+            logged, model_logging_seconds = _log_model(cfg, task, model, journal, register)
             log_timings(journal, fit_seconds, tracking_seconds, model_logging_seconds)
             run_state.forget(cfg)  # finished: the same command would now start a new run
     barrier(rt)  # no worker exits while the chief still logs
@@ -310,9 +194,93 @@ def train(
             f"and model are kept in {journal.folder}; when the server is back, upload them with: "
             f"tftrain sync {journal.folder}"
         )
-    return TrainResult(
-        run_id, logged, history.history, out_dir, model, fit_seconds, tracking_seconds, model_logging_seconds
+    return TrainResult(run_id, logged, history, out_dir, model, fit_seconds, tracking_seconds, model_logging_seconds)
+
+
+def _log_run_start(cfg: TrainConfig, task: Task, resolved: dict[str, str]) -> None:
+    runs.log_environment()
+    runs.log_config(cfg, resolved)
+    runs.set_tags({"dataset_source": task.source, "train_examples": str(len(task.train[0])),
+                   "classes": str(task.num_classes)})  # fmt: skip
+
+
+def _callbacks(cfg, rt, task, plan, out_dir, momentum, run_id, journal, extra) -> tuple[list, SaveClock, object]:
+    """The one ordered list (callbacks.build_callbacks), with the parts that need the run: precise batch norm
+    statistics while the model has batch norms, epoch metrics when there is a run, the resume backups always."""
+    # every worker of a multi-worker job must back up the same epochs: their own clocks would not agree
+    clock = SaveClock(cfg.save_interval if rt.worker_count == 1 else 0.0)
+    statistics = None
+    if momentum is not None:
+        statistics = batchnorm.PreciseStatistics(task.train[0], plan.batch, plan.steps_per_epoch, momentum, cfg.seed)
+    epoch_metrics = None
+    if run_id:
+        epoch_metrics = EpochMetrics(clock, journal, cfg.log_lr_every_n_steps, runs.logged_steps(run_id))
+    worker = "chief" if rt.is_chief else worker_index()
+    if rt.worker_count > 1:
+        agreed = resume.agree_on_backups(resume.backup_folder(cfg, worker), lambda value: gathered(rt, value))
+        if agreed and rt.is_chief:
+            log.info(f"the workers go on after epoch {agreed}, from their backups")
+    callbacks = build_callbacks(
+        cfg, out_dir, clock, task.num_classes, statistics=statistics, epoch_metrics=epoch_metrics,
+        backups=lambda before: resume.backup_callbacks(cfg, before, clock, worker), extra=tuple(extra),
+    )  # fmt: skip
+    return callbacks, clock, epoch_metrics
+
+
+def _start_line(cfg: TrainConfig, rt: Runtime, task: Task, plan: Plan, augment: str) -> str:
+    return (
+        f"training {model_label(cfg.model)} ({cfg.engine}, {rt.strategy_name} x{rt.replicas}, {rt.precision}) on "
+        f"{task.source}: {len(task.train[0])} train / {len(task.validation[0])} validation images of "
+        f"{'x'.join(map(str, task.input_shape))}, {task.num_classes} classes, global batch {plan.global_batch}, "
+        f"learning rate {plan.learning_rate:g} ({cfg.lr_schedule}), augment {augment}"
     )
+
+
+def _run_engine(cfg, rt, task, model, datasets, callbacks, plan, clock, out_dir, run_id, journal):
+    """fit or the custom loop; what waits for a save point is written if it fails, the outputs are uploaded
+    either way. Returns the history, the wall time and the part of it spent uploading."""
+    started = time.perf_counter()
+    try:
+        try:
+            history = _engine(cfg, rt, task, model, *datasets, callbacks, plan)
+        except BaseException:
+            # the best checkpoint and epoch metrics not yet written; if that fails too (a full disk), the first
+            # failure is the one to report
+            with contextlib.suppress(OSError):
+                clock.flush_pending()
+            raise
+    except OSError as e:  # a checkpoint, backup or log that could not be written: a full disk, a lost mount
+        _set_aside_partial_checkpoints(out_dir)
+        raise TrainingFailed(
+            f"training stopped: cannot write {e.filename or out_dir}: {e.strerror or e}; files written before "
+            "are kept; make room and run the same command to continue from the last completed epoch"
+        ) from None
+    finally:
+        uploading = time.perf_counter()
+        if run_id:
+            _log_outputs(out_dir, journal)
+        uploaded = time.perf_counter()
+    return history.history, uploaded - started, uploaded - uploading
+
+
+def _check_outcome(cfg, rt, task, model, history, run_id) -> None:
+    """A model kept at chance is said and tagged; multi-worker, the workers' weights are compared."""
+    if warning := _kept_epoch_warning(history, task.num_classes, cfg):
+        log.info(warning)
+        if run_id:
+            runs.set_tags({"tftrain.warning": warning})
+    if rt.worker_count > 1:
+        sums = gathered(rt, float(sum(np.sum(w, dtype=np.float64) for w in model.get_weights())))
+        if run_id:
+            _check_workers_agree(sums)
+
+
+def _log_model(cfg, task, model, journal, register) -> tuple[LoggedModel, float]:
+    started = time.perf_counter()
+    made = Provenance(task.class_names, task.data_settings, cfg.registered_model_name)
+    name = cfg.registered_model_name if register else None
+    logged = log_keras_model(portable_copy(model), name, task.validation[0][:2], made, journal)
+    return logged, time.perf_counter() - started
 
 
 def _kept_epoch_warning(history: dict[str, list[float]], classes: int, cfg: TrainConfig) -> str:

@@ -19,7 +19,7 @@ import re
 import sys
 from pathlib import Path
 
-from tftrain.config import TrainConfig, grouped_fields
+from tftrain.config import PARAMS, grouped_params
 from tftrain.search.space import SweepConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,13 +53,13 @@ def wrap(words: list[str], indent: str) -> list[str]:
 
 
 def command(subcommand: str, fields=()) -> list[str]:
-    flags = [f"--{f.name.replace('_', '-')} {{{f.name}}}" for f in (*dataclasses.fields(TrainConfig), *fields)]
+    flags = [f"--{f.name.replace('_', '-')} {{{f.name}}}" for f in (*PARAMS.values(), *fields)]
     return ["    command: >-", f"        PYTHONPATH=src python -m tftrain {subcommand}", *wrap(flags, " " * 8)]
 
 
 def entry_points() -> str:
     lines = ["  main:", f"    # {GENERATED}", "    parameters: &train_params"]
-    for group, fields in grouped_fields().items():
+    for group, fields in grouped_params().items():
         lines.append(f"      # {group}")
         lines += [f"      {f.name}: {{type: {TYPES[f.type]}, default: {yaml_default(f)}}}" for f in fields]
     lines += [*command("pipeline"), "", "  train:", "    parameters: *train_params", *command("train")]
@@ -82,7 +82,7 @@ def table_row(f: dataclasses.Field) -> str:
 
 def parameter_tables() -> str:
     lines = ["<!-- params:begin -->", f"<!-- {GENERATED} -->"]
-    for group, fields in grouped_fields().items():
+    for group, fields in grouped_params().items():
         lines += ["", f"## {TITLES[group]}", "", "| parameter | default | meaning |", "|---|---|---|"]
         lines += [table_row(f) for f in fields]
     return "\n".join([*lines, "", "<!-- params:end -->"]) + "\n"

@@ -137,4 +137,4 @@ def tiny_config(data_dir: Path, **overrides):
     settings = dict(data_dir=str(data_dir), epochs=2, batch_size=64, histogram_freq=1, run_name="tiny",
                     precision="float32")  # fmt: skip
     settings.update(overrides)
-    return TrainConfig(**settings)
+    return TrainConfig.from_flat(**settings)

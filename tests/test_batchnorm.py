@@ -77,7 +77,7 @@ def test_one_short_epoch_of_cnn_bn_validates_like_it_trains(fashion_subset, tmp_
     x, y, x_val, y_val = fashion_subset
     task = Task("fashion-subset", tuple("abcdefghij"), (x, y), (x_val, y_val), (x_val, y_val),
                 lambda: build_model("cnn_bn", 10, (28, 28)))  # fmt: skip
-    cfg = TrainConfig(model="cnn_bn", epochs=1, batch_size=64, engine=engine, precision="float32", tensorboard=False,
+    cfg = TrainConfig.from_flat(model="cnn_bn", epochs=1, batch_size=64, engine=engine, precision="float32", tensorboard=False,
                       output_dir=str(tmp_path / "out"), run_name="short")  # fmt: skip
     with mlflow_store(tmp_path):
         result = train(cfg, task)

@@ -176,11 +176,11 @@ def test_under_a_decaying_schedule_early_stopping_and_the_best_checkpoint_watch_
     stopping, so the file is the epoch training ends with."""
     from tftrain.config import TrainConfig
 
-    callbacks = build_callbacks(TrainConfig(epochs=20), tmp_path, SaveClock(0.0))
+    callbacks = build_callbacks(TrainConfig.from_flat(epochs=20), tmp_path, SaveClock(0.0))
     (stopping,) = [c for c in callbacks if isinstance(c, keras.callbacks.EarlyStopping)]
     (best,) = [c for c in callbacks if isinstance(c, BestCheckpoint)]
     assert stopping.start_from_epoch == best.start_from_epoch == 15 and best.monitor == "val_loss"
-    constant = build_callbacks(TrainConfig(epochs=20, lr_schedule="constant"), tmp_path, SaveClock(0.0))
+    constant = build_callbacks(TrainConfig.from_flat(epochs=20, lr_schedule="constant"), tmp_path, SaveClock(0.0))
     assert [c.start_from_epoch for c in constant if isinstance(c, keras.callbacks.EarlyStopping)] == [0]
-    chosen = build_callbacks(TrainConfig(epochs=20, checkpoint_monitor="val_accuracy"), tmp_path, SaveClock(0.0))
+    chosen = build_callbacks(TrainConfig.from_flat(epochs=20, checkpoint_monitor="val_accuracy"), tmp_path, SaveClock(0.0))
     assert [(c.start_from_epoch, c.monitor) for c in chosen if isinstance(c, BestCheckpoint)] == [(0, "val_accuracy")]

@@ -3,33 +3,34 @@ from pathlib import Path
 
 import pytest
 
-from tftrain.config import TrainConfig, check_model_uri
+from tftrain.config import PARAMS, TrainConfig
 from tftrain.errors import UserError
+from tftrain.values import check_model_uri, check_named, registered_model_name
 
 RUN = "0123456789abcdef0123456789abcdef"
 
 
 def test_defaults_are_valid_and_match_the_write_up():
     cfg = TrainConfig()
-    assert (cfg.dataset, cfg.model, cfg.validation_split) == ("fashion_mnist", "mlp", 0.2)
-    assert cfg.registered_model_name == "tftrain-fashion-mnist"
-    assert set(cfg.as_params()) == {f.name for f in dataclasses.fields(TrainConfig)}
+    assert (cfg.data.dataset, cfg.model.name, cfg.data.validation_split) == ("fashion_mnist", "mlp", 0.2)
+    assert registered_model_name(cfg) == "tftrain-fashion-mnist"
+    assert set(cfg.as_params()) == {f.name for f in PARAMS.values()}
 
 
 def test_batch_size_and_learning_rate_0_choose_by_model_and_data():
     """The measured batch per model (a global batch, shared by the replicas), halved down to 8 while an epoch would
     be under 20 steps, with the rate scaled by the square root of the batch's change; given values stay."""
     assert TrainConfig().training_batch(48000, 1) == (1024, 0.008)
-    assert TrainConfig(model="cnn").training_batch(48000, 1) == (256, 0.004)
-    assert TrainConfig(model="cnn_bn").training_batch(48000, 2) == (128, 0.003)
+    assert TrainConfig.from_flat(model="cnn").training_batch(48000, 1) == (256, 0.004)
+    assert TrainConfig.from_flat(model="cnn_bn").training_batch(48000, 2) == (128, 0.003)
     batch, rate = TrainConfig().training_batch(512, 1)
     assert batch == 16 and rate == pytest.approx(0.008 * (16 / 1024) ** 0.5)
     assert TrainConfig().training_batch(50, 1)[0] == 8
-    assert TrainConfig(model="mobilenet_v2", image_size="32x32").training_batch(48000, 1) == (128, 0.002)
-    assert TrainConfig(model="cnn", batch_size=1024).training_batch(48000, 1) == (1024, pytest.approx(0.008))
-    assert TrainConfig(batch_size=100, learning_rate=0.01).training_batch(10, 1) == (100, 0.01)
+    assert TrainConfig.from_flat(model="mobilenet_v2", image_size="32x32").training_batch(48000, 1) == (128, 0.002)
+    assert TrainConfig.from_flat(model="cnn", batch_size=1024).training_batch(48000, 1) == (1024, pytest.approx(0.008))
+    assert TrainConfig.from_flat(batch_size=100, learning_rate=0.01).training_batch(10, 1) == (100, 0.01)
     # a batch larger than the data: the rate follows the batch a step really sees, the whole data
-    assert TrainConfig(batch_size=100000).training_batch(129, 1) == (100000, pytest.approx(0.008 * (129 / 1024) ** 0.5))
+    assert TrainConfig.from_flat(batch_size=100000).training_batch(129, 1) == (100000, pytest.approx(0.008 * (129 / 1024) ** 0.5))
 
 
 @pytest.mark.parametrize(
@@ -68,8 +69,10 @@ def test_batch_size_and_learning_rate_0_choose_by_model_and_data():
     ],
 )
 def test_invalid_values_name_the_field_the_value_and_what_is_allowed(field, value, allowed):
+    """Refused when the config is made (its own values) or when what it names is looked up (check_named), both
+    before any work."""
     with pytest.raises(UserError) as info:
-        TrainConfig(**{field: value})
+        check_named(TrainConfig.from_flat(**{field: value}))
     message = str(info.value)
     assert f"invalid value for {field}" in message
     assert repr(value) in message
@@ -78,8 +81,8 @@ def test_invalid_values_name_the_field_the_value_and_what_is_allowed(field, valu
 
 
 def test_explicit_model_name_is_used():
-    assert TrainConfig(model_name="fm-prod").registered_model_name == "fm-prod"
-    assert TrainConfig(dataset="mnist").registered_model_name == "tftrain-mnist"
+    assert registered_model_name(TrainConfig.from_flat(model_name="fm-prod")) == "fm-prod"
+    assert registered_model_name(TrainConfig.from_flat(dataset="mnist")) == "tftrain-mnist"
 
 
 @pytest.mark.parametrize(
@@ -119,7 +122,7 @@ def test_local_model_folder_accepted(tmp_path):
 
 
 def test_dataset_and_model_forms_resolve_before_any_data_is_read(tmp_path):
-    from tftrain.config import dataset_kind, model_kind, model_label, resolved_dataset
+    from tftrain.values import dataset_kind, model_kind, model_label, resolved_dataset
 
     folder = tmp_path / "My Flowers"
     folder.mkdir()
@@ -130,32 +133,32 @@ def test_dataset_and_model_forms_resolve_before_any_data_is_read(tmp_path):
     assert [model_kind(v) for v in ("cnn", "resnet50", f"{tmp_path}/net.keras", "pkg.nets:build")] == [
         "builtin", "application", "file", "builder"
     ]  # fmt: skip
-    cfg = TrainConfig(dataset=str(folder), model=f"{tmp_path}/net.keras")
-    assert cfg.registered_model_name == "tftrain-my-flowers"
-    assert model_label(cfg.model) == "net"
+    cfg = TrainConfig.from_flat(dataset=str(folder), model=f"{tmp_path}/net.keras")
+    assert registered_model_name(cfg) == "tftrain-my-flowers"
+    assert model_label(cfg.model.name) == "net"
     # builders are named after their file or module and function: runs of two builders named build differ
     (tmp_path / "small_resnet.py").write_text("def build(shape, classes): pass\n")
     assert model_label(f"{tmp_path}/small_resnet.py:build") == "small_resnet-build"
     assert model_label("pkg.nets:build") == "nets-build"
     assert resolved_dataset(str(folder)) == str(folder.resolve())
-    assert TrainConfig(model="resnet50", weights=f"{tmp_path}/net.keras", freeze_backbone=True, image_size="32x32")
+    assert TrainConfig.from_flat(model="resnet50", weights=f"{tmp_path}/net.keras", freeze_backbone=True, image_size="32x32")
 
 
 def test_backbone_options_only_go_with_keras_applications():
     with pytest.raises(
         UserError, match="invalid value for freeze_backbone: received 'true'; allowed: false with model=cnn"
     ):
-        TrainConfig(model="cnn", freeze_backbone=True)
+        TrainConfig.from_flat(model="cnn", freeze_backbone=True)
 
 
 def test_near_misses_get_a_did_you_mean_and_relative_paths_under_mlflow_run_a_hint(monkeypatch):
     with pytest.raises(UserError, match=r"; did you mean cnn or cnn_bn\?$"):
-        TrainConfig(model="cnnn")
+        check_named(TrainConfig.from_flat(model="cnnn"))
     with pytest.raises(UserError, match=r"; did you mean fashion_mnist\?$"):
-        TrainConfig(dataset="fashion-mnist")
+        check_named(TrainConfig.from_flat(dataset="fashion-mnist"))
     monkeypatch.setenv("MLFLOW_RUN_ID", "0" * 32)
     with pytest.raises(UserError, match=r"mlflow run resolves relative paths in the project folder; give an absolute"):
-        TrainConfig(model="my_model.py:build")
+        check_named(TrainConfig.from_flat(model="my_model.py:build"))
 
 
 def test_a_data_dir_of_images_points_at_dataset(tmp_path):
@@ -176,3 +179,17 @@ def test_image_size_is_height_by_width_or_one_side_for_a_square():
 
     assert parse_image_size("128x96") == (128, 96) and parse_image_size("96") == (96, 96)
     assert parse_image_size("auto") is None
+
+
+def test_the_config_is_grouped_by_concern_and_flat_only_at_the_edges(tmp_path):
+    cfg = TrainConfig.from_flat(epochs=3, model="cnn", data_dir=str(tmp_path / "nowhere"), launcher="ray")
+    assert (cfg.trainer.epochs, cfg.model.name, cfg.runtime.launcher) == (3, "cnn", "ray")
+    assert cfg.runtime.engine == "auto" and cfg.runtime.resolved_engine == "custom"  # resolved, not rewritten
+    assert cfg.flat()["model"] == "cnn" and list(cfg.flat()) == list(PARAMS)
+    assert cfg.replace(epochs=5).trainer.epochs == 5 and cfg.trainer.epochs == 3
+    assert TrainConfig.from_dict(dataclasses.asdict(cfg)) == cfg
+    # no I/O when made: the missing folder is found where what the config names is looked up
+    with pytest.raises(UserError, match="invalid value for data_dir"):
+        check_named(cfg)
+    with pytest.raises(UserError, match="unknown config parameter epoch; allowed: dataset, "):
+        TrainConfig.from_flat(epoch=3)

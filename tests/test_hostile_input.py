@@ -2,7 +2,6 @@
 code 2 naming what was wrong; never a traceback."""
 
 import contextlib
-import dataclasses
 import io
 import sys
 import tempfile
@@ -14,10 +13,11 @@ from hypothesis import strategies as st
 
 from servers import free_port
 from tftrain.cli import cli, main
-from tftrain.config import TrainConfig, check_output_dir
+from tftrain.config import PARAMS, TrainConfig
 from tftrain.errors import UserError
+from tftrain.values import check_output_dir
 
-FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
+FIELDS = [f.name for f in PARAMS.values()]
 
 CLOSED_PORT = free_port()  # bound, then released: nothing listens on it
 VALUES = st.one_of(
@@ -32,9 +32,9 @@ def outcome(args: list[str]) -> str | None:
     """None when the parameters are accepted; otherwise the one-line message the CLI would print."""
     try:
         context = cli.commands["train"].make_context("train", args)
-        cfg = TrainConfig(**context.params)
+        cfg = TrainConfig.from_flat(**context.params)
         with tempfile.TemporaryDirectory() as folder, contextlib.chdir(folder):
-            check_output_dir(cfg.output_dir)  # what the CLI checks before TensorFlow starts
+            check_output_dir(cfg.tracking.output_dir)  # what the CLI checks before TensorFlow starts
     except click.ClickException as e:
         assert e.exit_code == 2
         return e.format_message()

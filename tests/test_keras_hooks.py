@@ -1,6 +1,9 @@
 """The Keras privates tftrain leans on (tftrain.keras_hooks) and the ModelCheckpoint naming it copies, checked on
 tiny real models: each test fails if Keras renames or changes what it wraps."""
 
+
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -53,3 +56,31 @@ def test_checkpoint_path_names_files_as_model_checkpoint_does(tmp_path):
     }
     with pytest.raises(KeyError, match="val_accuracy"):
         checkpoint_path(template, 0, {"loss": 1.0})
+
+
+def test_backup_and_restore_writes_the_files_resume_reads(tmp_path):
+    """BackupAndRestore(double_checkpoint=True) names its files as keras_hooks says, the copy before each too."""
+    from tftrain.keras_hooks import BACKUP_COPY, BACKUP_EPOCH, BACKUP_WEIGHTS
+
+    x, y = tiny_data()
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path), double_checkpoint=True, delete_checkpoint=False)
+    tiny_model().fit(x, y, epochs=2, batch_size=8, callbacks=[backup], verbose=0)
+    for name in (BACKUP_WEIGHTS, BACKUP_EPOCH):
+        assert (tmp_path / name).is_file() and (tmp_path / f"{name}{BACKUP_COPY}").is_file()
+    assert json.loads((tmp_path / BACKUP_EPOCH).read_text())["epoch"] == 2
+
+
+def test_the_counters_resume_restores_are_what_keras_callbacks_keep():
+    """Each counter in COUNTERS is an attribute its callback sets when training begins (and EarlyStopping keeps
+    best_weights), so a resumed run can put them back."""
+    from tftrain.keras_hooks import COUNTERS
+
+    x, y = tiny_data()
+    made = [kind(monitor="loss") for kind in (keras.callbacks.EarlyStopping, keras.callbacks.ReduceLROnPlateau)]
+    made.append(keras.callbacks.ModelCheckpoint("/dev/null/never.keras", monitor="loss", save_best_only=True))
+    model = tiny_model()
+    for callback in made:
+        callback.set_model(model)
+        callback.on_train_begin()
+        assert set(COUNTERS[type(callback)]) <= set(vars(callback)), type(callback).__name__
+    assert hasattr(made[0], "best_weights")

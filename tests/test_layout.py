@@ -30,3 +30,34 @@ def test_an_import_up_the_layers_breaks_a_contract(tmp_path):
     folders.write_text(folders.read_text() + "\nfrom tftrain.training import trainer  # noqa\n")
     done = _lint(tmp_path)
     assert done.returncode == 1 and "tftrain.data.folders -> tftrain.training.trainer" in done.stdout
+
+
+def _library_sources():
+    return [p for p in (REPO / "src/tftrain").rglob("*.py") if p.name != "__main__.py"]
+
+
+def test_library_code_logs_and_never_prints():
+    """print() nowhere in the package: library code logs through the tftrain logger and the CLI echoes its results
+    with click (quiet.py's filter child writes bytes, not print)."""
+    import ast
+
+    printing = [
+        f"{p.relative_to(REPO)}:{node.lineno}"
+        for p in _library_sources()
+        for node in ast.walk(ast.parse(p.read_text()))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print"
+    ]
+    assert printing == []
+
+
+def test_one_module_reads_mlflow_run_id():
+    """The run `mlflow run` made is read (and handed to Ray workers) in env.py only; everything else asks it."""
+    import tokenize
+
+    readers = set()
+    for path in _library_sources():
+        with path.open("rb") as f:
+            for token in tokenize.tokenize(f.readline):
+                if token.type == tokenize.STRING and token.string.strip("\"'") == "MLFLOW_RUN_ID":
+                    readers.add(path.name)
+    assert readers == {"env.py"}

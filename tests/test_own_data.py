@@ -293,13 +293,13 @@ def test_fashion_mnist_as_png_folders_trains_like_the_idx_files(fashion_subset, 
     monkeypatch.setenv("TFTRAIN_CACHE_DIR", str(tmp_path / "cache"))
     settings = dict(epochs=4, batch_size=128, early_stopping=False, tensorboard=False, output_dir=str(tmp_path / "o"))
     with store(tmp_path):
-        folder_cfg = TrainConfig(dataset=str(root), **settings)
+        folder_cfg = TrainConfig.from_flat(dataset=str(root), **settings)
         task = resolve_task(folder_cfg)
         assert task.input_shape == (28, 28) and len(task.test[0]) == 2000 and task.num_classes == 10
         from_folder = train(folder_cfg, task)
         train_xy, val_xy = split_validation(x, y, 0.2)
         arrays = Task("fashion-arrays", names, train_xy, val_xy, (x_test, y_test), model_builder("mlp", 10, (28, 28)))
-        from_arrays = train(TrainConfig(model_name="fashion-arrays", **settings), arrays)
+        from_arrays = train(TrainConfig.from_flat(model_name="fashion-arrays", **settings), arrays)
     accuracies = []
     for result, data in ((from_folder, task), (from_arrays, arrays)):  # each with its own label order
         probs = result.keras_model.predict(data.test[0].astype(np.float32), verbose=0)

@@ -18,7 +18,7 @@ from mlflow.projects._project_spec import load_project
 
 from conftest import REPO
 from tftrain.cli import cli
-from tftrain.config import TrainConfig, grouped_fields
+from tftrain.config import PARAMS, grouped_params
 from tftrain.search.space import SweepConfig
 
 RUN = "0123456789abcdef0123456789abcdef"
@@ -39,7 +39,7 @@ def test_entry_points_are_the_steps():
 
 
 def test_train_and_main_take_every_config_field_with_the_cli_defaults():
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    defaults = {f.name: f.default for f in PARAMS.values()}
     for entry_point, command in (("main", "pipeline"), ("train", "train")):
         params = load_project(str(REPO)).get_entry_point(entry_point).parameters
         assert set(params) == set(defaults)
@@ -48,7 +48,7 @@ def test_train_and_main_take_every_config_field_with_the_cli_defaults():
 
 
 def test_sweep_takes_every_config_field_and_the_sweep_settings_with_the_cli_defaults():
-    defaults = {f.name: f.default for f in (*dataclasses.fields(TrainConfig), *dataclasses.fields(SweepConfig))}
+    defaults = {f.name: f.default for f in (*PARAMS.values(), *dataclasses.fields(SweepConfig))}
     assert set(load_project(str(REPO)).get_entry_point("sweep").parameters) == set(defaults)
     name, received = parsed("sweep", {})
     assert name == "sweep" and received == defaults
@@ -90,7 +90,7 @@ def test_conda_env_pins_match_pyproject():
 
 def test_config_fields_stand_together_by_group():
     """The class order is the CLI's --help order and the MLproject's: each group's fields in one run."""
-    assert [f for fields in grouped_fields().values() for f in fields] == list(dataclasses.fields(TrainConfig))
+    assert [f for fields in grouped_params().values() for f in fields] == list(PARAMS.values())
 
 
 PARAMETERS_PAGE = "docs/parameters.md"  # where scripts/params.py writes the parameter tables
@@ -106,8 +106,8 @@ def documented_parameter_tables() -> list[list[str]]:
 
 def test_parameter_tables_list_every_parameter_by_group_with_its_default():
     tables = documented_parameter_tables()
-    assert len(tables) == len(grouped_fields())
-    for rows, fields in zip(tables, grouped_fields().values(), strict=True):
+    assert len(tables) == len(grouped_params())
+    for rows, fields in zip(tables, grouped_params().values(), strict=True):
         assert len(rows) == len(fields)
         for row, f in zip(rows, fields, strict=True):
             default = (

@@ -4,11 +4,11 @@ import mlflow
 import pytest
 
 from conftest import tiny_config
-from tftrain.config import check_alias
 from tftrain.errors import UserError
 from tftrain.ship.evaluate import evaluate
 from tftrain.ship.registry import promote, version_accuracy
 from tftrain.training.trainer import train
+from tftrain.values import check_alias
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ server that is not there, a model file carrying code."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import random
 import signal
@@ -21,6 +20,7 @@ import pytest
 from conftest import activated_env, mlflow_run_args, mlflow_store, tiny_config
 from servers import free_port, responds
 from tftrain.serving import KerasNetwork
+from tftrain.values import registered_model_name
 
 EPOCHS = 6
 
@@ -318,12 +318,12 @@ def test_a_run_that_went_offline_leaves_the_next_steps_in_the_process_online(tmp
         (journal,) = (tmp_path / "out").glob("*/offline")
         servers[0] = start_server(tmp_path, port)
         replay_journal(journal)
-        exported = export(f"models:/{cfg.registered_model_name}/1", output_dir=str(tmp_path / "out"))
+        exported = export(f"models:/{registered_model_name(cfg)}/1", output_dir=str(tmp_path / "out"))
         client = mlflow.MlflowClient()
         export_run = client.get_run(exported.litert.run_id)
         assert export_run.info.status == "FINISHED"
         assert "export" in [f.path for f in client.list_artifacts(export_run.info.run_id)]
-        second = train(dataclasses.replace(cfg, run_name="after"))
+        second = train(cfg.replace(run_name="after"))
         assert second.model is not None and not (tmp_path / "out" / second.run_id / "offline").exists()
         assert sorted(m.step for m in client.get_metric_history(second.run_id, "loss")) == [1, 2, 3]
     finally:

@@ -18,11 +18,11 @@ def at(schedule, step: int) -> float:
 
 
 def test_constant_is_a_plain_number():
-    assert build_learning_rate(TrainConfig(lr_schedule="constant"), 100, LR) == LR
+    assert build_learning_rate(TrainConfig.from_flat(lr_schedule="constant"), 100, LR) == LR
 
 
 def test_piecewise_explicit_like_the_write_up():
-    cfg = TrainConfig(lr_schedule="piecewise", lr_boundaries="100,200,300", lr_values="0.1,0.01,0.001,0.0001")
+    cfg = TrainConfig.from_flat(lr_schedule="piecewise", lr_boundaries="100,200,300", lr_values="0.1,0.01,0.001,0.0001")
     s = build_learning_rate(cfg, 50, LR)
     expected = {0: 0.1, 100: 0.1, 101: 0.01, 200: 0.01, 201: 0.001, 301: 0.0001, 5000: 0.0001}
     for step, lr in expected.items():
@@ -30,14 +30,14 @@ def test_piecewise_explicit_like_the_write_up():
 
 
 def test_piecewise_default_drops_tenfold_at_half_and_three_quarters():
-    s = build_learning_rate(TrainConfig(lr_schedule="piecewise", learning_rate=LR, epochs=4), 25, LR)  # 100 steps
+    s = build_learning_rate(TrainConfig.from_flat(lr_schedule="piecewise", learning_rate=LR, epochs=4), 25, LR)  # 100 steps
     assert [at(s, t) for t in (50, 51, 75, 76)] == pytest.approx([LR, LR / 10, LR / 10, LR / 100])
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.1])
 def test_cosine(alpha):
     s = build_learning_rate(
-        TrainConfig(lr_schedule="cosine", learning_rate=LR, decay_steps=400, cosine_alpha=alpha), 10, LR
+        TrainConfig.from_flat(lr_schedule="cosine", learning_rate=LR, decay_steps=400, cosine_alpha=alpha), 10, LR
     )
     for t in (0, 100, 200, 400, 800):
         cosine = 0.5 * (1 + math.cos(math.pi * min(t, 400) / 400))
@@ -45,7 +45,7 @@ def test_cosine(alpha):
 
 
 def test_warmup_cosine_rises_linearly_then_decays():
-    cfg = TrainConfig(lr_schedule="warmup_cosine", learning_rate=LR, warmup_steps=50, decay_steps=250)
+    cfg = TrainConfig.from_flat(lr_schedule="warmup_cosine", learning_rate=LR, warmup_steps=50, decay_steps=250)
     s = build_learning_rate(cfg, 10, LR)
     for t in (0, 10, 25, 50):
         assert at(s, t) == pytest.approx(LR * t / 50, abs=1e-9), t
@@ -54,7 +54,7 @@ def test_warmup_cosine_rises_linearly_then_decays():
 
 
 def test_warmup_defaults_to_one_epoch_and_decay_to_all_steps():
-    s = build_learning_rate(TrainConfig(lr_schedule="warmup_cosine", learning_rate=LR, epochs=5), 20, LR)  # 100 steps
+    s = build_learning_rate(TrainConfig.from_flat(lr_schedule="warmup_cosine", learning_rate=LR, epochs=5), 20, LR)  # 100 steps
     assert at(s, 10) == pytest.approx(LR / 2) and at(s, 20) == pytest.approx(LR)
     assert at(s, 100) == pytest.approx(0.0, abs=1e-9)
 
@@ -74,12 +74,13 @@ def test_bad_schedule_settings(settings, message):
     from tftrain.errors import UserError
 
     with pytest.raises(UserError, match=message):
-        TrainConfig(**settings)
+        TrainConfig.from_flat(**settings)
 
 
 def test_plateau_is_off_by_default_under_a_schedule():
-    assert TrainConfig(lr_schedule="constant").plateau_enabled and not TrainConfig().plateau_enabled
-    assert not TrainConfig(reduce_lr_on_plateau="false").plateau_enabled
+    assert TrainConfig.from_flat(lr_schedule="constant").trainer.plateau_enabled
+    assert not TrainConfig().trainer.plateau_enabled
+    assert not TrainConfig.from_flat(reduce_lr_on_plateau="false").trainer.plateau_enabled
 
 
 @pytest.mark.parametrize("engine", ["fit", "custom"])

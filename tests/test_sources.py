@@ -282,7 +282,7 @@ def test_tfds_and_function_datasets_train_evaluate_and_export(kind, tfds_dir, tm
         (tmp_path / "colour_source.py").write_text(FILE_SOURCE)
         dataset, data_dir, names, shape = f"{tmp_path / 'colour_source.py'}:load", "", ("a", "b", "c"), (5, 4, 3)
     with mlflow_store(tmp_path):
-        cfg = TrainConfig(dataset=dataset, data_dir=data_dir, epochs=2, batch_size=4, engine="custom",
+        cfg = TrainConfig.from_flat(dataset=dataset, data_dir=data_dir, epochs=2, batch_size=4, engine="custom",
                           run_name=kind, output_dir=str(tmp_path / "out"), validation_split=0.3)  # fmt: skip
         result = train(cfg)
         assert result.epochs_run == 2 and result.model.version == "1"

@@ -126,9 +126,9 @@ def test_a_grid_needs_points_and_a_sweep_runs_in_one_process_per_trial():
         check_sweep(SweepConfig(sampler="grid"), BASE)
     assert len(check_sweep(SweepConfig(sampler="grid", space="batch_size=choice(64,128)"), BASE)) == 1
     with pytest.raises(UserError, match="received multi_worker; a sweep runs its trials one at a time"):
-        check_sweep(SweepConfig(), TrainConfig(strategy="multi_worker", engine="custom"))
+        check_sweep(SweepConfig(), TrainConfig.from_flat(strategy="multi_worker", engine="custom"))
     with pytest.raises(UserError, match="launcher: received ray; a sweep runs its trials one at a time"):
-        check_sweep(SweepConfig(), TrainConfig(launcher="ray"))
+        check_sweep(SweepConfig(), TrainConfig.from_flat(launcher="ray"))
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,7 @@ def metric_steps(run_id, key):
 
 def test_every_config_field_is_a_param(run):
     result, r = run
-    expected = TrainConfig(**json.loads(json.dumps(_config_of(r)))).as_params()
+    expected = TrainConfig.from_dict(_config_of(r)).as_params()
     for key, value in expected.items():
         assert r.data.params[key] == value
     assert r.data.params["registered_model_name"] == "tftrain-fashion-mnist"
@@ -41,7 +41,8 @@ def _config_of(r):
 def test_config_artifact_is_the_resolved_config(run, tiny_data):
     result, r = run
     config = _config_of(r)
-    assert config["data_dir"] == str(tiny_data) and config["epochs"] == 3 and config["early_stopping"] is False
+    assert config["data"]["data_dir"] == str(tiny_data) and config["trainer"]["epochs"] == 3
+    assert config["trainer"]["early_stopping"] is False
     assert json.loads((result.out_dir / "config.json").read_text()) == config
 
 
@@ -169,3 +170,25 @@ def test_an_epoch_of_a_few_steps_gets_a_word(store, tiny_data, capsys):
            "learns more per epoch" in capsys.readouterr().out  # fmt: skip
     train(tiny_config(tiny_data, epochs=1, batch_size=64, tensorboard=False))
     assert "note:" not in capsys.readouterr().out
+
+
+def test_a_task_made_in_python_is_what_the_run_says_the_data_is(store, tmp_path, tiny_data):
+    """With a Task from Python, the task names the run, the registered model and the logged `dataset` (not the
+    config's default fashion_mnist), and two such tasks trained with one config keep separate resume state."""
+    from tftrain.models.build import model_builder
+    from tftrain.training.run_state import command_state
+    from tftrain.training.task import Task
+
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (64, 8, 8), dtype=np.uint8), rng.integers(0, 2, 64)
+    build = model_builder("mlp", 2, (8, 8))
+    task = Task("My Digits", ("a", "b"), (x, y), (x[:16], y[:16]), (x[:16], y[:16]), build_model=build)
+    cfg = TrainConfig.from_flat(epochs=1, output_dir=str(tmp_path / "out"), precision="float32")
+    result = train(cfg, task)
+    r = mlflow.get_run(result.run_id)
+    assert r.data.tags["mlflow.runName"].startswith("mlp-my-digits-")
+    assert r.data.params["dataset"] == "My Digits" and "data_dir" not in r.data.params
+    assert result.model.registered_name == "tftrain-my-digits"
+    other = Task("My Digits", ("a", "b"), (255 - x, y), (x[:16], y[:16]), (x[:16], y[:16]), build_model=build)
+    assert command_state(cfg, task.identity).folder != command_state(cfg, other.identity).folder
+    assert task.identity and not Task(**{**vars(task), "data_settings": {"dataset": "d"}}).identity

@@ -10,18 +10,18 @@ import sys
 
 import numpy as np
 
-from tftrain.config import TrainConfig
+from tftrain.config import PARAMS, TrainConfig
 from tftrain.training.trainer import train
 
 
 def main(out: str, *pairs: str) -> None:
-    fields = TrainConfig.__dataclass_fields__
+    fields = PARAMS
     settings = {}
     for pair in pairs:
         key, value = pair.split("=", 1)
         kind = fields[key].type
         settings[key] = {"int": int, "float": float, "bool": lambda v: v == "true"}.get(kind, str)(value)
-    result = train(TrainConfig(**settings))
+    result = train(TrainConfig.from_flat(**settings))
     if "TF_CONFIG" in os.environ:  # one file per worker
         out = f"{out}-{json.loads(os.environ['TF_CONFIG'])['task']['index']}"
     np.savez(out, *result.keras_model.get_weights())

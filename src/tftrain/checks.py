@@ -13,8 +13,9 @@ import os
 import socket
 from pathlib import Path
 
-from tftrain.config import NO_TF_CONFIG, TrainConfig, dataset_kind, model_kind
+from tftrain.config import NO_TF_CONFIG, TrainConfig
 from tftrain.errors import UserError, invalid
+from tftrain.values import check_named, dataset_kind, model_kind
 
 
 def check_dataset(dataset: str, data_dir: str) -> None:
@@ -44,15 +45,16 @@ def check_dataset(dataset: str, data_dir: str) -> None:
 def check_training(cfg: TrainConfig) -> None:
     """The data, for a user's builder that its file parses and defines the function, and with launcher=ray that
     Ray is installed and the cluster's head answers."""
-    check_dataset(cfg.dataset, cfg.data_dir)
-    check_model(cfg.model)
-    if cfg.strategy == "multi_worker" and cfg.launcher != "ray" and not os.environ.get("TF_CONFIG", "").strip():
+    check_named(cfg)
+    check_dataset(cfg.data.dataset, cfg.data.data_dir)
+    check_model(cfg.model.name)
+    if cfg.runtime.strategy == "multi_worker" and cfg.runtime.launcher != "ray" and not os.environ.get("TF_CONFIG", "").strip():
         raise UserError(NO_TF_CONFIG)
-    if cfg.launcher == "ray":
+    if cfg.runtime.launcher == "ray":
         if importlib.util.find_spec("ray") is None:
             raise UserError("invalid value for launcher: received ray, which is not installed; allowed: none, or ray "
                             "after pip install 'tftrain[ray]'")  # fmt: skip
-        check_ray_address(cfg.ray_address)
+        check_ray_address(cfg.runtime.ray_address)
 
 
 def check_ray_address(address: str) -> str:

@@ -5,23 +5,14 @@ its step, so a mistake is one line within a couple of seconds, not after TensorF
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 
 import click
 
 from tftrain import log, quiet
 from tftrain.checks import check_address, check_dataset, check_inputs, check_training, journal_run
-from tftrain.config import (
-    QUANTIZATIONS,
-    TrainConfig,
-    check_alias,
-    check_data_dir,
-    check_model_uri,
-    check_output_dir,
-    check_output_file,
-    parse_version_uri,
-)
+from tftrain.config import PARAMS, QUANTIZATIONS, TrainConfig
+from tftrain.env import mlflow_run_id
 from tftrain.errors import TrainingFailed, UserError, invalid
 from tftrain.search.space import SweepConfig, check_storage, check_sweep, storage_url
 from tftrain.search.study import check_study
@@ -32,6 +23,14 @@ from tftrain.tracking.store import (
     check_tracking_store,
     mark_refused,
     model_info,
+)
+from tftrain.values import (
+    check_alias,
+    check_data_dir,
+    check_model_uri,
+    check_output_dir,
+    check_output_file,
+    parse_version_uri,
 )
 
 _TYPES = {"int": int, "float": float, "str": str, "bool": click.BOOL}
@@ -48,10 +47,11 @@ class _Choice(click.Choice):
 
 
 def config_options(cls):
-    """One click option per config field: same name, type, default and help."""
+    """One click option per config field (TrainConfig's by their flat names): same name, type, default and help."""
+    fields = list(PARAMS.values()) if cls is TrainConfig else dataclasses.fields(cls)
 
     def decorate(fn):
-        for f in reversed(dataclasses.fields(cls)):
+        for f in reversed(fields):
             choices = f.metadata["choices"]
             kind = _Choice(choices) if choices else _TYPES[f.type]
             flag = "--" + f.name.replace("_", "-")
@@ -94,10 +94,10 @@ def _model_args(model_uri: str) -> None:
 
 
 def _training_args(params: dict) -> TrainConfig:
-    cfg = TrainConfig(**params)
+    cfg = TrainConfig.from_flat(**params)
     check_training(cfg)
     check_tracking_store()
-    check_output_dir(cfg.output_dir)
+    check_output_dir(cfg.tracking.output_dir)
     return cfg
 
 
@@ -120,7 +120,7 @@ def cli(verbose: bool) -> None:
 def train_command(**params) -> None:
     """Train (model.fit or the custom loop, any strategy and precision); log and register the model in MLflow."""
     cfg = _training_args(params)
-    if cfg.launcher == "ray":
+    if cfg.runtime.launcher == "ray":
         from tftrain.cluster.launcher import train_on_ray
 
         m = train_on_ray(cfg)
@@ -257,7 +257,7 @@ def sync_command(journal: str) -> None:
 def pipeline_command(**params) -> None:
     """The main job: train, evaluate and export in one MLflow run, then say where to look."""
     cfg = _training_args(params)
-    if cfg.launcher == "ray":
+    if cfg.runtime.launcher == "ray":
         raise UserError("invalid value for launcher: received ray for the main job, which evaluates and exports in "
                         "its own process; allowed: none here, or the train entry point with launcher=ray (then "
                         "evaluate, export and promote its model)")  # fmt: skip
@@ -350,7 +350,7 @@ def _click_reason(e: click.ClickException) -> str:
     """click's message; under `mlflow run`, an unknown option is a -P key the entry point does not declare (MLflow
     logs it as a param and appends it to the command as --key value): say so in -P terms."""
     name = getattr(e, "option_name", "") or ""
-    if not (isinstance(e, click.NoSuchOption) and os.environ.get("MLFLOW_RUN_ID") and name.startswith("--")):
+    if not (isinstance(e, click.NoSuchOption) and mlflow_run_id() and name.startswith("--")):
         return e.format_message()
     args = sys.argv[1:]
     value = args[args.index(name) + 1] if name in args[:-1] else ""

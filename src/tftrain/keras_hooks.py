@@ -5,6 +5,21 @@ from __future__ import annotations
 
 import keras
 
+# BackupAndRestore's files in its folder (Keras 3 names them privately): the weights and optimizer state, and the
+# number of completed epochs; with double_checkpoint=True, the copy before each is <name>.bkp. resume.py reads them
+# to tell a torn backup from a whole one.
+BACKUP_WEIGHTS = "latest.weights.h5"
+BACKUP_EPOCH = "training_metadata.json"
+BACKUP_COPY = ".bkp"
+# The counters that decide when Keras' callbacks act next, as their attributes (not documented as state): a resumed
+# run puts them back so that it stops, cuts the rate and keeps checkpoints when an uninterrupted one would.
+# EarlyStopping's `best_weights` goes with its counters when it restores the best weights.
+COUNTERS = {
+    keras.callbacks.EarlyStopping: ("wait", "best", "best_epoch"),
+    keras.callbacks.ReduceLROnPlateau: ("wait", "best", "cooldown_counter"),
+    keras.callbacks.ModelCheckpoint: ("best",),
+}
+
 
 def initial_epoch(model: keras.Model) -> int:
     """The epoch training goes on from: the number of epochs done in the backup that BackupAndRestore's

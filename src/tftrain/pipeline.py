@@ -8,16 +8,17 @@ import os
 import sys
 from pathlib import Path
 
-from tftrain.config import TrainConfig, default_run_name
+from tftrain.config import TrainConfig
 from tftrain.ship.evaluate import Evaluation, evaluate
 from tftrain.ship.export import export
 from tftrain.ship.registry import Decision, promote
 from tftrain.tracking import runs
 from tftrain.tracking.logged_models import LoggedModel
-from tftrain.training import run_state
+from tftrain.training.run_state import command_state
 from tftrain.training.runtime import build_runtime, is_chief_process
 from tftrain.training.task import resolve_task
 from tftrain.training.trainer import TrainResult, train
+from tftrain.values import default_run_name
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +74,11 @@ def pipeline(cfg: TrainConfig) -> tuple[TrainResult, Evaluation | None]:
         return train(cfg), None  # a non-chief worker trains its part; the chief evaluates, exports and logs
     rt = build_runtime(cfg)  # before any TensorFlow op (a tfds or user-function task runs some)
     task = resolve_task(cfg)
-    with runs.step_run(default_run_name(cfg), resume_run_id=run_state.interrupted_run(cfg)) as run:
+    previous = command_state(cfg, task.identity).interrupted_run()
+    with runs.step_run(default_run_name(cfg, task.label), resume_run_id=previous) as run:
         result = train(cfg, task, rt, run=run)
         ev = evaluate(result.model.uri, data=task)
-        exported = export(result.model.uri, output_dir=cfg.output_dir, data=task)
+        exported = export(result.model.uri, output_dir=cfg.tracking.output_dir, data=task)
         models = [result.model, exported.litert]
         decisions = [promote(f"models:/{m.registered_name}/{m.version}") for m in models if m.version]
     log.info(report(result, ev, models, decisions))

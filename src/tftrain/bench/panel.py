@@ -141,7 +141,7 @@ def measure(folder: Path, model: str, epochs: int) -> dict:
 
     mlflow.set_tracking_uri("sqlite:///mlflow.db")
     spec = _model_spec(model, Path.cwd())
-    cfg = TrainConfig(dataset=str(folder), model=spec, epochs=epochs, output_dir="outputs", model_name="panel",
+    cfg = TrainConfig.from_flat(dataset=str(folder), model=spec, epochs=epochs, output_dir="outputs", model_name="panel",
                       resume="never", tensorboard=False, epoch_summary=False)  # fmt: skip
     build_runtime(cfg)
     task = resolve_task(cfg)

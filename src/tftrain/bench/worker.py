@@ -133,9 +133,9 @@ def _tftrain(setup: Setup, data, data_dir: str, epochs: int) -> dict:
         settings["epochs"] = epochs
     clock = _clock_callback(data.x_test.astype("float32"), data.y_test)
     mlflow.set_tracking_uri("sqlite:///mlflow.db")
-    cfg = TrainConfig(output_dir="outputs", model_name="bench", run_name=setup.name, resume="never", **settings)
+    cfg = TrainConfig.from_flat(output_dir="outputs", model_name="bench", run_name=setup.name, resume="never", **settings)
     result = train(cfg, extra_callbacks=(clock,))
-    validation = round(len(data.x_train) * cfg.validation_split)
+    validation = round(len(data.x_train) * cfg.data.validation_split)
     # fit_seconds without the clock's own test scoring, which ran inside the fit
     return {"clock": clock.epochs, "fit_seconds": result.fit_seconds - clock.paused,
             "tracking_seconds": result.tracking_seconds, "model_logging_seconds": result.model_logging_seconds,

@@ -15,7 +15,6 @@ TF_CONFIG job: the same machine, or a shared filesystem.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import logging
 import os
@@ -28,11 +27,13 @@ from ray.train import UserCallback
 
 from tftrain import quiet
 from tftrain.checks import check_ray_address
-from tftrain.config import TrainConfig, default_run_name
+from tftrain.config import TrainConfig
+from tftrain.env import hand_over, mlflow_run_id
 from tftrain.errors import TrainingFailed, UserError
 from tftrain.tracking import runs
 from tftrain.tracking.logged_models import LoggedModel
-from tftrain.training import run_state
+from tftrain.training.run_state import command_state
+from tftrain.values import default_run_name
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ FORWARDED = ("MLFLOW_", "TFTRAIN_", "TF_", "KERAS_", "CUDA_", "OMP_", "PYTHONPAT
 
 
 def train_on_ray(cfg: TrainConfig) -> LoggedModel:
-    """Train as `cfg` says on `cfg.workers` Ray Train workers, logging into MLFLOW_RUN_ID's run (`mlflow run`'s)
+    """Train as `cfg` says on `cfg.runtime.workers` Ray Train workers, logging into MLFLOW_RUN_ID's run (`mlflow run`'s)
     or a new one."""
     import ray
     from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
@@ -52,36 +53,36 @@ def train_on_ray(cfg: TrainConfig) -> LoggedModel:
         try:
             resources = ray.cluster_resources()
             cpus, gpus = resources.get("CPU", 0), int(resources.get("GPU", 0))
-            if cfg.ray_address:  # auto joins whichever cluster runs here: say which
+            if cfg.runtime.ray_address:  # auto joins whichever cluster runs here: say which
                 nodes = sum(n["Alive"] for n in ray.nodes())
                 log.info(f"joined the Ray cluster at {ray.get_runtime_context().gcs_address}: {_count(nodes, 'node')}, "
                       f"{_count(cpus, 'CPU')}, {_count(gpus, 'GPU')}")  # fmt: skip
-            elif cfg.workers > (os.cpu_count() or 1):
-                log.info(f"note: {cfg.workers} workers on this machine's {os.cpu_count()} CPUs: they share them, each "
+            elif cfg.runtime.workers > (os.cpu_count() or 1):
+                log.info(f"note: {cfg.runtime.workers} workers on this machine's {os.cpu_count()} CPUs: they share them, each "
                       "step waits on the slowest; fine for trying, not for speed")  # fmt: skip
-            if cpus < cfg.workers:
-                log.info(f"note: the Ray cluster has {cpus:g} CPUs for {cfg.workers} workers of 1 CPU each; Ray Train "
+            if cpus < cfg.runtime.workers:
+                log.info(f"note: the Ray cluster has {cpus:g} CPUs for {cfg.runtime.workers} workers of 1 CPU each; Ray Train "
                       "waits for more (an autoscaling cluster adds nodes)")  # fmt: skip
-            mine = os.environ.get("MLFLOW_RUN_ID")
-            previous = run_state.interrupted_run(cfg)  # the same command stopped before: its run goes on
+            mine = mlflow_run_id()
+            previous = command_state(cfg).interrupted_run()  # the same command stopped before: its run goes on
             if not mine and previous and runs.continuable(previous):
                 run_id = previous
                 log.info(f"continuing run {run_id} from where it stopped")
             else:
                 run_id = mine or runs.new_run(default_run_name(cfg))
-            each = "1 GPU" if gpus >= cfg.workers else "1 CPU"
+            each = "1 GPU" if gpus >= cfg.runtime.workers else "1 CPU"
             trainer = TensorflowTrainer(
                 _worker,
-                train_loop_config={"cfg": dataclasses.asdict(cfg), "run_id": run_id, "cwd": os.getcwd()},
-                scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=each == "1 GPU",
+                train_loop_config={"cfg": cfg.flat(), "run_id": run_id, "cwd": os.getcwd()},
+                scaling_config=ScalingConfig(num_workers=cfg.runtime.workers, use_gpu=each == "1 GPU",
                                              resources_per_worker=None if each == "1 GPU" else {"CPU": 1}),
-                run_config=RunConfig(name=f"tftrain-{run_id}", storage_path=str(Path(cfg.output_dir).resolve() / "ray"),
-                                     failure_config=FailureConfig(max_failures=cfg.max_failures),
-                                     callbacks=[_Failures(cfg.max_failures)],
+                run_config=RunConfig(name=f"tftrain-{run_id}", storage_path=str(Path(cfg.tracking.output_dir).resolve() / "ray"),
+                                     failure_config=FailureConfig(max_failures=cfg.runtime.max_failures),
+                                     callbacks=[_Failures(cfg.runtime.max_failures)],
                                      logging_config=LoggingConfig(log_level="INFO" if _verbose() else "CRITICAL")),
             )  # fmt: skip
-            log.info(f"training on Ray: {cfg.workers} workers ({each} each), logging to run {run_id}; up to "
-                  f"{cfg.max_failures} restarts")  # fmt: skip
+            log.info(f"training on Ray: {cfg.runtime.workers} workers ({each} each), logging to run {run_id}; up to "
+                  f"{cfg.runtime.max_failures} restarts")  # fmt: skip
             interrupted, previous = [], signal.getsignal(signal.SIGINT)
 
             def on_ctrl_c(signum, frame):
@@ -152,8 +153,8 @@ def _start(cfg: TrainConfig) -> None:
     # RAY_ADDRESS, for every process of the job: Ray Train's placement group cleaner asks the state API of the
     # cluster it finds by it, else of the newest `ray start` cluster on the machine (another one, where there are
     # several: it would take the job's controller for dead and remove the workers' placement group)
-    if cfg.ray_address:
-        env["RAY_ADDRESS"] = head = check_ray_address(cfg.ray_address)  # auto: the cluster Ray would join
+    if cfg.runtime.ray_address:
+        env["RAY_ADDRESS"] = head = check_ray_address(cfg.runtime.ray_address)  # auto: the cluster Ray would join
         try:
             with _stderr_kept() as said:  # Ray's C++ client says there, once a second, why it cannot join
                 ray.init(address=head, **quiet)
@@ -161,7 +162,7 @@ def _start(cfg: TrainConfig) -> None:
             reason = " ".join(str(e).split())[:400]
             if "InvalidAuthToken" in said.getvalue():
                 reason = f"{reason}: it refused this command's token (RAY_AUTH_TOKEN, or the token file), or none"
-            raise UserError(f"invalid value for ray_address: received {cfg.ray_address}; cannot join a Ray cluster "
+            raise UserError(f"invalid value for ray_address: received {cfg.runtime.ray_address}; cannot join a Ray cluster "
                             f"there ({reason}); allowed: the HOST:PORT of a running cluster's head, with "
                             "RAY_AUTH_MODE=token and its token (ray get-auth-token) if it uses token "
                             "authentication, auto for one started on this machine, or empty for a new one") from None  # fmt: skip
@@ -173,7 +174,7 @@ def _start(cfg: TrainConfig) -> None:
             port = probe.getsockname()[1]
         env["RAY_ADDRESS"] = f"127.0.0.1:{port}"
         with _environ(RAY_GCS_SERVER_PORT=str(port)):
-            ray.init(address="local", num_cpus=max(os.cpu_count() or 1, cfg.workers), **quiet)
+            ray.init(address="local", num_cpus=max(os.cpu_count() or 1, cfg.runtime.workers), **quiet)
 
 
 @contextlib.contextmanager
@@ -223,10 +224,7 @@ def _worker(config: dict) -> None:
     with contextlib.suppress(OSError):
         os.chdir(config["cwd"])
     rank = ray.train.get_context().get_world_rank()
-    if rank == 0:
-        os.environ["MLFLOW_RUN_ID"] = config["run_id"]
-    else:
-        os.environ.pop("MLFLOW_RUN_ID", None)
+    hand_over(config["run_id"] if rank == 0 else None)
     from tftrain import log
 
     quiet.setup(verbose=False)
@@ -236,7 +234,7 @@ def _worker(config: dict) -> None:
     from tftrain.training.trainer import train
 
     with _silenced() if rank else contextlib.nullcontext():  # its errors still reach the driver, as Ray's
-        train(TrainConfig(**config["cfg"]))
+        train(TrainConfig.from_flat(**config["cfg"]))
 
 
 @contextlib.contextmanager
@@ -280,7 +278,7 @@ def _failure(error: BaseException, cfg: TrainConfig) -> BaseException:
     if isinstance(cause, (UserError, TrainingFailed)):
         return cause
     reason = str(cause).strip().splitlines()[-1][:500] if str(cause).strip() else type(cause).__name__
-    return TrainingFailed(f"training on Ray failed (restarts allowed: max_failures={cfg.max_failures}): {reason}; "
+    return TrainingFailed(f"training on Ray failed (restarts allowed: max_failures={cfg.runtime.max_failures}): {reason}; "
                           "backups are kept: run the same command to continue from the last completed epoch")  # fmt: skip
 
 

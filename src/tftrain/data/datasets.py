@@ -210,8 +210,8 @@ def load_task_data(
 ) -> TaskData:
     """Any `dataset` (see config.dataset_kind) as train, validation and test splits of images of `image_size` and
     `channels` (None: as the data has them; for a folder, see folders.load_folder, with `auto_sides`)."""
-    from tftrain.config import dataset_kind, dataset_label, resolved_dataset
     from tftrain.data.folders import conform, hold_out
+    from tftrain.values import dataset_kind, dataset_label, resolved_dataset
 
     kind, name = dataset_kind(dataset), dataset_label(dataset)
     settings = {"dataset": resolved_dataset(dataset), "data_dir": str(Path(data_dir).resolve()) if data_dir else "",

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from tftrain.config import BAD_IMAGES
 from tftrain.errors import UserError, invalid
 from tftrain.log import progress_log
 
@@ -33,7 +34,6 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
 Native = tuple[int, int, bool]  # a file's own height, width and whether it is gray
-BAD_IMAGES = ("fail", "skip")
 LAYOUTS = "PATH/<class>/<images>, or PATH/train/<class>/... with PATH/test/<class>/... and optionally PATH/val/"
 IMAGES_ALLOWED = "PNG, JPEG, BMP or GIF files (.png .jpg .jpeg .bmp .gif) in it or its subfolders"
 CACHE_VERSION = 2  # part of the key: bump when the decoded pixels or the json change meaning (2: size_rule)
@@ -212,7 +212,7 @@ def scan(path: str | Path) -> Listing:
     else:
         parts = {"all": root}
     found = {name: _scan_classes(folder, root, name in ("train", "all")) for name, folder in parts.items()}
-    loose = 0 if "all" in parts else sum(1 for e in os.scandir(root) if not e.is_dir())  # e.g. a README
+    loose = 0 if "all" in parts else sum(1 for e in os.scandir(root) if not _is_dir(e))  # e.g. a README
     class_names = tuple(found.get("train", found.get("all"))[0])
     for name in [name for name in parts if name in ("val", "test")]:
         _check_same_classes(root, name, class_names, tuple(found[name][0]))
@@ -227,7 +227,15 @@ def scan(path: str | Path) -> Listing:
 
 def _subfolders(folder: Path) -> list[str]:
     """Visible subfolder names, sorted (symlinks to folders count; .git, .ipynb_checkpoints and such do not)."""
-    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith((".", "__MACOSX")))
+    return sorted(e.name for e in os.scandir(folder) if _is_dir(e) and not e.name.startswith((".", "__MACOSX")))
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    """A folder, or a link to one; False for a link this process may not follow (/proc/1/cwd), as os.walk does."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def _scan_classes(folder: Path, root: Path, primary: bool) -> tuple[dict[str, dict[str, tuple[int, int]]], int]:
@@ -236,7 +244,7 @@ def _scan_classes(folder: Path, root: Path, primary: bool) -> tuple[dict[str, di
     Only the primary split (train/ or the folder itself) must have 2 classes: test/ and val/ must match it."""
     classes = _subfolders(folder)
     where = folder if folder == root else f"{root}/{folder.name}"
-    loose = sum(1 for e in os.scandir(folder) if not e.is_dir())  # files next to the class folders: ignored
+    loose = sum(1 for e in os.scandir(folder) if not _is_dir(e))  # files next to the class folders: ignored
     if primary and len(classes) < 2:
         extra = f" and {loose} files directly in it" if loose else ""
         raise UserError(
@@ -260,16 +268,16 @@ def _walk_images(folder: Path, root: Path) -> tuple[dict[str, tuple[int, int]], 
     images, ignored, seen, todo, start = {}, 0, set(), [str(folder)], len(str(root)) + 1
     while todo:
         here = todo.pop()
-        real = os.path.realpath(here)
-        if real in seen:
-            continue
-        seen.add(real)
         try:
+            real = os.path.realpath(here)  # raises on a link it may not read (/proc/1/cwd)
+            if real in seen:
+                continue
+            seen.add(real)
             entries = list(os.scandir(here))
         except OSError:  # unreadable folder: skipped, as os.walk does
             continue
         for e in entries:
-            if e.is_dir():
+            if _is_dir(e):
                 if not e.name.startswith("."):
                     todo.append(e.path)
             elif e.name.lower().endswith(IMAGE_SUFFIXES) and not e.name.startswith("."):

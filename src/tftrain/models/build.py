@@ -18,10 +18,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tftrain.config import MIN_APPLICATION_SIZE, model_kind
+from tftrain.config import MIN_APPLICATION_SIZE
 from tftrain.data.augment import identity_config
 from tftrain.errors import UserError, invalid
 from tftrain.user_code import first_line, load_function
+from tftrain.values import model_kind
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,9 @@ from pathlib import Path
 
 import yaml
 
-from tftrain.config import TrainConfig, grouped_fields
+from tftrain.config import PARAMS, TrainConfig
 from tftrain.errors import UserError, invalid
+from tftrain.values import check_named
 
 OBJECTIVES = {"val_accuracy": "maximize", "val_loss": "minimize"}
 SAMPLERS = ("tpe", "random", "grid")
@@ -90,8 +91,8 @@ class SweepConfig:
 def check_sweep(sw: SweepConfig, base: TrainConfig) -> tuple[Dimension, ...]:
     """The space against the base, what the base must be for a sweep, and the data and builders the space names
     as `train` checks its own before TensorFlow loads; the dimensions."""
-    if base.strategy == "multi_worker" or base.launcher == "ray":
-        what, allowed = (("launcher: received ray", "launcher=none") if base.launcher == "ray"
+    if base.runtime.strategy == "multi_worker" or base.runtime.launcher == "ray":
+        what, allowed = (("launcher: received ray", "launcher=none") if base.runtime.launcher == "ray"
                          else ("strategy: received multi_worker", "strategy auto, one_device or mirrored"))  # fmt: skip
         raise UserError(f"invalid value for {what}; a sweep runs its trials one at a time in each process; allowed: "
                         f"{allowed} (start several sweep processes with the same study to use several "
@@ -101,7 +102,7 @@ def check_sweep(sw: SweepConfig, base: TrainConfig) -> tuple[Dimension, ...]:
 
     for d in dims:  # a folder's layout, a builder's file: what train checks of its own before TensorFlow
         for value in d.args if d.name == "dataset" else ():
-            check_dataset(value, base.data_dir)
+            check_dataset(value, base.data.data_dir)
         for value in d.args if d.name == "model" else ():
             check_model(value)
     if sw.sampler == "grid":
@@ -119,7 +120,7 @@ def storage_url(sw: SweepConfig, base: TrainConfig) -> str:
         return re.sub(r"^postgresql://", "postgresql+psycopg2://", sw.storage)
     tracking = mlflow.get_tracking_uri()
     folder = Path(tracking.removeprefix("sqlite:///")).parent if tracking.startswith("sqlite:///") else None
-    return f"sqlite:///{(folder or Path(base.output_dir)).resolve() / 'optuna.db'}"
+    return f"sqlite:///{(folder or Path(base.tracking.output_dir)).resolve() / 'optuna.db'}"
 
 
 def check_storage(url: str) -> None:
@@ -161,9 +162,7 @@ FIXED = (
     "ray_address",
     "max_failures",
 )
-SEARCHABLE = tuple(
-    f.name for group, fields in grouped_fields().items() if group != "tracking" for f in fields if f.name not in FIXED
-)
+SEARCHABLE = tuple(name for name, p in PARAMS.items() if p.group != "tracking" and name not in FIXED)
 _EXPRESSION = re.compile(r"^\s*([A-Za-z_]+)\s*\((.*)\)\s*$", re.DOTALL)
 _BOOLS = {"true": True, "false": False}
 
@@ -250,7 +249,7 @@ def _split_part(part: str) -> tuple[str, str]:
 def _dimension(name: str, expression: str | list, base: TrainConfig) -> Dimension:
     shown = f"{name}={expression}"
     if name not in SEARCHABLE:
-        why = "fixed for every trial of a sweep" if name in FIXED or hasattr(base, name) else "not a train parameter"
+        why = "fixed for every trial of a sweep" if name in FIXED or name in PARAMS else "not a train parameter"
         if near := difflib.get_close_matches(name, SEARCHABLE, n=1):
             why += f" (did you mean {near[0]}?)"
         raise UserError(f"invalid value for space: received {shown!r}: {name} is {why}; allowed: "
@@ -278,14 +277,14 @@ def _dimension(name: str, expression: str | list, base: TrainConfig) -> Dimensio
     values = _check_shape(name, kind, values, shown)
     for value in values[:2] if kind != "choice" else values:
         try:
-            dataclasses.replace(base, **{name: value})
+            check_named(base.replace(**{name: value}))
         except UserError as e:
             raise UserError(f"invalid value for space: received {shown!r}: {e}") from None
     return Dimension(name, kind, values)
 
 
 def _value_type(base: TrainConfig, name: str) -> str:
-    default = getattr(base, name)
+    default = base.flat()[name]
     return (
         "true/false" if isinstance(default, bool) else {int: "whole-number", float: "number"}.get(type(default), "text")
     )

@@ -4,7 +4,6 @@ the check that a study the command continues is the one it describes (the CLI ru
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import time
@@ -12,14 +11,15 @@ import warnings
 
 import optuna
 
-from tftrain.config import TrainConfig, dataset_label, model_label
+from tftrain.config import PARAMS, TrainConfig
 from tftrain.errors import UserError
 from tftrain.search.space import Dimension, SweepConfig, storage_url
+from tftrain.values import dataset_label, model_label
 
 ATTR = "tftrain"  # the study's and each trial's user attribute holding tftrain's records
 HEARTBEAT_INTERVAL = 10  # seconds between a running trial's heartbeats in the storage
 HEARTBEAT_GRACE = 60  # a trial of another host whose last heartbeat is older than this is taken as dead
-_TRAINING_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["group"] != "tracking")
+_TRAINING_FIELDS = tuple(name for name, p in PARAMS.items() if p.group != "tracking")
 
 
 def study_name(sw: SweepConfig, base: TrainConfig, dims: tuple[Dimension, ...]) -> str:
@@ -30,15 +30,15 @@ def study_name(sw: SweepConfig, base: TrainConfig, dims: tuple[Dimension, ...]) 
     identity = {**settings(sw, base, dims), "pruner": sw.pruner}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
     searched = {d.name for d in dims}
-    model = "models" if "model" in searched else model_label(base.model)
-    data = "datasets" if "dataset" in searched else dataset_label(base.dataset)
+    model = "models" if "model" in searched else model_label(base.model.name)
+    data = "datasets" if "dataset" in searched else dataset_label(base.data.dataset)
     return f"sweep-{model}-{data}-{digest}"
 
 
 def settings(sw: SweepConfig, base: TrainConfig, dims: tuple[Dimension, ...]) -> dict:
     """What every process of one study must agree on: the space, the objective, the sampler (a grid's points are
     numbered by it) and the fixed training settings (not the tracking ones: where files go, how often)."""
-    fixed = {k: v for k, v in dataclasses.asdict(base).items() if k in _TRAINING_FIELDS}
+    fixed = {k: v for k, v in base.flat().items() if k in _TRAINING_FIELDS}
     return {"space": [str(d) for d in dims], "objective": sw.objective, "sampler": sw.sampler, "base": fixed}
 
 

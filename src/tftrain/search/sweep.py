@@ -39,24 +39,23 @@ import tensorflow as tf
 from optuna.trial import TrialState
 
 from tftrain.config import TrainConfig
+from tftrain.env import mlflow_run_id
 from tftrain.errors import TrainingFailed, UserError
 from tftrain.search.space import OBJECTIVES, Dimension, SweepConfig, storage_url
 from tftrain.search.study import ATTR, open_storage, refuse_other, settings, study_name
 from tftrain.tracking import runs
 from tftrain.tracking.logged_models import mark_gated, register_once
-from tftrain.training import run_state
+from tftrain.training.run_state import command_state
 from tftrain.training.runtime import build_runtime
 from tftrain.training.task import auto_sides, load_data, resolve_task
+from tftrain.values import registered_model_name
 
 log = logging.getLogger(__name__)
 
 PARENT_WAIT = 60.0  # seconds a joining process waits for the study's creator to record the parent run
-DATA_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["group"] == "data")
-
-
 def _data_key(cfg: TrainConfig) -> tuple:
     """What the loaded data depends on: the data settings and, for image_size=auto, the model's size bounds."""
-    return (*(getattr(cfg, f) for f in DATA_FIELDS), auto_sides(cfg.model))
+    return (*dataclasses.astuple(cfg.data), auto_sides(cfg.model.name))
 
 
 @dataclass(frozen=True)
@@ -85,7 +84,7 @@ def _pruner(sw: SweepConfig, base: TrainConfig) -> optuna.pruners.BasePruner:
     if sw.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
     if sw.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=base.epochs)
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=base.trainer.epochs)
     return optuna.pruners.NopPruner()
 
 
@@ -108,7 +107,7 @@ def sweep(base: TrainConfig, sw: SweepConfig, dims: tuple[Dimension, ...]) -> Sw
     # would propose the values the creator did. Except on a grid: its seed orders the grid, which every process
     # must see alike (grid points are told apart by their number in it)
     same_seed = created or sw.sampler == "grid"
-    study.sampler = _sampler(sw, dims, base.seed if same_seed else base.seed + os.getpid())
+    study.sampler = _sampler(sw, dims, base.runtime.seed if same_seed else base.runtime.seed + os.getpid())
     started = time.monotonic()
     data: dict[tuple, object] = {}
     log.info(f"study {name}: {sw.trials} trials over {', '.join(str(d) for d in dims)}; parent run {parent}")
@@ -192,7 +191,7 @@ def _join(study: optuna.Study, name: str, given: dict) -> str:
 
 def _own_run() -> str | None:
     """The run `mlflow run` started for this process, if any."""
-    return os.environ.get("MLFLOW_RUN_ID") or None
+    return mlflow_run_id()
 
 
 def _counted(trial: optuna.trial.FrozenTrial) -> bool:
@@ -282,14 +281,14 @@ def _objective(trial, study, base, sw, dims, parent, data) -> float:
         trial.set_user_attr("surplus", True)
         raise _Surplus(f"trial {trial.number}: the study has its {sw.trials} trials")
     values = {d.name: d.suggest(trial) for d in dims}
-    cfg = dataclasses.replace(base, **values, run_name=f"trial-{trial.number:03d}", resume="never")
+    cfg = base.replace(**values, run_name=f"trial-{trial.number:03d}", resume="never")
     log.info(f"\ntrial {trial.number} ({len(_done(study)) + 1} of {sw.trials}): {_shown(values)}")
     key = _data_key(cfg)
     tags = {"tftrain.study": study.study_name, "tftrain.trial": str(trial.number), "tftrain.sweep": "trial"}
     pruning = PruneLosers(trial, sw.objective)
     started = time.perf_counter()
     try:
-        with runs.child_run(parent, cfg.run_name, tags, killed=(optuna.TrialPruned,)) as run:
+        with runs.child_run(parent, cfg.tracking.run_name, tags, killed=(optuna.TrialPruned,)) as run:
             trial.set_user_attr(ATTR, {**_owner(trial), "run_id": run.run_id})
             mlflow.log_params({"trial_number": trial.number, **{f"trial_{k}": v for k, v in values.items()}})
             from tftrain.training.trainer import train
@@ -315,7 +314,7 @@ def _objective(trial, study, base, sw, dims, parent, data) -> float:
         log.info(f"trial {trial.number}: failed: {e}; the sweep goes on")
         raise
     finally:
-        run_state.forget(cfg)
+        command_state(cfg).forget()  # a trial's data is always the config's
     log.info(f"trial {trial.number}: {sw.objective} {value:.4f} after {result.epochs_run} epochs, "
           f"{time.perf_counter() - started:.1f} s")  # fmt: skip
     return value
@@ -403,21 +402,21 @@ def _gate(study, best, base, data) -> list:
     if not model_uri:
         log.info(f"the best trial {best.number}'s model was not logged (the tracking server was away); nothing to gate")
         return []
-    cfg = dataclasses.replace(base, **best.params)
+    cfg = base.replace(**best.params)
     claim = {**_owner(best), "at": time.time()}
-    version = register_once(model_uri, cfg.registered_model_name, run_id, claim, _still_gating)
+    version = register_once(model_uri, registered_model_name(cfg), run_id, claim, _still_gating)
     if version is None:
         log.info(f"the best trial {best.number}'s model is registered and gated already, or another process gates it")
         return []
     task_data = data.get(_data_key(cfg)) or load_data(cfg)
-    uri = f"models:/{cfg.registered_model_name}/{version}"
+    uri = f"models:/{registered_model_name(cfg)}/{version}"
     with runs.reopened(run_id):
         evaluate(uri, data=task_data)
-        exported = export(uri, output_dir=base.output_dir, data=task_data)
+        exported = export(uri, output_dir=base.tracking.output_dir, data=task_data)
         uris = [uri] + ([f"models:/{exported.litert.registered_name}/{exported.litert.version}"]
                         if exported.litert.version else [])  # fmt: skip
         decisions = [promote(u) for u in uris]
-    mark_gated(cfg.registered_model_name, version)
+    mark_gated(registered_model_name(cfg), version)
     for d in decisions:
         log.info(d.reason)
     return decisions

@@ -17,11 +17,11 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tftrain.config import resolved_dataset  # noqa: E402
 from tftrain.data.datasets import TaskData, load_task_data  # noqa: E402
 from tftrain.errors import UserError  # noqa: E402
 from tftrain.ship.predict import answers  # noqa: E402
 from tftrain.tracking import logged_models, runs  # noqa: E402
+from tftrain.values import resolved_dataset  # noqa: E402
 
 log = logging.getLogger(__name__)
 

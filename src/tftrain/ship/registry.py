@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import mlflow
 from mlflow.exceptions import MlflowException
 
-from tftrain.config import parse_version_uri
 from tftrain.errors import UserError
 from tftrain.tracking import logged_models
+from tftrain.values import parse_version_uri
 
 
 @dataclass(frozen=True)

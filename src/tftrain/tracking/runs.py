@@ -19,6 +19,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from tftrain.config import TrainConfig
+from tftrain.env import mlflow_run_id
 from tftrain.tracking.journal import Journal, remote
 
 log = logging.getLogger(__name__)
@@ -50,12 +51,12 @@ def step_run(name: str, resume_run_id: str | None = None, within: StepRun | None
     if active is not None:
         yield StepRun(active.info.run_id)
         return
-    if "MLFLOW_RUN_ID" not in os.environ and resume_run_id and continuable(resume_run_id):
+    if not mlflow_run_id() and resume_run_id and continuable(resume_run_id):
         started = mlflow.start_run(run_id=resume_run_id, log_system_metrics=_system_metrics())
         log.info(f"continuing run {resume_run_id} from where it stopped")
     else:
         started = mlflow.start_run(
-            experiment_id=None if "MLFLOW_RUN_ID" in os.environ else _experiment_id(),
+            experiment_id=None if mlflow_run_id() else _experiment_id(),
             log_system_metrics=_system_metrics(),
         )
         mlflow.set_tag("mlflow.runName", name)
@@ -244,9 +245,10 @@ def log_params_once(params: dict[str, str]) -> None:
     mlflow.log_params({k: v for k, v in params.items() if k not in existing})
 
 
-def log_config(cfg: TrainConfig, resolved: dict[str, str]) -> None:
-    """Every config field, plus what was resolved at run time (strategy picked, replicas, global batch)."""
-    log_params_once({**cfg.as_params(), "registered_model_name": cfg.registered_model_name, **resolved})
+def log_config(cfg: TrainConfig, params: dict[str, str]) -> None:
+    """`params` (the config's flat values and what was resolved at run time: strategy picked, replicas, global
+    batch), and the config itself, by group, as config.json."""
+    log_params_once(params)
     mlflow.log_dict(dataclasses.asdict(cfg), "config.json")
 
 

@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
+from tftrain.env import mlflow_run_id
 from tftrain.errors import UserError
 
 TIMEOUT_SECONDS = 5.0
@@ -132,7 +133,7 @@ def mark_refused(reason: str) -> str | None:
     when the entry point exits). Returns why it could not, or None. A run tftrain already ended is left alone:
     it carries its own reason. The run is kept, not deleted: mlflow run then sets the terminal status of a
     deleted run and dies with a traceback (mlflow 3.17, projects._maybe_set_run_terminated)."""
-    run_id = os.environ.get("MLFLOW_RUN_ID")
+    run_id = mlflow_run_id()
     if not run_id:
         return None
     from mlflow import MlflowClient

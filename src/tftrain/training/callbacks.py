@@ -206,8 +206,8 @@ def build_callbacks(
     """
     rules, early_stopping, plateau = _rules(cfg, out_dir, clock)
     summary = None
-    if cfg.epoch_summary:
-        summary = EpochSummary(cfg.epochs, early_stopping=early_stopping, plateau=plateau, classes=classes)
+    if cfg.tracking.epoch_summary:
+        summary = EpochSummary(cfg.trainer.epochs, early_stopping=early_stopping, plateau=plateau, classes=classes)
     ordered = [statistics, clock, StopOnNonFiniteLoss(), *rules, summary, epoch_metrics]
     callbacks = [c for c in ordered if c is not None]
     if backups is not None:
@@ -219,37 +219,37 @@ def _rules(cfg: TrainConfig, out_dir: Path, clock: SaveClock) -> tuple[list, obj
     """Early stopping, the best checkpoint, the LR plateau and TensorBoard, as cfg enables them; with the early
     stopping and plateau callbacks themselves (None when off) for the epoch summary to read."""
     callbacks: list[keras.callbacks.Callback] = []
-    verbose = 0 if cfg.epoch_summary else 1  # Keras' own messages when there is no epoch summary to carry them
+    verbose = 0 if cfg.tracking.epoch_summary else 1  # Keras' own messages when there is no epoch summary to carry them
     early_stopping = plateau = None
-    if cfg.early_stopping:
+    if cfg.trainer.early_stopping:
         early_stopping = keras.callbacks.EarlyStopping(
-            monitor=cfg.early_stopping_monitor,
-            mode=mode(cfg.early_stopping_monitor),
-            patience=cfg.early_stopping_patience,
-            restore_best_weights=cfg.restore_best_weights,
-            start_from_epoch=cfg.early_stopping_start,
+            monitor=cfg.trainer.early_stopping_monitor,
+            mode=mode(cfg.trainer.early_stopping_monitor),
+            patience=cfg.trainer.early_stopping_patience,
+            restore_best_weights=cfg.trainer.restore_best_weights,
+            start_from_epoch=cfg.trainer.early_stopping_start,
             verbose=verbose,
         )
         callbacks.append(early_stopping)
-    if cfg.checkpoint:
+    if cfg.trainer.checkpoint:
         # the epochs early stopping watches, when it decides the best too (checkpoint_monitor=auto)
-        start = cfg.early_stopping_start if cfg.early_stopping and cfg.checkpoint_monitor == "auto" else 0
+        start = cfg.trainer.early_stopping_start if cfg.trainer.early_stopping and cfg.trainer.checkpoint_monitor == "auto" else 0
         template = checkpoint_dir(out_dir) / "model_{epoch:02d}_{val_accuracy:.4f}.keras"
         callbacks.append(
-            BestCheckpoint(str(template), clock, start, monitor=cfg.best_monitor, mode=mode(cfg.best_monitor))
+            BestCheckpoint(str(template), clock, start, monitor=cfg.trainer.best_monitor, mode=mode(cfg.trainer.best_monitor))
         )
-    if cfg.plateau_enabled:
+    if cfg.trainer.plateau_enabled:
         plateau = keras.callbacks.ReduceLROnPlateau(
-            monitor=cfg.plateau_monitor,
-            mode=mode(cfg.plateau_monitor),
-            factor=cfg.plateau_factor,
-            patience=cfg.plateau_patience,
-            min_lr=cfg.plateau_min_lr,
+            monitor=cfg.trainer.plateau_monitor,
+            mode=mode(cfg.trainer.plateau_monitor),
+            factor=cfg.trainer.plateau_factor,
+            patience=cfg.trainer.plateau_patience,
+            min_lr=cfg.trainer.plateau_min_lr,
             verbose=verbose,
         )
         callbacks.append(plateau)
-    if cfg.tensorboard:
+    if cfg.tracking.tensorboard:
         callbacks.append(
-            keras.callbacks.TensorBoard(log_dir=str(out_dir / "tensorboard"), histogram_freq=cfg.histogram_freq)
+            keras.callbacks.TensorBoard(log_dir=str(out_dir / "tensorboard"), histogram_freq=cfg.tracking.histogram_freq)
         )
     return callbacks, early_stopping, plateau

@@ -45,19 +45,19 @@ def plan_steps(cfg: TrainConfig, rt: Runtime, examples: int) -> Plan:
 def steps_per_execution(cfg: TrainConfig, rt: Runtime) -> int:
     """Keras 3's fit fails with steps_per_execution > 1 under a multi-replica strategy ("You must feed a value for
     placeholder tensor", keras-team/keras#19246): there, fit runs one step per call, and says so."""
-    if cfg.engine == "fit" and rt.replicas > 1 and cfg.steps_per_execution > 1:
+    if cfg.runtime.resolved_engine == "fit" and rt.replicas > 1 and cfg.trainer.steps_per_execution > 1:
         log.info(f"note: engine=fit with {rt.replicas} replicas runs steps_per_execution=1 (keras-team/keras#19246)")
         return 1
-    return cfg.steps_per_execution
+    return cfg.trainer.steps_per_execution
 
 
 def datasets(cfg: TrainConfig, rt: Runtime, train_xy, val_xy, global_batch: int, augment: str):
     """fit takes global batches and splits them itself; the custom loop takes per-replica batches, sharded per
     worker, through distribute_datasets_from_function. The `augment` preset changes training batches only."""
-    augmenter = batch_augmenter(augment, cfg.seed)
-    if cfg.engine == "fit":
+    augmenter = batch_augmenter(augment, cfg.runtime.seed)
+    if cfg.runtime.resolved_engine == "fit":
         return (
-            make_dataset(*train_xy, global_batch, shuffle=True, seed=cfg.seed, augment=augmenter),
+            make_dataset(*train_xy, global_batch, shuffle=True, seed=cfg.runtime.seed, augment=augmenter),
             make_dataset(*val_xy, global_batch, shuffle=False),
         )
 
@@ -67,7 +67,7 @@ def datasets(cfg: TrainConfig, rt: Runtime, train_xy, val_xy, global_batch: int,
             batch = ctx.get_per_replica_batch_size(global_batch)
             # training: full batches only with several replicas (see full_batches_only)
             drop = shuffle and full_batches_only(cfg, rt)
-            return make_dataset(*xy, batch, shuffle=shuffle, seed=cfg.seed, shard=shard, drop_remainder=drop,
+            return make_dataset(*xy, batch, shuffle=shuffle, seed=cfg.runtime.seed, shard=shard, drop_remainder=drop,
                                 augment=augmenter if shuffle else None)  # fmt: skip
 
         return rt.strategy.distribute_datasets_from_function(fn)
@@ -80,7 +80,7 @@ def full_batches_only(cfg: TrainConfig, rt: Runtime) -> bool:
     left a replica an empty one, whose gradient fails in TensorFlow (ReluGrad shapes [0,19,14,32] != [0,20,15,3],
     the CNN on 40x30 images), and workers whose shards end at different steps would wait on each other. Each
     epoch is reshuffled, so what one epoch leaves out another trains on."""
-    return cfg.engine == "custom" and rt.replicas > 1
+    return cfg.runtime.resolved_engine == "custom" and rt.replicas > 1
 
 
 def _steps_per_epoch(cfg: TrainConfig, rt: Runtime, examples: int, batch: int) -> int:

@@ -1,6 +1,6 @@
 """Resuming after a crash: the backups a training command goes on from (its run: run_state.py).
 
-A command's state lives in <output_dir>/.resume/<key>/ (run_state.state_dir): besides run.json, backup-chief/
+A command's state lives in <output_dir>/.resume/<key>/ (run_state.command_state): besides run.json, backup-chief/
 holds Keras' BackupAndRestore files (weights, optimizer state and the number of completed epochs) and the other
 callbacks' counters, rewritten at each save point (an epoch's end, at most every `save_interval` seconds);
 another worker's backup sits beside it.
@@ -18,21 +18,20 @@ import h5py
 import keras
 import numpy as np
 
-from tftrain.config import TrainConfig
 from tftrain.errors import UserError
-from tftrain.keras_hooks import initial_epoch
+from tftrain.keras_hooks import BACKUP_COPY, BACKUP_EPOCH, BACKUP_WEIGHTS, COUNTERS, initial_epoch
 from tftrain.training.callbacks import SaveClock
-from tftrain.training.run_state import state_dir
+from tftrain.training.run_state import CommandState
 
 log = logging.getLogger(__name__)
 
 
-def check_backup(cfg: TrainConfig) -> None:
+def check_backup(state: CommandState) -> None:
     """A backup torn by a crash (see _epochs): go back to the copy before it, both files together (Keras itself
     falls back for torn weights only, and fails on a torn epoch file); if that copy is unreadable too, say which
     files and what to do, rather than fail inside Keras."""
-    backup = backup_folder(cfg)
-    weights, epoch = backup / "latest.weights.h5", backup / "training_metadata.json"
+    backup = state.backup_folder()
+    weights, epoch = backup / BACKUP_WEIGHTS, backup / BACKUP_EPOCH
     if not weights.exists() and not epoch.exists():
         return
     latest, before = _epochs(backup)
@@ -42,7 +41,7 @@ def check_backup(cfg: TrainConfig) -> None:
         torn = weights if not _readable(weights) else epoch
         raise UserError(
             f"cannot resume: the backup {torn} is corrupt, and so is the copy before it; delete "
-            f"{state_dir(cfg)} to lose it and start afresh, or run with resume=never"
+            f"{state.folder} to lose it and start afresh, or run with resume=never"
         )
     _go_back(backup)
     log.info(f"note: the latest backup in {backup} is corrupt; resuming from the one before it")
@@ -53,10 +52,10 @@ def _epochs(folder: Path) -> tuple[int, int]:
     as: copy weights and epoch file to *.bkp, write the weights, write the epoch file; so the latest pair is whole
     only when both files read and its epoch file is newer than the copy's (a process killed after the copies, or
     mid-weights, leaves the old epoch file beside weights that may be new or torn), or it is the copy put back."""
-    weights, epoch = folder / "latest.weights.h5", folder / "training_metadata.json"
-    before = _epoch_of(Path(f"{weights}.bkp"), Path(f"{epoch}.bkp"))
+    weights, epoch = folder / BACKUP_WEIGHTS, folder / BACKUP_EPOCH
+    before = _epoch_of(Path(f"{weights}{BACKUP_COPY}"), Path(f"{epoch}{BACKUP_COPY}"))
     latest = _epoch_of(weights, epoch)
-    gone_back = latest == before > 0 and filecmp.cmp(weights, f"{weights}.bkp", shallow=False)  # the copy put back
+    gone_back = latest == before > 0 and filecmp.cmp(weights, f"{weights}{BACKUP_COPY}", shallow=False)  # the copy put back
     return (latest if latest > before or gone_back else 0), before
 
 
@@ -68,8 +67,8 @@ def _epoch_of(weights: Path, epoch: Path) -> int:
 
 def _go_back(folder: Path) -> None:
     """The copy before the latest backup becomes the latest."""
-    for name in ("latest.weights.h5", "training_metadata.json"):
-        shutil.copyfile(folder / f"{name}.bkp", folder / name)
+    for name in (BACKUP_WEIGHTS, BACKUP_EPOCH):
+        shutil.copyfile(folder / f"{name}{BACKUP_COPY}", folder / name)
 
 
 def _readable(path: Path) -> bool:
@@ -88,20 +87,13 @@ def _epoch_readable(path: Path) -> bool:
 
 
 def backup_callbacks(
-    cfg: TrainConfig, callbacks: list, clock: SaveClock, worker: str = "chief"
+    state: CommandState, callbacks: list, clock: SaveClock, worker: str = "chief"
 ) -> list[keras.callbacks.Callback]:
     """Weights, optimizer state and epoch (Keras' BackupAndRestore, two copies kept, so a backup torn by a kill
     mid-write falls back to the one before), then the counters of the other callbacks, at each save point;
     restored when training begins. Their place in the list: callbacks.build_callbacks."""
-    folder = backup_folder(cfg, worker)
+    folder = state.backup_folder(worker)
     return [Backup(str(folder), clock), CallbackState(folder, callbacks, clock)]
-
-
-def backup_folder(cfg: TrainConfig, worker: str = "chief") -> Path:
-    """The chief's backup is in the command's state; another worker's beside it (the chief removes its state when
-    it is done)."""
-    state = state_dir(cfg)
-    return state / "backup-chief" if worker == "chief" else Path(f"{state}-{worker}")
 
 
 def agree_on_backups(folder: Path, gathered) -> int:
@@ -137,12 +129,6 @@ class CallbackState(keras.callbacks.Callback):
     """Early stopping's patience and best value (and best weights), the LR-plateau rule's counters and the best
     checkpoint's value, saved with each backup and put back on resume: a resumed run stops, cuts the learning rate
     and keeps checkpoints when an uninterrupted one would."""
-
-    FIELDS = {
-        keras.callbacks.EarlyStopping: ("wait", "best", "best_epoch"),
-        keras.callbacks.ReduceLROnPlateau: ("wait", "best", "cooldown_counter"),
-        keras.callbacks.ModelCheckpoint: ("best",),
-    }
 
     def __init__(self, folder: Path, callbacks: list, clock: SaveClock):
         super().__init__()
@@ -183,7 +169,7 @@ class CallbackState(keras.callbacks.Callback):
 
 def _fields(callback) -> tuple[str, ...]:
     """The counters of `callback` that a resume restores (none for callbacks without any)."""
-    return next((names for kind, names in CallbackState.FIELDS.items() if isinstance(callback, kind)), ())
+    return next((names for kind, names in COUNTERS.items() if isinstance(callback, kind)), ())
 
 
 def _plain(value):

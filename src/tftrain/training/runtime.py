@@ -60,7 +60,7 @@ def worker_index() -> str:
 
 
 def _multi_worker(cfg: TrainConfig, workers: int) -> bool:
-    return cfg.strategy == "multi_worker" or (cfg.strategy == "auto" and workers > 1)
+    return cfg.runtime.strategy == "multi_worker" or (cfg.runtime.strategy == "auto" and workers > 1)
 
 
 def is_chief_process(cfg: TrainConfig) -> bool:
@@ -92,9 +92,9 @@ def _declare_cpu_replicas(n: int) -> None:
 def _resolve(cfg: TrainConfig, workers: int) -> str:
     if _multi_worker(cfg, workers):
         return "multi_worker"
-    if cfg.strategy != "auto":
-        return cfg.strategy
-    if len(tf.config.list_physical_devices("GPU")) > 1 or cfg.cpu_replicas > 1:
+    if cfg.runtime.strategy != "auto":
+        return cfg.runtime.strategy
+    if len(tf.config.list_physical_devices("GPU")) > 1 or cfg.runtime.cpu_replicas > 1:
         return "mirrored"
     return "default"
 
@@ -114,11 +114,11 @@ def build_runtime(cfg: TrainConfig) -> Runtime:
     config = tf_config()
     workers = _worker_count(config)
     name = _resolve(cfg, workers)
-    if name == "multi_worker" and cfg.engine == "fit":
+    if name == "multi_worker" and cfg.runtime.resolved_engine == "fit":
         raise UserError(f"invalid combination: engine=fit with strategy=multi_worker; {FIT_CANNOT_RUN}")
     if name == "multi_worker" and workers < 1:
         raise UserError(NO_TF_CONFIG)
-    _declare_cpu_replicas(cfg.cpu_replicas)
+    _declare_cpu_replicas(cfg.runtime.cpu_replicas)
     strategies = {
         "multi_worker": tf.distribute.MultiWorkerMirroredStrategy,
         "mirrored": _mirrored,
@@ -130,7 +130,7 @@ def build_runtime(cfg: TrainConfig) -> Runtime:
     strategy = strategies[name]()
     precision = resolve_precision(cfg)
     keras.mixed_precision.set_global_policy(precision)
-    keras.utils.set_random_seed(cfg.seed)
+    keras.utils.set_random_seed(cfg.runtime.seed)
     chief = name != "multi_worker" or _is_chief(config)
     return Runtime(strategy, name, strategy.num_replicas_in_sync, chief, max(workers, 1), precision)
 
@@ -154,17 +154,17 @@ def resolve_precision(cfg: TrainConfig) -> str:
     """precision=auto: what measured fastest at equal accuracy (README, Measured figures). On a CPU, bfloat16 only
     for the built-in models, on the CPUs where it measured faster (BFLOAT16_CPU_FLAGS); other architectures are
     not measured here, so they stay in float32 there."""
-    if cfg.precision != "auto":
-        if cfg.precision == "mixed_float16" and not tf.config.list_physical_devices("GPU"):
+    if cfg.runtime.precision != "auto":
+        if cfg.runtime.precision == "mixed_float16" and not tf.config.list_physical_devices("GPU"):
             log.info("note: precision=mixed_float16 on a CPU has no float16 hardware to use and runs much slower than "
                   "float32 (the CNN about 15x here); use precision=auto, or mixed_bfloat16 on CPUs with AMX or "
                   "AVX512-BF16")  # fmt: skip
-        return cfg.precision
+        return cfg.runtime.precision
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
         capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability") or (0, 0)
         return "mixed_bfloat16" if capability >= (8, 0) else "mixed_float16" if capability >= (7, 0) else "float32"
-    if set(BFLOAT16_CPU_FLAGS.get(cfg.model, ())) & cpu_flags():
+    if set(BFLOAT16_CPU_FLAGS.get(cfg.model.name, ())) & cpu_flags():
         return "mixed_bfloat16"
     return "float32"
 

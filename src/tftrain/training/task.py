@@ -6,11 +6,12 @@ a user's builder and a .keras file all take the same road. A Python user can mak
 
     task = Task("flowers", ("daisy", "rose"), (x_train, y_train), (x_val, y_val), (x_test, y_test),
                 build_model=lambda: my_keras_model_taking_raw_pixels())
-    train(TrainConfig(...), task)
+    train(TrainConfig.from_flat(...), task)
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -19,6 +20,7 @@ import numpy as np
 
 from tftrain.config import TrainConfig
 from tftrain.errors import UserError
+from tftrain.values import check_named, name_label
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,23 @@ class Task:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def label(self) -> str:
+        """The task's name as run and registered model names take it: letters, digits and '-'."""
+        return name_label(self.name)
+
+    @property
+    def identity(self) -> str:
+        """Empty for a task the config names (its settings are the config's); for one made in Python, a digest of
+        its name, classes and arrays, so that two such tasks trained with one config are two commands."""
+        if self.data_settings:
+            return ""
+        digest = hashlib.blake2b(repr((self.name, self.class_names)).encode(), digest_size=16)
+        for x, y in (self.train, self.validation, self.test):
+            digest.update(np.ascontiguousarray(x).data)
+            digest.update(np.ascontiguousarray(y).data)
+        return digest.hexdigest()
+
     def build_loss(self, reduction: str | None = "sum_over_batch_size") -> keras.losses.Loss:
         """Cross-entropy of the model's probabilities against the integer labels. fit takes the batch mean; the
         custom loop asks for one value per example (reduction None) and averages over the global batch itself."""
@@ -74,13 +93,14 @@ class Task:
 
 
 def resolve_task(cfg: TrainConfig, data=None) -> Task:
-    """The task `cfg.dataset` and `cfg.model` name: data loaded (decoded once, cached), the model's builder
+    """The task `cfg.data.dataset` and `cfg.model.name` name: data loaded (decoded once, cached), the model's builder
     checked to exist; `data` the TaskData already loaded for the same data settings (a sweep's trials share it).
     TensorFlow may run here (tfds, user functions): call it after the runtime is set up."""
     from tftrain.models.build import model_builder
 
+    check_named(cfg)
     data = data or load_data(cfg)
-    build = model_builder(cfg.model, len(data.class_names), data.input_shape, cfg.weights, cfg.freeze_backbone)
+    build = model_builder(cfg.model.name, len(data.class_names), data.input_shape, cfg.model.weights, cfg.model.freeze_backbone)
     return Task(data.name, data.class_names, data.train, data.validation, data.test, build, data.source, data.resolved,
                 data.settings)  # fmt: skip
 
@@ -94,7 +114,7 @@ AUTO_SIDES_OTHER = (1, 64)  # never enlarged
 
 def auto_sides(model: str) -> tuple[int, int]:
     """The bounds of an "auto" square side for `model` (see folders.load_folder)."""
-    from tftrain.config import model_kind
+    from tftrain.values import model_kind
 
     return AUTO_SIDES.get(model_kind(model), AUTO_SIDES_OTHER)
 
@@ -105,7 +125,7 @@ def load_data(cfg: TrainConfig):
     from tftrain.data.datasets import load_task_data
 
     return load_task_data(
-        cfg.dataset, cfg.data_dir, image_size=parse_image_size(cfg.image_size),
-        channels=None if cfg.channels == "auto" else int(cfg.channels), test_split=cfg.test_split,
-        validation_split=cfg.validation_split, bad_images=cfg.bad_images, auto_sides=auto_sides(cfg.model),
+        cfg.data.dataset, cfg.data.data_dir, image_size=parse_image_size(cfg.data.image_size),
+        channels=None if cfg.data.channels == "auto" else int(cfg.data.channels), test_split=cfg.data.test_split,
+        validation_split=cfg.data.validation_split, bad_images=cfg.data.bad_images, auto_sides=auto_sides(cfg.model.name),
     )  # fmt: skip

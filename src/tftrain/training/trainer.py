@@ -8,7 +8,6 @@ import dataclasses
 import json
 import logging
 import sys
-import tempfile
 import time
 import zipfile
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from tftrain.config import TrainConfig, check_output_dir, default_run_name, model_label
+from tftrain.config import PARAMS, TrainConfig
 from tftrain.data.augment import has_random_layers
 from tftrain.data.augment import resolve as resolve_augment
 from tftrain.errors import TrainingFailed, UserError
@@ -26,13 +25,15 @@ from tftrain.tracking import runs
 from tftrain.tracking.epoch_metrics import EpochMetrics, log_timings
 from tftrain.tracking.journal import Journal
 from tftrain.tracking.logged_models import LoggedModel, Provenance, log_keras_model
-from tftrain.training import batchnorm, resume, run_state
+from tftrain.training import batchnorm, resume
 from tftrain.training.callbacks import SaveClock, build_callbacks, chance_warning, checkpoint_dir, mode
+from tftrain.training.context import RunContext, open_context
 from tftrain.training.loop import fit_custom
 from tftrain.training.plan import Plan, datasets, plan_steps
 from tftrain.training.runtime import Runtime, barrier, build_runtime, gathered, worker_index
 from tftrain.training.schedules import build_learning_rate
 from tftrain.training.task import Task, resolve_task
+from tftrain.values import model_label, registered_model_name
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ def _fit_verbosity(cfg: TrainConfig) -> int:
     """A live progress bar on a terminal; in logs, one line per epoch (ours, or Keras' own)."""
     if sys.stdout.isatty():
         return 1
-    return 0 if cfg.epoch_summary else 2
+    return 0 if cfg.tracking.epoch_summary else 2
 
 
 def _set_aside_partial_checkpoints(out_dir: Path) -> None:
@@ -102,16 +103,16 @@ def _log_outputs(out_dir: Path, journal: Journal) -> None:
 
 
 def _engine(cfg, rt, task, model, train_data, val_data, callbacks, plan: Plan) -> keras.callbacks.History:
-    if cfg.engine == "custom":
+    if cfg.runtime.resolved_engine == "custom":
         return fit_custom(
-            model, task, rt.strategy, train_data, val_data, epochs=cfg.epochs, steps_per_epoch=plan.steps_per_epoch,
+            model, task, rt.strategy, train_data, val_data, epochs=cfg.trainer.epochs, steps_per_epoch=plan.steps_per_epoch,
             global_batch=plan.global_batch, steps_per_execution=model.steps_per_execution, callbacks=callbacks,
             verbose=_fit_verbosity(cfg),
         )  # fmt: skip
     return model.fit(
         train_data,
         validation_data=val_data,
-        epochs=cfg.epochs,
+        epochs=cfg.trainer.epochs,
         callbacks=callbacks,
         verbose=_fit_verbosity(cfg),
         shuffle=False,  # train_data shuffles itself, seeded, every epoch
@@ -123,7 +124,7 @@ def _runtime_params(cfg: TrainConfig, rt: Runtime, plan: Plan, augment: str, mom
     return {
         "augment_resolved": augment,
         **({"batch_norm_momentum": f"{momentum:.4g}"} if momentum is not None else {}),
-        "engine_resolved": cfg.engine,  # engine=auto, as `mlflow run` logs it, resolves in TrainConfig
+        "engine_resolved": cfg.runtime.resolved_engine,  # engine=auto, as `mlflow run` logs it, resolves in TrainConfig
         "batch_size_resolved": str(plan.batch),
         "learning_rate_resolved": f"{plan.learning_rate:g}",
         "steps_per_execution_used": str(plan.steps_per_execution),
@@ -155,88 +156,90 @@ def train(
     run: runs.StepRun | None = None,
     register: bool = True,
 ) -> TrainResult:
-    """Train `task` (None: the one cfg.dataset and cfg.model name) as `cfg` says; `rt` the runtime already built
+    """Train `task` (None: the one cfg.data.dataset and cfg.model.name name) as `cfg` says; `rt` the runtime already built
     (None: built here, first thing); `extra_callbacks` (the benchmark's) run after all of tftrain's own; `run` the
     caller's open run to train in (None: the active run, MLFLOW_RUN_ID's, the interrupted one's, or a new one);
     `register` False logs the model without registering it (a sweep registers its best trial's only).
 
     The phases, in order: runtime, task, compile, run context, callbacks, engine (fit or the custom loop), log."""
-    output_root = check_output_dir(cfg.output_dir)
     rt = rt or build_runtime(cfg)  # first: devices and strategy must be set up before TensorFlow runs any op
     task = task or resolve_task(cfg)
     plan = plan_steps(cfg, rt, len(task.train[0]))
     model, momentum = build_model(cfg, rt, task, plan)
-    augment = resolve_augment(cfg.augment, cfg.model, cfg.dataset, has_random_layers(model))
+    augment = resolve_augment(cfg.data.augment, cfg.model.name, cfg.data.dataset, has_random_layers(model))
     resolved = {**_runtime_params(cfg, rt, plan, augment, momentum), **task.resolved}
-    with _run_and_folder(cfg, rt, output_root, run) as (run_id, out_dir, journal):
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
-        if run_id:
+    with open_context(cfg, task, rt, run) as ctx:
+        (ctx.out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+        if ctx.run_id:
             _log_run_start(cfg, task, resolved)
-        callbacks, clock, epoch_metrics = _callbacks(cfg, rt, task, plan, out_dir, momentum, run_id, journal,
-                                                     extra_callbacks)  # fmt: skip
+        callbacks, clock, epoch_metrics = _callbacks(cfg, rt, task, plan, ctx, momentum, extra_callbacks)
         log.info(_start_line(cfg, rt, task, plan, augment))
-        history, fit_seconds, upload_seconds = _run_engine(
-            cfg, rt, task, model, datasets(cfg, rt, task.train, task.validation, plan.global_batch, augment), callbacks,
-            plan, clock, out_dir, run_id, journal,
-        )  # fmt: skip
-        _check_outcome(cfg, rt, task, model, history, run_id)
+        data = datasets(cfg, rt, task.train, task.validation, plan.global_batch, augment)
+        history, fit_seconds, upload_seconds = _run_engine(cfg, rt, task, model, data, callbacks, plan, clock, ctx)
+        _check_outcome(cfg, rt, task, model, history, ctx.run_id)
         tracking_seconds = (epoch_metrics.seconds if epoch_metrics else 0.0) + upload_seconds
         logged, model_logging_seconds = None, 0.0
-        if run_id:
-            logged, model_logging_seconds = _log_model(cfg, task, model, journal, register)
-            log_timings(journal, fit_seconds, tracking_seconds, model_logging_seconds)
-            run_state.forget(cfg)  # finished: the same command would now start a new run
+        if ctx.run_id:
+            logged, model_logging_seconds = _log_model(cfg, task, model, ctx.journal, register)
+            log_timings(ctx.journal, fit_seconds, tracking_seconds, model_logging_seconds)
+            ctx.state.forget()  # finished: the same command would now start a new run
     barrier(rt)  # no worker exits while the chief still logs
-    if journal and journal.active:
+    if ctx.journal and ctx.journal.active:
         raise TrainingFailed(
             f"training finished, but the tracking server went away during the run: its metrics, logs, checkpoints "
-            f"and model are kept in {journal.folder}; when the server is back, upload them with: "
-            f"tftrain sync {journal.folder}"
+            f"and model are kept in {ctx.journal.folder}; when the server is back, upload them with: "
+            f"tftrain sync {ctx.journal.folder}"
         )
-    return TrainResult(run_id, logged, history, out_dir, model, fit_seconds, tracking_seconds, model_logging_seconds)
+    return TrainResult(
+        ctx.run_id, logged, history, ctx.out_dir, model, fit_seconds, tracking_seconds, model_logging_seconds
+    )
 
 
 def _log_run_start(cfg: TrainConfig, task: Task, resolved: dict[str, str]) -> None:
+    """The environment, the config's values and what was resolved from them, as params. The task is the one
+    source for what the data is: for a task made in Python, its name stands for the config's data settings."""
     runs.log_environment()
-    runs.log_config(cfg, resolved)
+    params = cfg.as_params()
+    if task.identity:
+        params = {k: v for k, v in params.items() if PARAMS[k].group != "data"} | {"dataset": task.name}
+    runs.log_config(cfg, params | {"registered_model_name": registered_model_name(cfg, task.label)} | resolved)
     runs.set_tags({"dataset_source": task.source, "train_examples": str(len(task.train[0])),
                    "classes": str(task.num_classes)})  # fmt: skip
 
 
-def _callbacks(cfg, rt, task, plan, out_dir, momentum, run_id, journal, extra) -> tuple[list, SaveClock, object]:
+def _callbacks(cfg, rt, task, plan, ctx: RunContext, momentum, extra) -> tuple[list, SaveClock, object]:
     """The one ordered list (callbacks.build_callbacks), with the parts that need the run: precise batch norm
     statistics while the model has batch norms, epoch metrics when there is a run, the resume backups always."""
     # every worker of a multi-worker job must back up the same epochs: their own clocks would not agree
-    clock = SaveClock(cfg.save_interval if rt.worker_count == 1 else 0.0)
+    clock = SaveClock(cfg.tracking.save_interval if rt.worker_count == 1 else 0.0)
     statistics = None
     if momentum is not None:
-        statistics = batchnorm.PreciseStatistics(task.train[0], plan.batch, plan.steps_per_epoch, momentum, cfg.seed)
+        statistics = batchnorm.PreciseStatistics(task.train[0], plan.batch, plan.steps_per_epoch, momentum, cfg.runtime.seed)
     epoch_metrics = None
-    if run_id:
-        epoch_metrics = EpochMetrics(clock, journal, cfg.log_lr_every_n_steps, runs.logged_steps(run_id))
+    if ctx.run_id:
+        epoch_metrics = EpochMetrics(clock, ctx.journal, cfg.tracking.log_lr_every_n_steps, runs.logged_steps(ctx.run_id))
     worker = "chief" if rt.is_chief else worker_index()
     if rt.worker_count > 1:
-        agreed = resume.agree_on_backups(resume.backup_folder(cfg, worker), lambda value: gathered(rt, value))
+        agreed = resume.agree_on_backups(ctx.state.backup_folder(worker), lambda value: gathered(rt, value))
         if agreed and rt.is_chief:
             log.info(f"the workers go on after epoch {agreed}, from their backups")
     callbacks = build_callbacks(
-        cfg, out_dir, clock, task.num_classes, statistics=statistics, epoch_metrics=epoch_metrics,
-        backups=lambda before: resume.backup_callbacks(cfg, before, clock, worker), extra=tuple(extra),
+        cfg, ctx.out_dir, clock, task.num_classes, statistics=statistics, epoch_metrics=epoch_metrics,
+        backups=lambda before: resume.backup_callbacks(ctx.state, before, clock, worker), extra=tuple(extra),
     )  # fmt: skip
     return callbacks, clock, epoch_metrics
 
 
 def _start_line(cfg: TrainConfig, rt: Runtime, task: Task, plan: Plan, augment: str) -> str:
     return (
-        f"training {model_label(cfg.model)} ({cfg.engine}, {rt.strategy_name} x{rt.replicas}, {rt.precision}) on "
+        f"training {model_label(cfg.model.name)} ({cfg.runtime.resolved_engine}, {rt.strategy_name} x{rt.replicas}, {rt.precision}) on "
         f"{task.source}: {len(task.train[0])} train / {len(task.validation[0])} validation images of "
         f"{'x'.join(map(str, task.input_shape))}, {task.num_classes} classes, global batch {plan.global_batch}, "
-        f"learning rate {plan.learning_rate:g} ({cfg.lr_schedule}), augment {augment}"
+        f"learning rate {plan.learning_rate:g} ({cfg.trainer.lr_schedule}), augment {augment}"
     )
 
 
-def _run_engine(cfg, rt, task, model, datasets, callbacks, plan, clock, out_dir, run_id, journal):
+def _run_engine(cfg, rt, task, model, datasets, callbacks, plan, clock, ctx: RunContext):
     """fit or the custom loop; what waits for a save point is written if it fails, the outputs are uploaded
     either way. Returns the history, the wall time and the part of it spent uploading."""
     started = time.perf_counter()
@@ -250,15 +253,15 @@ def _run_engine(cfg, rt, task, model, datasets, callbacks, plan, clock, out_dir,
                 clock.flush_pending()
             raise
     except OSError as e:  # a checkpoint, backup or log that could not be written: a full disk, a lost mount
-        _set_aside_partial_checkpoints(out_dir)
+        _set_aside_partial_checkpoints(ctx.out_dir)
         raise TrainingFailed(
-            f"training stopped: cannot write {e.filename or out_dir}: {e.strerror or e}; files written before "
+            f"training stopped: cannot write {e.filename or ctx.out_dir}: {e.strerror or e}; files written before "
             "are kept; make room and run the same command to continue from the last completed epoch"
         ) from None
     finally:
         uploading = time.perf_counter()
-        if run_id:
-            _log_outputs(out_dir, journal)
+        if ctx.run_id:
+            _log_outputs(ctx.out_dir, ctx.journal)
         uploaded = time.perf_counter()
     return history.history, uploaded - started, uploaded - uploading
 
@@ -277,8 +280,8 @@ def _check_outcome(cfg, rt, task, model, history, run_id) -> None:
 
 def _log_model(cfg, task, model, journal, register) -> tuple[LoggedModel, float]:
     started = time.perf_counter()
-    made = Provenance(task.class_names, task.data_settings, cfg.registered_model_name)
-    name = cfg.registered_model_name if register else None
+    made = Provenance(task.class_names, task.data_settings, registered_model_name(cfg, task.label))
+    name = made.registered_name if register else None
     logged = log_keras_model(portable_copy(model), name, task.validation[0][:2], made, journal)
     return logged, time.perf_counter() - started
 
@@ -286,14 +289,14 @@ def _log_model(cfg, task, model, journal, register) -> tuple[LoggedModel, float]
 def _kept_epoch_warning(history: dict[str, list[float]], classes: int, cfg: TrainConfig) -> str:
     """callbacks.chance_warning for the epoch whose weights training ends with (the best by the early-stopping
     monitor when restore_best_weights, else the last)."""
-    monitored = history.get(cfg.early_stopping_monitor) or []
-    start = min(cfg.early_stopping_start, len(monitored) - 1)  # the epochs early stopping watched
+    monitored = history.get(cfg.trainer.early_stopping_monitor) or []
+    start = min(cfg.trainer.early_stopping_start, len(monitored) - 1)  # the epochs early stopping watched
     if not monitored:
         return ""
     kept = len(monitored) - 1
-    if cfg.early_stopping and cfg.restore_best_weights:
+    if cfg.trainer.early_stopping and cfg.trainer.restore_best_weights:
         watched = monitored[start:]
-        kept = start + int(np.argmin(watched) if mode(cfg.early_stopping_monitor) == "min" else np.argmax(watched))
+        kept = start + int(np.argmin(watched) if mode(cfg.trainer.early_stopping_monitor) == "min" else np.argmax(watched))
     return chance_warning({k: v[kept] for k, v in history.items() if len(v) > kept}, classes)
 
 
@@ -304,27 +307,3 @@ def _check_workers_agree(sums: list[float]) -> None:
     runs.set_tags({"tftrain.workers_agree": str(agree).lower(), "tftrain.worker_weight_sums": json.dumps(sums)})
     if not agree:
         log.warning(f"the workers ended with different weights (sums {sums}); the logged model is the chief's")
-
-
-@contextlib.contextmanager
-def _run_and_folder(cfg: TrainConfig, rt: Runtime, output_root: Path, within: runs.StepRun | None):
-    """The chief (any single-process run): its MLflow run, outputs/<run_id> and the run's offline journal there.
-    Another worker of a multi-worker job: no run, no journal, and a temporary folder, deleted after: it runs the
-    same callbacks (so collective ops stay in step across workers) but keeps nothing and logs nothing."""
-    if not rt.is_chief:
-        with tempfile.TemporaryDirectory(prefix="tftrain-worker-") as folder:
-            yield None, Path(folder), None
-        return
-    previous = run_state.interrupted_run(cfg)
-    if previous:
-        resume.check_backup(cfg)
-    with runs.step_run(default_run_name(cfg), resume_run_id=previous, within=within) as run:
-        run_id = run.run_id
-        out_dir = output_root / run_id
-        if previous and previous != run_id:  # `mlflow run` made a new run: the interrupted one moves into it
-            runs.adopt_run(previous)
-            if (output_root / previous).is_dir() and not out_dir.exists():
-                (output_root / previous).rename(out_dir)
-        run_state.remember(cfg, run_id)
-        run.journal = Journal(out_dir, run_id)  # the run's end is journaled too, if the server goes away
-        yield run_id, out_dir, run.journal

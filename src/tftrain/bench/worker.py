@@ -24,8 +24,10 @@ def train_flops_per_example(model) -> float:
     layer does not need (its input is the image): 4 x MACs there, 6 x MACs elsewhere."""
     import keras
 
+    from tftrain.data.augment import all_layers
+
     flops, first = 0.0, True
-    for layer in model._flatten_layers(include_self=False):
+    for layer in all_layers(model):
         if isinstance(layer, keras.layers.Dense):
             macs = layer.kernel.shape[0] * layer.kernel.shape[1]
         elif isinstance(layer, keras.layers.Conv2D):

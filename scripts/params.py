@@ -1,6 +1,6 @@
 """Writes the training parameters where they are copied from TrainConfig (src/tftrain/config.py): the MLproject's
 `main` and `train` entry points (parameters and commands), its `sweep` entry point (those and SweepConfig's, from
-src/tftrain/space.py) and the parameter tables of the docs (docs/parameters.md), a table per group.
+src/tftrain/search/space.py) and the parameter tables of the docs (docs/parameters.md), a table per group.
 
     python scripts/params.py            # rewrite both from TrainConfig
     python scripts/params.py --check    # change nothing; exit 1 naming the stale file(s), 0 when up to date

@@ -255,7 +255,7 @@ def sync_command(journal: str) -> None:
 @cli.command("pipeline")
 @config_options(TrainConfig)
 def pipeline_command(**params) -> None:
-    """The main job: train, evaluate and export in one MLflow run, then say where to look."""
+    """The main job: train, evaluate, export and promote in one MLflow run, then say where to look."""
     cfg = _training_args(params)
     if cfg.runtime.launcher == "ray":
         raise UserError("invalid value for launcher: received ray for the main job, which evaluates and exports in "

@@ -21,7 +21,7 @@ from tftrain.errors import UserError, invalid
 
 DATASETS = ("fashion_mnist", "mnist")  # built in; also an image folder, tfds:NAME[:VERSION] or a user function
 MODELS = ("mlp", "cnn", "cnn_bn")  # built in; also a keras.applications name, a user builder or a .keras file
-# keras.applications architectures by snake-case name (models.py maps them to their constructors)
+# keras.applications architectures by snake-case name (models/build.py maps them to their constructors)
 APPLICATIONS = (
     "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "efficientnet_v2_b0", "resnet50",
 )  # fmt: skip

@@ -1,6 +1,6 @@
 """The run `mlflow run` made: MLflow starts an entry point's process with MLFLOW_RUN_ID naming the run it holds
 open, and a step that finds it logs into that run. This module is the one place that reads or sets it; the run a
-step logs into is then decided once, where a command starts (tracking/context.py), and passed down."""
+step logs into is then decided once, where a command starts (training/context.py), and passed down."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from tftrain.config import AUGMENTS  # noqa: F401 - the presets' names, validate
 
 # auto: none for the write-up's MLP and CNN (its recipe; the speed figures), for digits (a flipped 2 is no 2) and
 # for a model with random layers of its own; flip for every other model. Measured with the defaults' 15 epochs
-# (README, "Batch normalization and augmentation"): standard's shifts and zooms cost cnn_bn 5 points on 2,000
+# (docs/own-data.md, "Augmentation"): standard's shifts and zooms cost cnn_bn 5 points on 2,000
 # Fashion-MNIST images (0.786 against 0.841 with flip, 0.836 none) and gained nothing on 1,430 photo crops
 # (0.811, flip 0.769, none 0.818: within the 143 test images' noise); they pay off in longer runs
 AUTO_NONE_MODELS = ("mlp", "cnn")

@@ -6,7 +6,7 @@ averages still near their start (mean 0, variance 1), so the model that validate
 answers at chance while it trains well (measured: MobileNetV2 from scratch on 1,430 photo crops, 12 epochs, test
 accuracy 0.09 with 0.99, 0.66 with 0.9).
 
-Two measures, measured on that folder (README, "Batch normalization"):
+Two measures, measured on that folder (docs/own-data.md, "Batch normalization"):
 - the momentum follows the run: a time constant of a fifth of an epoch (0.9 to 0.99), so the averages have
   forgotten their start after the first epoch and follow the weights as they change;
 - while they have not yet (the first epochs of a run of a few steps an epoch), the statistics are estimated again

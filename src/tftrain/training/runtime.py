@@ -151,7 +151,7 @@ def cpu_flags() -> set[str]:
 
 
 def resolve_precision(cfg: TrainConfig) -> str:
-    """precision=auto: what measured fastest at equal accuracy (README, Measured figures). On a CPU, bfloat16 only
+    """precision=auto: what measured fastest at equal accuracy (docs/benchmarks.md). On a CPU, bfloat16 only
     for the built-in models, on the CPUs where it measured faster (BFLOAT16_CPU_FLAGS); other architectures are
     not measured here, so they stay in float32 there."""
     if cfg.runtime.precision != "auto":

@@ -1,8 +1,9 @@
 """The task: what to learn and how to build the model for it, the one seam between data and models.
 
-The CLI resolves a task from the user's `dataset` and `model`; `train` receives it and never builds one itself, so
-the built-ins, an image folder, a tensorflow-datasets dataset, a user function, a keras.applications architecture,
-a user's builder and a .keras file all take the same road. A Python user can make their own:
+`resolve_task` makes one from the config's `dataset` and `model` (`train` calls it when given none; the main job
+and a sweep resolve it once and pass it); the built-ins, an image folder, a tensorflow-datasets dataset, a user
+function, a keras.applications architecture, a user's builder and a .keras file all take the same road. A Python
+user can make their own:
 
     task = Task("flowers", ("daisy", "rose"), (x_train, y_train), (x_val, y_val), (x_test, y_test),
                 build_model=lambda: my_keras_model_taking_raw_pixels())

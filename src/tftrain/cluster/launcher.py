@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ray.train import UserCallback
 
+from tftrain import log as console
 from tftrain import quiet
 from tftrain.checks import check_ray_address
 from tftrain.config import TrainConfig
@@ -127,6 +128,7 @@ class _Failures(UserCallback):
         what = "; ".join(f"rank {rank}: {_first_line(cause)}" for rank, cause in causes.items())
         then = (f"Ray starts the workers again ({self.failures} of {self.max_failures} restarts)"
                 if self.failures <= self.max_failures else "no restarts left")  # fmt: skip
+        console.setup()  # this runs in Ray Train's controller, a process of Ray's: its lines reach the driver's
         log.info(f"worker failed ({what}); {then}")
 
 
@@ -225,10 +227,8 @@ def _worker(config: dict) -> None:
         os.chdir(config["cwd"])
     rank = ray.train.get_context().get_world_rank()
     hand_over(config["run_id"] if rank == 0 else None)
-    from tftrain import log
-
     quiet.setup(verbose=False)
-    log.setup()
+    console.setup()
     for name in ("tensorflow", "mlflow"):  # Ray's logging setup shows their INFO lines
         logging.getLogger(name).setLevel(logging.WARNING)
     from tftrain.training.trainer import train

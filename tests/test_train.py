@@ -1,5 +1,6 @@
 """Training on tiny data against a real sqlite MLflow store: what lands in the store."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -191,4 +192,4 @@ def test_a_task_made_in_python_is_what_the_run_says_the_data_is(store, tmp_path,
     assert result.model.registered_name == "tftrain-my-digits"
     other = Task("My Digits", ("a", "b"), (255 - x, y), (x[:16], y[:16]), (x[:16], y[:16]), build_model=build)
     assert command_state(cfg, task.identity).folder != command_state(cfg, other.identity).folder
-    assert task.identity and not Task(**{**vars(task), "data_settings": {"dataset": "d"}}).identity
+    assert task.identity and not dataclasses.replace(task, data_settings={"dataset": "d"}).identity

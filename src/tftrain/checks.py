@@ -48,7 +48,11 @@ def check_training(cfg: TrainConfig) -> None:
     check_named(cfg)
     check_dataset(cfg.data.dataset, cfg.data.data_dir)
     check_model(cfg.model.name)
-    if cfg.runtime.strategy == "multi_worker" and cfg.runtime.launcher != "ray" and not os.environ.get("TF_CONFIG", "").strip():
+    if (
+        cfg.runtime.strategy == "multi_worker"
+        and cfg.runtime.launcher != "ray"
+        and not os.environ.get("TF_CONFIG", "").strip()
+    ):
         raise UserError(NO_TF_CONFIG)
     if cfg.runtime.launcher == "ray":
         if importlib.util.find_spec("ray") is None:

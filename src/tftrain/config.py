@@ -57,7 +57,6 @@ AUTO_BATCH_OTHER = (128, 0.002)
 AUTO_MIN_STEPS = 20  # an automatic batch size is halved (down to 8) until an epoch has this many steps
 
 
-
 # The groups, in the order the CLI's help, the MLproject and the docs list them.
 GROUPS = ("data", "model", "trainer", "runtime", "tracking")
 
@@ -122,8 +121,7 @@ class DataConfig:
         "else (photos of many sizes) a square of their median shorter side: 96 to 224 for keras.applications "
         "models, at most 64 for others.",
     )
-    channels: str = _opt(
-        "auto", "Colour channels the model sees; auto: 1 if every image is gray, else 3.", CHANNELS)
+    channels: str = _opt("auto", "Colour channels the model sees; auto: 1 if every image is gray, else 3.", CHANNELS)
     bad_images: str = _opt(
         "fail",
         "An unreadable image in a folder: fail names it and stops; skip leaves it out.",
@@ -155,13 +153,14 @@ class ModelConfig:
         "mlp, cnn (the write-up's), cnn_bn (three stages of convolutions with batch norm); a keras.applications name ("
         + ", ".join(APPLICATIONS)
         + "); a builder, module:function or file.py:function, called as "
-        "build(input_shape, num_classes); or a .keras file to continue training.", param="model")
+        "build(input_shape, num_classes); or a .keras file to continue training.",
+        param="model",
+    )
     weights: str = _opt(
         "",
         "keras.applications models: a local weights file for the backbone, or imagenet (downloads); empty: none.",
     )
-    freeze_backbone: bool = _opt(
-        False, "keras.applications models: train the new head only (fine-tuning).")
+    freeze_backbone: bool = _opt(False, "keras.applications models: train the new head only (fine-tuning).")
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -193,17 +192,13 @@ class TrainerConfig:
         "Adam's learning rate; the peak of a schedule. 0: by model, 0.008 for mlp at batch 1024, 0.004 for cnn "
         "and 0.003 for cnn_bn at 256, 0.002 for others at 128, times the square root of the batch's ratio to that.",
     )
-    steps_per_execution: int = _opt(
-        50, "Training steps per graph call: fewer Python round trips, same updates.")
+    steps_per_execution: int = _opt(50, "Training steps per graph call: fewer Python round trips, same updates.")
     lr_schedule: str = _opt("warmup_cosine", "Learning-rate schedule.", LR_SCHEDULES)
-    lr_boundaries: str = _opt(
-        "", "piecewise: comma-separated step boundaries; empty: 50% and 75% of all steps.")
-    lr_values: str = _opt(
-        "", "piecewise: one more value than boundaries; empty: learning_rate x 1, 0.1, 0.01, ...")
+    lr_boundaries: str = _opt("", "piecewise: comma-separated step boundaries; empty: 50% and 75% of all steps.")
+    lr_values: str = _opt("", "piecewise: one more value than boundaries; empty: learning_rate x 1, 0.1, 0.01, ...")
     decay_steps: int = _opt(0, "cosine, warmup_cosine: steps of the decay; 0: all training steps.")
     warmup_steps: int = _opt(0, "warmup_cosine: steps from 0 up to learning_rate; 0: one epoch.")
-    cosine_alpha: float = _opt(
-        0.0, "cosine, warmup_cosine: the final learning rate as a fraction of the peak.")
+    cosine_alpha: float = _opt(0.0, "cosine, warmup_cosine: the final learning rate as a fraction of the peak.")
     early_stopping: bool = _opt(
         True,
         "Stop when the monitored metric stops improving; under a decaying lr_schedule (the default), watched in the "
@@ -309,8 +304,7 @@ class RuntimeConfig:
         "tf.distribute strategy; auto: multi_worker under TF_CONFIG, mirrored on several devices, else TF's default.",
         STRATEGIES,
     )
-    cpu_replicas: int = _opt(
-        0, "On a CPU-only host, split the CPU into N logical devices for mirrored; 0: no split.")
+    cpu_replicas: int = _opt(0, "On a CPU-only host, split the CPU into N logical devices for mirrored; 0: no split.")
     launcher: str = _opt(
         "none",
         "none: this process trains (under a scheduler's TF_CONFIG, as one of its workers); ray: `workers` Ray Train "
@@ -324,7 +318,8 @@ class RuntimeConfig:
         "cluster `ray start` runs here; HOST:PORT: that cluster's head.",
     )
     max_failures: int = _opt(
-        2, "With launcher=ray: times Ray restarts the workers after a worker failure before giving up.")
+        2, "With launcher=ray: times Ray restarts the workers after a worker failure before giving up."
+    )
     precision: str = _opt(
         "auto",
         "Keras dtype policy; mixed_* keep the output layer float32. auto: mixed_bfloat16 on NVIDIA GPUs of compute "
@@ -374,10 +369,10 @@ class TrackingConfig:
 
     tensorboard: bool = _opt(True, "Write TensorBoard logs (logged to MLflow as artifacts).")
     histogram_freq: int = _opt(
-        0, "TensorBoard weight histograms every N epochs (about 15% of a default MLP epoch); 0: none.")
+        0, "TensorBoard weight histograms every N epochs (about 15% of a default MLP epoch); 0: none."
+    )
     epoch_summary: bool = _opt(True, "Print one summary line per epoch.")
-    log_lr_every_n_steps: int = _opt(
-        0, "Also log the learning rate every N optimizer steps; 0: once per epoch.")
+    log_lr_every_n_steps: int = _opt(0, "Also log the learning rate every N optimizer steps; 0: once per epoch.")
     save_interval: float = _opt(
         10.0,
         "Seconds of training between writes of the best checkpoint, the resume backup and epoch metrics (each "

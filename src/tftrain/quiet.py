@@ -256,7 +256,6 @@ class ForwardedLines(io.TextIOBase):
         return bool(_RAY_NOISE.fullmatch(body)) or is_noise(body.encode(), self.gpu)
 
 
-
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops tftrain, which then closes the pipe
     filter_stream(0, 1, gpu=sys.argv[1:] == ["gpu"])

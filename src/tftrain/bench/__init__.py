@@ -80,7 +80,8 @@ def panel(which: str, epochs: int, data_dir: str, json_out: str) -> bool:
                     failed.append(f"{folder.name} {model}")
                     continue
                 rows.append(figures)
-                progress_log.info(f"  plain Keras {figures['keras']['test_accuracy']:.3f}, tftrain {figures['tftrain']['test_accuracy']:.3f}")  # fmt: skip
+                keras_accuracy, ours = figures["keras"]["test_accuracy"], figures["tftrain"]["test_accuracy"]
+                progress_log.info(f"  plain Keras {keras_accuracy:.3f}, tftrain {ours:.3f}")
     log.info(f"Panel: tftrain's defaults against plain Keras fit, {epochs or PANEL_EPOCHS} epochs; {machine()}\n")
     log.info(table(rows))
     if failed:
@@ -134,7 +135,8 @@ def bench(only: str, full: bool, repeat: int, data_dir: str, epochs: int, log: b
                 progress_log.info(f"tftrain: {setup.name} failed (its output is above); going on")
                 continue
             results.append(figures)
-            progress_log.info(f"  done in {time.perf_counter() - started:.0f} s: test accuracy {figures['test_accuracy']:.4f}")  # fmt: skip
+            seconds = time.perf_counter() - started
+            progress_log.info(f"  done in {seconds:.0f} s: test accuracy {figures['test_accuracy']:.4f}")
         repeats.append(with_comparisons(results))
     rows, host = summarize(repeats), machine()
     parts = [f"Fashion-MNIST; {host}; medians of {repeat} repeat(s)"] + [table(rows), targets(rows)] * bool(rows)

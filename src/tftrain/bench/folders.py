@@ -103,7 +103,9 @@ def _tftrain(folder: Path | None, epochs: int, data_dir: str) -> dict:
     load_seconds, decoded = 0.0, 0
     if folder:  # what train's task loading does first for a folder, timed and asked whether it decoded
         started = time.perf_counter()
-        loaded = load_folder(str(folder), None, None, cfg.data.test_split, cfg.data.validation_split, cfg.data.bad_images)
+        loaded = load_folder(
+            str(folder), None, None, cfg.data.test_split, cfg.data.validation_split, cfg.data.bad_images
+        )
         load_seconds = time.perf_counter() - started
         decoded = 0 if loaded.from_cache else sum(len(y) for _, y in (loaded.train, loaded.validation, loaded.test))
     task = resolve_task(cfg)  # for a folder, from the cache just written (not timed)

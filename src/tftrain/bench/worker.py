@@ -135,7 +135,9 @@ def _tftrain(setup: Setup, data, data_dir: str, epochs: int) -> dict:
         settings["epochs"] = epochs
     clock = _clock_callback(data.x_test.astype("float32"), data.y_test)
     mlflow.set_tracking_uri("sqlite:///mlflow.db")
-    cfg = TrainConfig.from_flat(output_dir="outputs", model_name="bench", run_name=setup.name, resume="never", **settings)
+    cfg = TrainConfig.from_flat(
+        output_dir="outputs", model_name="bench", run_name=setup.name, resume="never", **settings
+    )
     result = train(cfg, extra_callbacks=(clock,))
     validation = round(len(data.x_train) * cfg.data.validation_split)
     # fit_seconds without the clock's own test scoring, which ran inside the fit

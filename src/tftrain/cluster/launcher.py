@@ -43,8 +43,9 @@ FORWARDED = ("MLFLOW_", "TFTRAIN_", "TF_", "KERAS_", "CUDA_", "OMP_", "PYTHONPAT
 
 
 def train_on_ray(cfg: TrainConfig) -> LoggedModel:
-    """Train as `cfg` says on `cfg.runtime.workers` Ray Train workers, logging into MLFLOW_RUN_ID's run (`mlflow run`'s)
+    """Train as `cfg` says on cfg.runtime.workers Ray Train workers, logging into MLFLOW_RUN_ID's run (`mlflow run`'s)
     or a new one."""
+    workers, output = cfg.runtime.workers, Path(cfg.tracking.output_dir).resolve()
     import ray
     from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
@@ -57,13 +58,13 @@ def train_on_ray(cfg: TrainConfig) -> LoggedModel:
             if cfg.runtime.ray_address:  # auto joins whichever cluster runs here: say which
                 nodes = sum(n["Alive"] for n in ray.nodes())
                 log.info(f"joined the Ray cluster at {ray.get_runtime_context().gcs_address}: {_count(nodes, 'node')}, "
-                      f"{_count(cpus, 'CPU')}, {_count(gpus, 'GPU')}")  # fmt: skip
-            elif cfg.runtime.workers > (os.cpu_count() or 1):
-                log.info(f"note: {cfg.runtime.workers} workers on this machine's {os.cpu_count()} CPUs: they share them, each "
-                      "step waits on the slowest; fine for trying, not for speed")  # fmt: skip
-            if cpus < cfg.runtime.workers:
-                log.info(f"note: the Ray cluster has {cpus:g} CPUs for {cfg.runtime.workers} workers of 1 CPU each; Ray Train "
-                      "waits for more (an autoscaling cluster adds nodes)")  # fmt: skip
+                         f"{_count(cpus, 'CPU')}, {_count(gpus, 'GPU')}")  # fmt: skip
+            elif workers > (os.cpu_count() or 1):
+                log.info(f"note: {workers} workers on this machine's {os.cpu_count()} CPUs: they share them, each "
+                         "step waits on the slowest; fine for trying, not for speed")  # fmt: skip
+            if cpus < workers:
+                log.info(f"note: the Ray cluster has {cpus:g} CPUs for {workers} workers of 1 CPU each; Ray Train "
+                         "waits for more (an autoscaling cluster adds nodes)")  # fmt: skip
             mine = mlflow_run_id()
             previous = command_state(cfg).interrupted_run()  # the same command stopped before: its run goes on
             if not mine and previous and runs.continuable(previous):
@@ -71,18 +72,18 @@ def train_on_ray(cfg: TrainConfig) -> LoggedModel:
                 log.info(f"continuing run {run_id} from where it stopped")
             else:
                 run_id = mine or runs.new_run(default_run_name(cfg))
-            each = "1 GPU" if gpus >= cfg.runtime.workers else "1 CPU"
+            each = "1 GPU" if gpus >= workers else "1 CPU"
             trainer = TensorflowTrainer(
                 _worker,
                 train_loop_config={"cfg": cfg.flat(), "run_id": run_id, "cwd": os.getcwd()},
-                scaling_config=ScalingConfig(num_workers=cfg.runtime.workers, use_gpu=each == "1 GPU",
+                scaling_config=ScalingConfig(num_workers=workers, use_gpu=each == "1 GPU",
                                              resources_per_worker=None if each == "1 GPU" else {"CPU": 1}),
-                run_config=RunConfig(name=f"tftrain-{run_id}", storage_path=str(Path(cfg.tracking.output_dir).resolve() / "ray"),
+                run_config=RunConfig(name=f"tftrain-{run_id}", storage_path=str(output / "ray"),
                                      failure_config=FailureConfig(max_failures=cfg.runtime.max_failures),
                                      callbacks=[_Failures(cfg.runtime.max_failures)],
                                      logging_config=LoggingConfig(log_level="INFO" if _verbose() else "CRITICAL")),
             )  # fmt: skip
-            log.info(f"training on Ray: {cfg.runtime.workers} workers ({each} each), logging to run {run_id}; up to "
+            log.info(f"training on Ray: {workers} workers ({each} each), logging to run {run_id}; up to "
                   f"{cfg.runtime.max_failures} restarts")  # fmt: skip
             interrupted, previous = [], signal.getsignal(signal.SIGINT)
 

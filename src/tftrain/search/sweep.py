@@ -53,6 +53,8 @@ from tftrain.values import registered_model_name
 log = logging.getLogger(__name__)
 
 PARENT_WAIT = 60.0  # seconds a joining process waits for the study's creator to record the parent run
+
+
 def _data_key(cfg: TrainConfig) -> tuple:
     """What the loaded data depends on: the data settings and, for image_size=auto, the model's size bounds."""
     return (*dataclasses.astuple(cfg.data), auto_sides(cfg.model.name))
@@ -118,7 +120,9 @@ def sweep(base: TrainConfig, sw: SweepConfig, dims: tuple[Dimension, ...]) -> Sw
             if _taken(study) >= sw.trials:
                 break
             if _exhausted(study):
-                log.info(f"the grid's {_grid_size(dims)} points are all tried: the study ends before {sw.trials} trials")
+                log.info(
+                    f"the grid's {_grid_size(dims)} points are all tried: the study ends before {sw.trials} trials"
+                )
                 break
             if sw.timeout and time.monotonic() - started >= sw.timeout:
                 out_of_time = True

@@ -25,7 +25,9 @@ def serve_command(model_uri: str, host: str, port: int) -> tuple[list[str], dict
 def serve(model_uri: str, host: str, port: int) -> None:
     resolve_model(model_uri)
     check_address(host, port)
-    log.info(f"serving {model_uri} at http://{host}:{port}/invocations: loading the model (about 10-20 s; ready when the "
-        "server says 'Application startup complete')")
+    log.info(
+        f"serving {model_uri} at http://{host}:{port}/invocations: loading the model (about 10-20 s; ready when the "
+        "server says 'Application startup complete')"
+    )
     command, env = serve_command(model_uri, host, port)
     os.execve(command[0], command, env)

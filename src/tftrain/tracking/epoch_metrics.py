@@ -19,7 +19,6 @@ def current_lr(model: keras.Model) -> float:
     return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
 
 
-
 class EpochMetrics(keras.callbacks.Callback):
     """Each epoch's metrics at step = epoch number (1-based, as printed), with the learning rate, the loss scale
     (mixed_float16) and the epoch's wall time; the optimizer's settings as params and the model summary when

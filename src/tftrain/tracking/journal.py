@@ -56,8 +56,10 @@ class Journal:
         self.folder.mkdir(parents=True, exist_ok=True)
         record = {"run_id": self.run_id, "tracking_uri": mlflow.get_tracking_uri()}
         (self.folder / "run.json").write_text(json.dumps(record))
-        log.warning(f"the tracking server stopped answering ({str(error).splitlines()[0][:200]}); training goes "
-            f"on and keeps what it would log in {self.folder}; upload it later with: tftrain sync {self.folder}")
+        log.warning(
+            f"the tracking server stopped answering ({str(error).splitlines()[0][:200]}); training goes "
+            f"on and keeps what it would log in {self.folder}; upload it later with: tftrain sync {self.folder}"
+        )
 
     def add(self, entry: dict) -> None:
         with open(self.folder / "journal.jsonl", "a") as f:

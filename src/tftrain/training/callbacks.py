@@ -233,10 +233,16 @@ def _rules(cfg: TrainConfig, out_dir: Path, clock: SaveClock) -> tuple[list, obj
         callbacks.append(early_stopping)
     if cfg.trainer.checkpoint:
         # the epochs early stopping watches, when it decides the best too (checkpoint_monitor=auto)
-        start = cfg.trainer.early_stopping_start if cfg.trainer.early_stopping and cfg.trainer.checkpoint_monitor == "auto" else 0
+        start = (
+            cfg.trainer.early_stopping_start
+            if cfg.trainer.early_stopping and cfg.trainer.checkpoint_monitor == "auto"
+            else 0
+        )
         template = checkpoint_dir(out_dir) / "model_{epoch:02d}_{val_accuracy:.4f}.keras"
         callbacks.append(
-            BestCheckpoint(str(template), clock, start, monitor=cfg.trainer.best_monitor, mode=mode(cfg.trainer.best_monitor))
+            BestCheckpoint(
+                str(template), clock, start, monitor=cfg.trainer.best_monitor, mode=mode(cfg.trainer.best_monitor)
+            )
         )
     if cfg.trainer.plateau_enabled:
         plateau = keras.callbacks.ReduceLROnPlateau(
@@ -250,6 +256,8 @@ def _rules(cfg: TrainConfig, out_dir: Path, clock: SaveClock) -> tuple[list, obj
         callbacks.append(plateau)
     if cfg.tracking.tensorboard:
         callbacks.append(
-            keras.callbacks.TensorBoard(log_dir=str(out_dir / "tensorboard"), histogram_freq=cfg.tracking.histogram_freq)
+            keras.callbacks.TensorBoard(
+                log_dir=str(out_dir / "tensorboard"), histogram_freq=cfg.tracking.histogram_freq
+            )
         )
     return callbacks, early_stopping, plateau

@@ -55,7 +55,9 @@ def _epochs(folder: Path) -> tuple[int, int]:
     weights, epoch = folder / BACKUP_WEIGHTS, folder / BACKUP_EPOCH
     before = _epoch_of(Path(f"{weights}{BACKUP_COPY}"), Path(f"{epoch}{BACKUP_COPY}"))
     latest = _epoch_of(weights, epoch)
-    gone_back = latest == before > 0 and filecmp.cmp(weights, f"{weights}{BACKUP_COPY}", shallow=False)  # the copy put back
+    gone_back = latest == before > 0 and filecmp.cmp(
+        weights, f"{weights}{BACKUP_COPY}", shallow=False
+    )  # the copy put back
     return (latest if latest > before or gone_back else 0), before
 
 

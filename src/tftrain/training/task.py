@@ -12,6 +12,7 @@ user can make their own:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -71,7 +72,7 @@ class Task:
         """The task's name as run and registered model names take it: letters, digits and '-'."""
         return name_label(self.name)
 
-    @property
+    @functools.cached_property  # hashing the arrays once (a frozen dataclass keeps its __dict__ for this)
     def identity(self) -> str:
         """Empty for a task the config names (its settings are the config's); for one made in Python, a digest of
         its name, classes and arrays, so that two such tasks trained with one config are two commands."""
@@ -101,7 +102,9 @@ def resolve_task(cfg: TrainConfig, data=None) -> Task:
 
     check_named(cfg)
     data = data or load_data(cfg)
-    build = model_builder(cfg.model.name, len(data.class_names), data.input_shape, cfg.model.weights, cfg.model.freeze_backbone)
+    build = model_builder(
+        cfg.model.name, len(data.class_names), data.input_shape, cfg.model.weights, cfg.model.freeze_backbone
+    )
     return Task(data.name, data.class_names, data.train, data.validation, data.test, build, data.source, data.resolved,
                 data.settings)  # fmt: skip
 
@@ -125,8 +128,9 @@ def load_data(cfg: TrainConfig):
     from tftrain.config import parse_image_size
     from tftrain.data.datasets import load_task_data
 
+    d = cfg.data
     return load_task_data(
-        cfg.data.dataset, cfg.data.data_dir, image_size=parse_image_size(cfg.data.image_size),
-        channels=None if cfg.data.channels == "auto" else int(cfg.data.channels), test_split=cfg.data.test_split,
-        validation_split=cfg.data.validation_split, bad_images=cfg.data.bad_images, auto_sides=auto_sides(cfg.model.name),
+        d.dataset, d.data_dir, image_size=parse_image_size(d.image_size),
+        channels=None if d.channels == "auto" else int(d.channels), test_split=d.test_split,
+        validation_split=d.validation_split, bad_images=d.bad_images, auto_sides=auto_sides(cfg.model.name),
     )  # fmt: skip

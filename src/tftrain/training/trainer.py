@@ -105,9 +105,9 @@ def _log_outputs(out_dir: Path, journal: Journal) -> None:
 def _engine(cfg, rt, task, model, train_data, val_data, callbacks, plan: Plan) -> keras.callbacks.History:
     if cfg.runtime.resolved_engine == "custom":
         return fit_custom(
-            model, task, rt.strategy, train_data, val_data, epochs=cfg.trainer.epochs, steps_per_epoch=plan.steps_per_epoch,
-            global_batch=plan.global_batch, steps_per_execution=model.steps_per_execution, callbacks=callbacks,
-            verbose=_fit_verbosity(cfg),
+            model, task, rt.strategy, train_data, val_data, epochs=cfg.trainer.epochs,
+            steps_per_epoch=plan.steps_per_epoch, global_batch=plan.global_batch,
+            steps_per_execution=model.steps_per_execution, callbacks=callbacks, verbose=_fit_verbosity(cfg),
         )  # fmt: skip
     return model.fit(
         train_data,
@@ -156,27 +156,33 @@ def train(
     run: runs.StepRun | None = None,
     register: bool = True,
 ) -> TrainResult:
-    """Train `task` (None: the one cfg.data.dataset and cfg.model.name name) as `cfg` says; `rt` the runtime already built
-    (None: built here, first thing); `extra_callbacks` (the benchmark's) run after all of tftrain's own; `run` the
+    """Train `task` (None: the one the config's dataset and model name) as `cfg` says; `rt` the runtime already
+    built (None: built here, first thing); `extra_callbacks` (the benchmark's) run after all of tftrain's own; `run` the
     caller's open run to train in (None: the active run, MLFLOW_RUN_ID's, the interrupted one's, or a new one);
     `register` False logs the model without registering it (a sweep registers its best trial's only).
 
     The phases, in order: runtime, task, compile, run context, callbacks, engine (fit or the custom loop), log."""
-    rt = rt or build_runtime(cfg)  # first: devices and strategy must be set up before TensorFlow runs any op
+    # runtime: devices and strategy are set up before TensorFlow runs any op
+    rt = rt or build_runtime(cfg)
+    # task: the data and how to build its model; then the plan, which needs the training split's size
     task = task or resolve_task(cfg)
     plan = plan_steps(cfg, rt, len(task.train[0]))
+    # compile
     model, momentum = build_model(cfg, rt, task, plan)
     augment = resolve_augment(cfg.data.augment, cfg.model.name, cfg.data.dataset, has_random_layers(model))
     resolved = {**_runtime_params(cfg, rt, plan, augment, momentum), **task.resolved}
+    # run context: the run, the output folder, the journal, the command state
     with open_context(cfg, task, rt, run) as ctx:
         (ctx.out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
         if ctx.run_id:
             _log_run_start(cfg, task, resolved)
+        # callbacks, then the engine
         callbacks, clock, epoch_metrics = _callbacks(cfg, rt, task, plan, ctx, momentum, extra_callbacks)
         log.info(_start_line(cfg, rt, task, plan, augment))
         data = datasets(cfg, rt, task.train, task.validation, plan.global_batch, augment)
         history, fit_seconds, upload_seconds = _run_engine(cfg, rt, task, model, data, callbacks, plan, clock, ctx)
         _check_outcome(cfg, rt, task, model, history, ctx.run_id)
+        # log: the model, the timings; the command is done
         tracking_seconds = (epoch_metrics.seconds if epoch_metrics else 0.0) + upload_seconds
         logged, model_logging_seconds = None, 0.0
         if ctx.run_id:
@@ -214,10 +220,14 @@ def _callbacks(cfg, rt, task, plan, ctx: RunContext, momentum, extra) -> tuple[l
     clock = SaveClock(cfg.tracking.save_interval if rt.worker_count == 1 else 0.0)
     statistics = None
     if momentum is not None:
-        statistics = batchnorm.PreciseStatistics(task.train[0], plan.batch, plan.steps_per_epoch, momentum, cfg.runtime.seed)
+        statistics = batchnorm.PreciseStatistics(
+            task.train[0], plan.batch, plan.steps_per_epoch, momentum, cfg.runtime.seed
+        )
     epoch_metrics = None
     if ctx.run_id:
-        epoch_metrics = EpochMetrics(clock, ctx.journal, cfg.tracking.log_lr_every_n_steps, runs.logged_steps(ctx.run_id))
+        epoch_metrics = EpochMetrics(
+            clock, ctx.journal, cfg.tracking.log_lr_every_n_steps, runs.logged_steps(ctx.run_id)
+        )
     worker = "chief" if rt.is_chief else worker_index()
     if rt.worker_count > 1:
         agreed = resume.agree_on_backups(ctx.state.backup_folder(worker), lambda value: gathered(rt, value))
@@ -232,7 +242,8 @@ def _callbacks(cfg, rt, task, plan, ctx: RunContext, momentum, extra) -> tuple[l
 
 def _start_line(cfg: TrainConfig, rt: Runtime, task: Task, plan: Plan, augment: str) -> str:
     return (
-        f"training {model_label(cfg.model.name)} ({cfg.runtime.resolved_engine}, {rt.strategy_name} x{rt.replicas}, {rt.precision}) on "
+        f"training {model_label(cfg.model.name)} ({cfg.runtime.resolved_engine}, {rt.strategy_name} x{rt.replicas}, "
+        f"{rt.precision}) on "
         f"{task.source}: {len(task.train[0])} train / {len(task.validation[0])} validation images of "
         f"{'x'.join(map(str, task.input_shape))}, {task.num_classes} classes, global batch {plan.global_batch}, "
         f"learning rate {plan.learning_rate:g} ({cfg.trainer.lr_schedule}), augment {augment}"
@@ -296,7 +307,9 @@ def _kept_epoch_warning(history: dict[str, list[float]], classes: int, cfg: Trai
     kept = len(monitored) - 1
     if cfg.trainer.early_stopping and cfg.trainer.restore_best_weights:
         watched = monitored[start:]
-        kept = start + int(np.argmin(watched) if mode(cfg.trainer.early_stopping_monitor) == "min" else np.argmax(watched))
+        kept = start + int(
+            np.argmin(watched) if mode(cfg.trainer.early_stopping_monitor) == "min" else np.argmax(watched)
+        )
     return chance_warning({k: v[kept] for k, v in history.items() if len(v) > kept}, classes)
 
 

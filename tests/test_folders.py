@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tftrain.data.folders import load_folder, scan
+from tftrain.data.folders import load_folder
+from tftrain.data.layout import scan
 from tftrain.errors import UserError
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 from conftest import activated_env, mlflow_store, tiny_images, write_idx
 from test_serving import COLOUR_NAMES, COLOUR_SHAPE, Colour, colour_images, log_colour_models
 from tftrain.data.datasets import CLASS_NAMES
-from tftrain.data.folders import read_image, to_pixels
+from tftrain.data.images import read_image, to_pixels
 from tftrain.errors import UserError
 from tftrain.ship.predict import image_form, predict, read_inputs, write_atomically
 from tftrain.tracking import logged_models

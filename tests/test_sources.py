@@ -11,7 +11,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from tftrain.data.folders import to_pixels
+from tftrain.data.images import to_pixels
 from tftrain.data.sources import load_function_source, load_tfds
 from tftrain.errors import UserError
 

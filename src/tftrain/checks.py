@@ -29,7 +29,7 @@ def check_dataset(dataset: str, data_dir: str) -> None:
         if folder is not None:
             check_idx_folder(folder)
     elif kind == "folder":
-        from tftrain.data.folders import scan
+        from tftrain.data.layout import scan
 
         scan(dataset)
     elif kind == "tfds":
@@ -131,7 +131,8 @@ def check_address(host: str, port: int) -> None:
 
 def check_inputs(inputs: tuple[str, ...]) -> None:
     """Every INPUT of predict exists, and a folder holds image files."""
-    from tftrain.data.folders import IMAGE_SUFFIXES, image_files
+    from tftrain.data.images import IMAGE_SUFFIXES
+    from tftrain.data.layout import image_files
 
     for given in inputs:
         path = Path(given)

@@ -99,7 +99,7 @@ def _idx_paths(folder: Path) -> dict[str, Path]:
     paths = {key: _find_idx_file(folder, stem) for key, stem in IDX_FILES.items()}
     missing = [IDX_FILES[k] + ".gz" for k, p in paths.items() if p is None]
     if missing:
-        from tftrain.data.folders import IMAGE_SUFFIXES
+        from tftrain.data.images import IMAGE_SUFFIXES
 
         hint = ""
         if any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.rglob("*")):
@@ -210,7 +210,8 @@ def load_task_data(
 ) -> TaskData:
     """Any `dataset` (see config.dataset_kind) as train, validation and test splits of images of `image_size` and
     `channels` (None: as the data has them; for a folder, see folders.load_folder, with `auto_sides`)."""
-    from tftrain.data.folders import conform, hold_out
+    from tftrain.data.folders import hold_out
+    from tftrain.data.images import conform
     from tftrain.values import dataset_kind, dataset_label, resolved_dataset
 
     kind, name = dataset_kind(dataset), dataset_label(dataset)

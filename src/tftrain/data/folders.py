@@ -9,13 +9,9 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
-import hashlib
-import json
 import logging
 import multiprocessing
 import os
-import shutil
-import struct
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -23,20 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from tftrain.config import BAD_IMAGES
+from tftrain.data.cache import CACHE_VERSION, Rows, cache_folder, cache_key, load_cache, short_path
+from tftrain.data.images import IMAGE_SUFFIXES, Native, decode_rows, read_headers
+from tftrain.data.layout import Listing, scan
 from tftrain.errors import UserError, invalid
 from tftrain.log import progress_log
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
-GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
-Native = tuple[int, int, bool]  # a file's own height, width and whether it is gray
-LAYOUTS = "PATH/<class>/<images>, or PATH/train/<class>/... with PATH/test/<class>/... and optionally PATH/val/"
-IMAGES_ALLOWED = "PNG, JPEG, BMP or GIF files (.png .jpg .jpeg .bmp .gif) in it or its subfolders"
-CACHE_VERSION = 2  # part of the key: bump when the decoded pixels or the json change meaning (2: size_rule)
 # Measured on 2 shared cores, whole load_folder calls: 2,000 28x28 PNGs take 0.20 s in-process and 0.26 s with
 # 2 forkserver workers (0.15-0.3 s to start the first pool); 20,000 take 1.7 s and 1.1 s; 16 12-megapixel JPEGs
 # to 224x224, 0.26 s and 0.48 s. With the cores busy, 2 workers only break even at 20,000. So in-process below
@@ -47,28 +39,6 @@ CHUNK_BYTES = 16 << 20  # decoded bytes per task, so a chunk of big images does 
 AUTO_SIDES = (1, 64)  # an "auto" square side for photos of many sizes, at least and at most (task.auto_sides)
 SAMPLE_FILES = 64  # headers read to guess an "auto" size and channels before the one decoding pass
 PROGRESS_EVERY = 2.0  # seconds between progress lines
-# What Pillow raises on a damaged or hostile file (struct.error for a cut header, EOFError for cut frames).
-READ_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error,
-               Image.DecompressionBombError)  # fmt: skip
-
-
-class UnreadableImage(Exception):
-    """An image file that Pillow cannot decode: `path` and the reason."""
-
-    def __init__(self, path: Path, reason: str):
-        super().__init__(f"cannot read image {path}: {reason}")
-        self.path, self.reason = path, reason
-
-
-@dataclass(frozen=True)
-class Listing:
-    """What `scan` found: class names (sorted folder names) and per split, (path relative to root, label)."""
-
-    root: Path
-    class_names: tuple[str, ...]
-    splits: dict[str, list[tuple[str, int]]]  # "all" (flat layout), or "train", "test" and maybe "val"
-    ignored: int  # files that are not images by suffix (or hidden, like .DS_Store and macOS ._ files)
-    stats: dict[str, tuple[int, int]]  # path relative to root -> (size, mtime_ns); (-1, -1) for a dangling link
 
 
 @dataclass(frozen=True)
@@ -85,224 +55,6 @@ class FolderData:
     from_cache: bool  # nothing was decoded
     source: str
     ignored: int = 0  # files that are not images by suffix, or hidden
-
-
-# ---------------------------------------------------------------- decoding one file (also run in the workers)
-
-
-def to_pixels(image: Image.Image, size: tuple[int, int], channels: int) -> np.ndarray:
-    """A decoded picture as uint8 pixels of `size` (height, width): (H, W) for 1 channel, (H, W, 3) for 3.
-    Colour becomes gray as Pillow's "L" mode does; gray becomes three equal channels; transparency is dropped;
-    16-bit and float gray are scaled to 0..255. Resized (bilinear, antialiased when shrinking) when the size
-    differs, without keeping the aspect ratio, as Keras' image_dataset_from_directory does by default."""
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        values = np.asarray(image, dtype=np.float64)
-        high = 65535.0 if image.mode.startswith("I") and values.max(initial=0) > 255 else 255.0
-        image = Image.fromarray(np.clip(values * (255.0 / high), 0, 255).astype(np.uint8), "L")
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")  # Pillow warns when a palette with transparency goes straight to RGB
-    mode = "L" if channels == 1 else "RGB"
-    if image.mode != mode:
-        image = image.convert(mode)
-    height, width = size
-    if image.size != (width, height):
-        image = image.resize((width, height), Image.Resampling.BILINEAR)
-    return np.asarray(image, dtype=np.uint8)
-
-
-def conform(images: np.ndarray, size: tuple[int, int] | None, channels: int | None) -> np.ndarray:
-    """uint8 images (N, H, W) or (N, H, W, C) resized to `size` and converted to `channels` (None: as they are),
-    image by image with `to_pixels` only when they differ."""
-    have_size, have_channels = images.shape[1:3], 1 if images.ndim == 3 else images.shape[3]
-    size, channels = tuple(size or have_size), channels or have_channels
-    if size == tuple(have_size) and channels == have_channels:
-        return images
-    if size == tuple(have_size) and have_channels == 1:  # gray to colour: three equal channels
-        return np.repeat(images[..., None], 3, axis=-1)
-    out = np.empty((len(images), *size, *(() if channels == 1 else (3,))), np.uint8)
-    for i, image in enumerate(images):
-        out[i] = to_pixels(
-            Image.fromarray(image.squeeze(-1) if image.ndim == 3 and image.shape[-1] == 1 else image), size, channels
-        )
-    return out
-
-
-def read_image(path: Path, size: tuple[int, int], channels: int) -> np.ndarray:
-    """One image file (PNG, JPEG, BMP or GIF; a GIF's first frame) as uint8 pixels of `size` and `channels`
-    (see `to_pixels`); UnreadableImage names the file if it cannot be decoded."""
-    return _read(path, size, channels)[0]
-
-
-def _read(path: Path | str, size: tuple[int, int], channels: int) -> tuple[np.ndarray, Native]:
-    """`read_image`, and the file's own (height, width, gray) as its header says."""
-    try:
-        with Image.open(path) as image:
-            native = (image.size[1], image.size[0], image.mode in GRAY_MODES)
-            if image.format == "JPEG":
-                image.draft("L" if channels == 1 else "RGB", (size[1], size[0]))  # decode at reduced scale
-            image.load()
-            return to_pixels(image, size, channels), native
-    except READ_ERRORS as e:
-        raise UnreadableImage(Path(path), _reason(e, path)) from None
-
-
-def _reason(error: Exception, path: Path | str) -> str:
-    """Pillow's message on one line, without the file name it repeats (the caller names the file)."""
-    text = " ".join(str(error).replace(f" {str(path)!r}", "").split())
-    return text or type(error).__name__
-
-
-def _read_headers(root: str, rels: list[str]) -> list[Native | str]:
-    """(height, width, gray) of each file from its header alone (no pixels decoded), or why it cannot be read."""
-    out: list[Native | str] = []
-    for rel in rels:
-        try:
-            with Image.open(os.path.join(root, rel)) as image:
-                out.append((image.size[1], image.size[0], image.mode in GRAY_MODES))
-        except READ_ERRORS as e:
-            out.append(_reason(e, os.path.join(root, rel)))
-    return out
-
-
-def _decode_rows(root: str, rels: list[str], size: tuple[int, int], channels: int):
-    """A chunk of files decoded into consecutive rows, in the listing's order, with each file's own
-    (height, width, gray); an unreadable file stays a zero row, its reason in place of those."""
-    shape = (len(rels), *size) if channels == 1 else (len(rels), *size, 3)
-    rows, natives = np.zeros(shape, np.uint8), []
-    for j, rel in enumerate(rels):
-        try:
-            rows[j], native = _read(os.path.join(root, rel), size, channels)
-            natives.append(native)
-        except UnreadableImage as e:
-            natives.append(e.reason)
-    return rows, natives
-
-
-# ---------------------------------------------------------------- scan: layout, classes, files
-
-
-def image_files(folder: Path) -> list[Path]:
-    """The image files under `folder`, at any depth, sorted; hidden files and folders (.DS_Store, ._x.png) left
-    out."""
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.suffix.lower() in IMAGE_SUFFIXES
-        and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
-
-
-def scan(path: str | Path) -> Listing:
-    """The classes and image files of a folder in one of the LAYOUTS, checked before anything is decoded."""
-    root = Path(path).expanduser().absolute()
-    if not root.exists():
-        raise UserError(
-            f"image folder not found: received {str(path)!r}; allowed: an existing folder laid out as {LAYOUTS}"
-        )
-    if not root.is_dir():
-        raise UserError(
-            f"image folder expected: received the file {str(path)!r}; allowed: a folder laid out as {LAYOUTS}"
-        )
-    if not any(os.scandir(root)):
-        raise UserError(f"image folder {root} is empty; allowed: a folder laid out as {LAYOUTS}")
-    train = root / "train"
-    if train.is_dir() and _subfolders(train):
-        parts = {name: root / name for name in ("train", "val", "test") if (root / name).is_dir()}
-    else:
-        parts = {"all": root}
-    found = {name: _scan_classes(folder, root, name in ("train", "all")) for name, folder in parts.items()}
-    loose = 0 if "all" in parts else sum(1 for e in os.scandir(root) if not _is_dir(e))  # e.g. a README
-    class_names = tuple(found.get("train", found.get("all"))[0])
-    for name in [name for name in parts if name in ("val", "test")]:
-        _check_same_classes(root, name, class_names, tuple(found[name][0]))
-    label = {name: k for k, name in enumerate(class_names)}
-    splits = {
-        name: [(rel, label[c]) for c, images in classes.items() for rel in sorted(images)]
-        for name, (classes, _) in found.items()
-    }
-    stats = {rel: stat for classes, _ in found.values() for images in classes.values() for rel, stat in images.items()}
-    return Listing(root, class_names, splits, loose + sum(ignored for _, ignored in found.values()), stats)
-
-
-def _subfolders(folder: Path) -> list[str]:
-    """Visible subfolder names, sorted (symlinks to folders count; .git, .ipynb_checkpoints and such do not)."""
-    return sorted(e.name for e in os.scandir(folder) if _is_dir(e) and not e.name.startswith((".", "__MACOSX")))
-
-
-def _is_dir(entry: os.DirEntry) -> bool:
-    """A folder, or a link to one; False for a link this process may not follow (/proc/1/cwd), as os.walk does."""
-    try:
-        return entry.is_dir()
-    except OSError:
-        return False
-
-
-def _scan_classes(folder: Path, root: Path, primary: bool) -> tuple[dict[str, dict[str, tuple[int, int]]], int]:
-    """Class name -> its image files (relative to root) with their (size, mtime), and the count of other files,
-    for one split.
-    Only the primary split (train/ or the folder itself) must have 2 classes: test/ and val/ must match it."""
-    classes = _subfolders(folder)
-    where = folder if folder == root else f"{root}/{folder.name}"
-    loose = sum(1 for e in os.scandir(folder) if not _is_dir(e))  # files next to the class folders: ignored
-    if primary and len(classes) < 2:
-        extra = f" and {loose} files directly in it" if loose else ""
-        raise UserError(
-            f"image folder {where} has {len(classes)} class folder(s) ({_names(classes) or 'none'}){extra}; "
-            f"allowed: at least 2 class folders, one per class, named after it ({LAYOUTS})"
-        )
-    found = {name: _walk_images(folder / name, root) for name in classes}
-    empty = [name for name, (images, _) in found.items() if not images]
-    if empty:
-        others = sum(found[name][1] for name in empty)
-        raise UserError(
-            f"class folder(s) with no images in {where}: {_names(empty)} (received {others} other files); "
-            f"allowed: {IMAGES_ALLOWED}"
-        )
-    return {name: images for name, (images, _) in found.items()}, loose + sum(n for _, n in found.values())
-
-
-def _walk_images(folder: Path, root: Path) -> tuple[dict[str, tuple[int, int]], int]:
-    """Image files anywhere under `folder` (following symlinks, each real folder once so a link loop ends),
-    relative to root, with their (size, mtime) for the cache key; and the number of other files."""
-    images, ignored, seen, todo, start = {}, 0, set(), [str(folder)], len(str(root)) + 1
-    while todo:
-        here = todo.pop()
-        try:
-            real = os.path.realpath(here)  # raises on a link it may not read (/proc/1/cwd)
-            if real in seen:
-                continue
-            seen.add(real)
-            entries = list(os.scandir(here))
-        except OSError:  # unreadable folder: skipped, as os.walk does
-            continue
-        for e in entries:
-            if _is_dir(e):
-                if not e.name.startswith("."):
-                    todo.append(e.path)
-            elif e.name.lower().endswith(IMAGE_SUFFIXES) and not e.name.startswith("."):
-                images[e.path[start:]] = _stat(e)
-            else:
-                ignored += 1
-    return images, ignored
-
-
-def _check_same_classes(root: Path, split: str, train: tuple[str, ...], other: tuple[str, ...]) -> None:
-    """test/ or val/ must name exactly train/'s classes: a label means the same class in every split."""
-    if other != train:
-        only_train, only_other = sorted(set(train) - set(other)), sorted(set(other) - set(train))
-        raise UserError(
-            f"class folders of {root}/{split} differ from train/: only in train/: {_names(only_train) or 'none'}; "
-            f"only in {split}/: {_names(only_other) or 'none'}; allowed: the same class folders in train/ and {split}/"
-        )
-
-
-def _names(names: list[str], limit: int = 10) -> str:
-    more = f", ... ({len(names) - limit} more)" if len(names) > limit else ""
-    return ", ".join(names[:limit]) + more
-
-
-# ---------------------------------------------------------------- load_folder
 
 
 def load_folder(
@@ -331,9 +83,9 @@ def load_folder(
     rels = [rel for part in listing.splits.values() for rel, _ in part]
     labels = np.array([k for part in listing.splits.values() for _, k in part], np.int32)
     stats = [listing.stats[rel] for rel in rels]
-    key = _cache_key(rels, stats, image_size or ["auto", *auto_sides], channels)
-    folder = _cache_folder(cache_dir)
-    cached = _load_cache(folder, key, rels, say)
+    key = cache_key(rels, stats, image_size or ["auto", *auto_sides], channels)
+    folder = cache_folder(cache_dir)
+    cached = load_cache(folder, key, rels, say)
     if cached is None:
         images, meta = _decode_folder(
             listing, rels, stats, (image_size, auto_sides), channels, bad_images, folder / key, say
@@ -378,128 +130,6 @@ def _printer(progress: bool) -> Callable[[str], None]:
     return say
 
 
-def _short(path: Path | str, limit: int = 48) -> str:
-    """A path cut from the left to keep progress lines under 100 characters."""
-    text = str(path)
-    return text if len(text) <= limit else "..." + text[-(limit - 3) :]
-
-
-# ---------------------------------------------------------------- the cache
-
-
-def _stat(entry: os.DirEntry) -> tuple[int, int]:
-    try:
-        st = entry.stat()
-        return st.st_size, st.st_mtime_ns
-    except OSError:  # a dangling symlink: listed, then reported unreadable by the decode
-        return -1, -1
-
-
-def _cache_key(rels: list[str], stats: list[tuple[int, int]], image_size, channels) -> str:
-    """sha256 of every file's relative path, size and mtime, and of the request (so "auto" needs no header pass)."""
-    h = hashlib.sha256(json.dumps([CACHE_VERSION, list(image_size), channels or "auto"]).encode())
-    for rel, (size, mtime) in zip(rels, stats, strict=True):
-        h.update(f"{rel}\0{size}\0{mtime}\n".encode())
-    return h.hexdigest()[:24]
-
-
-def _cache_folder(cache_dir: Path | None) -> Path:
-    base = cache_dir or os.environ.get("TFTRAIN_CACHE_DIR")
-    if not base:
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tftrain"
-    return Path(base).expanduser() / "images"
-
-
-def _load_cache(folder: Path, key: str, rels: list[str], say) -> tuple[np.ndarray, dict] | None:
-    """The cached array and its json, or None when missing, stale or damaged (then it is decoded again)."""
-    start, npy = time.monotonic(), folder / f"images-{key}.npy"
-    try:
-        meta = json.loads((folder / f"images-{key}.json").read_text())
-        if meta.get("version") != CACHE_VERSION or meta.get("paths") != rels:
-            return None
-        images, mapped = _open_npy(npy)
-    except (OSError, ValueError, KeyError):
-        return None
-    if len(images) != len(rels):
-        return None
-    how = ", memory-mapped" if mapped else ""
-    say(f"loaded {len(rels):,} images from the cache {_short(npy)} ({time.monotonic() - start:.1f} s{how})")
-    return images, meta
-
-
-def _open_npy(npy: Path) -> tuple[np.ndarray, bool]:
-    """Into memory when under half the free memory (the splits are copies, so twice the size is needed), else
-    memory-mapped: the split copies then are the only resident copy."""
-    try:
-        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError):
-        free = 1 << 62
-    mapped = npy.stat().st_size > free / 2
-    return np.load(npy, mmap_mode="r" if mapped else None), mapped
-
-
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Write beside `path` and rename over it, so a killed run never leaves half a file under the final name."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-class _Rows:
-    """Where decoded rows go, in listing order: a temporary .npy in the cache folder, or memory if it cannot be
-    written there (one warning line)."""
-
-    def __init__(self, stem: Path, shape: tuple[int, ...]):
-        self.npy, self.shape, self.done, self.array = stem.with_name(f"images-{stem.name}.npy"), shape, 0, None
-        self.tmp, self.file = self.npy.with_name(f".{self.npy.name}.{os.getpid()}.tmp"), None
-        try:
-            self.npy.parent.mkdir(parents=True, exist_ok=True)
-            if shutil.disk_usage(self.npy.parent).free < np.prod(shape) + (64 << 20):
-                raise OSError(f"needs {np.prod(shape) / 1e9:.1f} GB free")
-            self.file = open(self.tmp, "wb")  # noqa: SIM115 - closed in finish() or close()
-            header = {"descr": "|u1", "fortran_order": False, "shape": shape}
-            np.lib.format.write_array_header_1_0(self.file, header)
-        except OSError as e:
-            self.close()
-            log.warning(f"cannot write the image cache in {self.npy.parent} ({e}); keeping images in memory only")
-            self.array = np.zeros(shape, np.uint8)
-
-    def add(self, rows: np.ndarray) -> None:
-        if self.file:
-            try:
-                self.file.write(rows.tobytes())
-            except OSError as e:  # the disk filled up after the check in __init__
-                raise UserError(
-                    f"cannot write the image cache {self.tmp}: {e}; allowed: a cache folder with "
-                    f"{np.prod(self.shape) / 1e9:.1f} GB free (cache_dir, or env TFTRAIN_CACHE_DIR)"
-                ) from None
-        else:
-            self.array[self.done : self.done + len(rows)] = rows
-        self.done += len(rows)
-
-    def finish(self, meta: dict) -> tuple[np.ndarray, str]:
-        """The whole array, and where it is kept; the json (written last) marks the cache complete."""
-        if self.array is not None:
-            return self.array, "memory only"
-        self.file.close()
-        os.replace(self.tmp, self.npy)
-        _write_atomic(self.npy.with_suffix(".json"), lambda p: p.write_text(json.dumps(meta)))
-        return _open_npy(self.npy)[0], str(self.npy)
-
-    def close(self) -> None:
-        """Drop the temporary file, if this run made one and it was not renamed into place."""
-        if self.file:
-            self.file.close()
-            self.tmp.unlink(missing_ok=True)
-        self.file = None
-
-
-# ---------------------------------------------------------------- decoding a folder
-
-
 def _decode_folder(listing, rels, stats, image_size, channels, bad_images, stem, say) -> tuple[np.ndarray, dict]:
     """Every file decoded into one uint8 array (listing order) in the cache; the json lists the unreadable.
     An "auto" size or channels is taken from a sample's headers and checked against every file's own header
@@ -528,20 +158,20 @@ def _decode_folder(listing, rels, stats, image_size, channels, bad_images, stem,
                 out.close()
             say(f"most images are {_describe(*auto)}, not {_describe(size, depth)} as sampled: decoding again")
             size, depth = auto
-    say(f"decoded {len(rels):,} images in {time.monotonic() - start:.1f} s; cache: {_short(where, 50)}")
+    say(f"decoded {len(rels):,} images in {time.monotonic() - start:.1f} s; cache: {short_path(where, 50)}")
     return images, meta
 
 
-def _decode_pass(pool, workers, root, rels, size, channels, stem, say) -> tuple[list[Native | str], _Rows]:
+def _decode_pass(pool, workers, root, rels, size, channels, stem, say) -> tuple[list[Native | str], Rows]:
     """Every file decoded at `size` and `channels` into rows of the cache (not yet complete: the caller finishes
     or drops them), and each file's own (height, width, gray) or why it cannot be read."""
     shape = (len(rels), *size) if channels == 1 else (len(rels), *size, 3)
     how = f"{workers} processes" if workers > 1 else "in-process"
-    say(f"decoding {len(rels):,} images from {_short(root, 40)} ({how})")
-    out, natives = _Rows(stem, shape), []
+    say(f"decoding {len(rels):,} images from {short_path(root, 40)} ({how})")
+    out, natives = Rows(stem, shape), []
     try:
         chunks = _chunks(rels, min(CHUNK_FILES, CHUNK_BYTES // int(np.prod(shape[1:]))), workers)
-        for _, (rows, part) in _map(pool, _decode_rows, root, chunks, "decoding", say, size, channels):
+        for _, (rows, part) in _map(pool, decode_rows, root, chunks, "decoding", say, size, channels):
             out.add(rows)
             natives.extend(part)
     except BaseException:
@@ -621,7 +251,7 @@ def _size_rule(heads: list[Native | str], sides: tuple[int, int]) -> str:
 def _guess(root: str, rels: list[str], image_size, channels) -> tuple[tuple[int, int], int] | None:
     """`_auto` of SAMPLE_FILES headers spread over the listing, or None when no size holds half of them (photos
     of many sizes: every header is read then, for a median of all)."""
-    heads = _read_headers(root, rels[:: max(1, len(rels) // SAMPLE_FILES)])
+    heads = read_headers(root, rels[:: max(1, len(rels) // SAMPLE_FILES)])
     if image_size[0] is None and _dominant(_readable(heads)) is None:
         return None
     return _auto(heads, image_size, channels)
@@ -629,9 +259,9 @@ def _guess(root: str, rels: list[str], image_size, channels) -> tuple[tuple[int,
 
 def _resolve(pool, workers, root, rels, image_size, channels, say) -> tuple[tuple[int, int], int]:
     """`_auto` from every file's header (no pixels decoded)."""
-    say(f"reading the sizes of {len(rels):,} images from {_short(root, 40)}")
+    say(f"reading the sizes of {len(rels):,} images from {short_path(root, 40)}")
     chunks = _chunks(rels, CHUNK_FILES, workers)
-    return _auto([h for _, part in _map(pool, _read_headers, root, chunks, "reading sizes", say) for h in part],
+    return _auto([h for _, part in _map(pool, read_headers, root, chunks, "reading sizes", say) for h in part],
                  image_size, channels)  # fmt: skip
 
 
@@ -685,9 +315,6 @@ def _map(pool, fn, root: str, chunks: list[list], what: str, say, *args) -> Iter
         if time.monotonic() - last >= PROGRESS_EVERY and first < total:
             say(f"{what} ... {first:,}/{total:,}")
             last = time.monotonic()
-
-
-# ---------------------------------------------------------------- unreadable files and splits
 
 
 def _check_unreadable(root: Path, unreadable: dict[str, str], bad_images: str) -> None:

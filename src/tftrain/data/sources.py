@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from tftrain.config import parse_function
-from tftrain.data.folders import conform
+from tftrain.data.images import conform
 from tftrain.errors import UserError, invalid
 from tftrain.log import progress_log
 from tftrain.user_code import first_line, load_function

@@ -17,7 +17,8 @@ import numpy as np
 from PIL import Image
 
 from tftrain.data.datasets import read_idx
-from tftrain.data.folders import IMAGE_SUFFIXES, UnreadableImage, image_files, read_image, to_pixels
+from tftrain.data.images import IMAGE_SUFFIXES, UnreadableImage, read_image, to_pixels
+from tftrain.data.layout import image_files
 from tftrain.errors import UserError
 from tftrain.log import progress_log
 from tftrain.serving import MAX_BATCH, describe

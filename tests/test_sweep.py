@@ -17,7 +17,8 @@ import pytest
 from conftest import REPO, tiny_config
 from tftrain.search.space import SweepConfig, check_sweep
 from tftrain.search.study import open_storage, study_name
-from tftrain.search.sweep import report, sweep
+from tftrain.search.summary import report
+from tftrain.search.sweep import sweep
 
 # a builder whose model answers NaN: its trials fail on a non-finite loss
 NAN_BUILDER = """

@@ -279,7 +279,8 @@ def sweep_command(**params) -> None:
     dims = check_sweep(sw, cfg)
     check_storage(storage_url(sw, cfg))
     check_study(sw, cfg, dims)
-    from tftrain.search.sweep import report, sweep
+    from tftrain.search.summary import report
+    from tftrain.search.sweep import sweep
 
     result = sweep(cfg, sw, dims)
     if result.summarized:

@@ -18,31 +18,25 @@ parent run per study; losers pruned by epoch; resumable and shareable between pr
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import logging
 import math
 import os
-import socket
-import tempfile
 import time
-import warnings
-from dataclasses import dataclass
-from pathlib import Path
 
 import keras
 import mlflow
 import optuna
-import psutil
 import tensorflow as tf
 from optuna.trial import TrialState
 
 from tftrain.config import TrainConfig
 from tftrain.env import mlflow_run_id
 from tftrain.errors import TrainingFailed, UserError
+from tftrain.search import trials
 from tftrain.search.space import OBJECTIVES, Dimension, SweepConfig, storage_url
 from tftrain.search.study import ATTR, open_storage, refuse_other, settings, study_name
+from tftrain.search.summary import SweepResult, shown, summarize
 from tftrain.tracking import runs
 from tftrain.tracking.logged_models import mark_gated, register_once
 from tftrain.training.run_state import command_state
@@ -58,16 +52,6 @@ PARENT_WAIT = 60.0  # seconds a joining process waits for the study's creator to
 def _data_key(cfg: TrainConfig) -> tuple:
     """What the loaded data depends on: the data settings and, for image_size=auto, the model's size bounds."""
     return (*dataclasses.astuple(cfg.data), auto_sides(cfg.model.name))
-
-
-@dataclass(frozen=True)
-class SweepResult:
-    study: str
-    parent_run_id: str
-    best: optuna.trial.FrozenTrial | None  # None: no trial completed
-    summarized: bool  # False: trials still run elsewhere, or time ran out before the study was done
-    counts: dict[str, int]
-    decisions: list = dataclasses.field(default_factory=list)
 
 
 class _Surplus(Exception):
@@ -103,7 +87,7 @@ def sweep(base: TrainConfig, sw: SweepConfig, dims: tuple[Dimension, ...]) -> Sw
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     tf.get_logger().addFilter(_NoRetracingWarning())
     name = study_name(sw, base, dims)
-    storage = open_storage(storage_url(sw, base), on_stale=_interrupted)
+    storage = open_storage(storage_url(sw, base), on_stale=trials.interrupted)
     study, parent, created = _open_study(name, storage, sw, base, dims, _pruner(sw, base))
     # the study's creator samples with the seed; a process joining it (or continuing it) with its own, or it
     # would propose the values the creator did. Except on a grid: its seed orders the grid, which every process
@@ -116,10 +100,10 @@ def sweep(base: TrainConfig, sw: SweepConfig, dims: tuple[Dimension, ...]) -> Sw
     out_of_time = False
     try:
         while True:
-            _fail_dead_trials(study)
-            if _taken(study) >= sw.trials:
+            trials.fail_dead_trials(study)
+            if trials.taken(study) >= sw.trials:
                 break
-            if _exhausted(study):
+            if trials.exhausted(study):
                 log.info(
                     f"the grid's {_grid_size(dims)} points are all tried: the study ends before {sw.trials} trials"
                 )
@@ -149,9 +133,9 @@ def _stopped(study: optuna.Study, parent: str, error: BaseException) -> None:
     trials still run elsewhere (`mlflow run` ends its own run itself)."""
     if isinstance(error, KeyboardInterrupt):
         for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-            mine = _own_record(trial).get("pid") == os.getpid()
-            if mine and not _counted(trial) and "surplus" not in trial.user_attrs:
-                _interrupted(study, trial, "Ctrl-C")
+            mine = trials.own_record(trial).get("pid") == os.getpid()
+            if mine and not trials.counted(trial) and "surplus" not in trial.user_attrs:
+                trials.interrupted(study, trial, "Ctrl-C")
     if _own_run() != parent and not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
         runs.end_other_run(parent, status, f"{type(error).__name__}: {error}; run the same command to continue")
@@ -198,102 +182,22 @@ def _own_run() -> str | None:
     return mlflow_run_id()
 
 
-def _counted(trial: optuna.trial.FrozenTrial) -> bool:
-    """A trial that counts toward `trials`: completed, pruned, or failed by itself (not one whose process died)."""
-    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
-        return True
-    return trial.state == TrialState.FAIL and "failure" in trial.user_attrs
-
-
-def _taking(trial: optuna.trial.FrozenTrial) -> bool:
-    """A trial that holds one of the `trials` places: counted, or running."""
-    return _counted(trial) or trial.state == TrialState.RUNNING
-
-
-def _taken(study: optuna.Study) -> int:
-    return sum(map(_taking, study.get_trials(deepcopy=False)))
-
-
-def _exhausted(study: optuna.Study) -> bool:
-    sampler = study.sampler
-    return isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study)
-
-
-def _owner(trial) -> dict:
-    """This process, as a trial records it: host, pid and the pid's start time (a pid can be reused)."""
-    return {"trial": trial.number, "host": socket.gethostname(), "pid": os.getpid(),
-            "started": psutil.Process().create_time()}  # fmt: skip
-
-
-def _alive(owner: dict) -> bool:
-    try:
-        return abs(psutil.Process(owner["pid"]).create_time() - owner["started"]) < 1.0
-    except psutil.Error:
-        return False
-
-
-def _still_gating(claim: dict) -> bool:
-    """A claim on the best model by a process alive on this host, or by another host within the hour."""
-    if claim.get("host") == socket.gethostname():
-        return _alive(claim)
-    return time.time() - claim.get("at", 0) < 3600
-
-
-def _own_record(trial: optuna.trial.FrozenTrial) -> dict:
-    """What this trial's process recorded (ATTR): its owner and child run. Empty while a retried trial still
-    carries its original's record, copied with its values, until its own process writes its own."""
-    record = trial.user_attrs.get(ATTR, {})
-    return record if record.get("trial") == trial.number else {}
-
-
-def _fail_dead_trials(study: optuna.Study) -> None:
-    """Running trials of processes on this host that are gone: failed and queued again now (other hosts': by the
-    heartbeat, in the storage's fail_stale_trials)."""
-    host = socket.gethostname()
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner = _own_record(trial)
-        if owner.get("host") != host or _alive(owner):
-            continue
-        try:
-            study.tell(trial.number, state=TrialState.FAIL)
-        except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
-            continue  # another process got there first
-        _interrupted(study, study.get_trials(deepcopy=False)[trial.number])
-
-
-def _interrupted(study: optuna.Study, trial: optuna.trial.FrozenTrial, why: str = "its process is gone") -> None:
-    """A trial whose process died (or was interrupted: `why`): its child run ends KILLED, saying so, and the trial
-    is queued again with its values."""
-    run_id = _own_record(trial).get("run_id")
-    epoch = max(trial.intermediate_values, default=0)
-    if run_id:
-        runs.end_other_run(
-            run_id, "KILLED", f"interrupted: the sweep process stopped during epoch {epoch + 1} of trial "
-            f"{trial.number}; the trial is run again with the same values"
-        )  # fmt: skip
-    with warnings.catch_warnings():  # experimental since Optuna 2.8, the one way to queue a trial with its values
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.RetryHeartbeatStaleTrialCallback()(study, trial)
-    done = f"{epoch} epoch{'s' * (epoch != 1)}"
-    log.info(f"trial {trial.number} was interrupted ({why}) after {done}: queued again, with the same values")
-
-
 def _objective(trial, study, base, sw, dims, parent, data) -> float:
-    trial.set_user_attr(ATTR, _owner(trial))
-    taken = sorted(t.number for t in study.get_trials(deepcopy=False) if _taking(t))
+    trial.set_user_attr(ATTR, trials.owner(trial))
+    taken = sorted(t.number for t in study.get_trials(deepcopy=False) if trials.taking(t))
     if trial.number not in taken[: sw.trials]:
         trial.set_user_attr("surplus", True)
         raise _Surplus(f"trial {trial.number}: the study has its {sw.trials} trials")
     values = {d.name: d.suggest(trial) for d in dims}
     cfg = base.replace(**values, run_name=f"trial-{trial.number:03d}", resume="never")
-    log.info(f"\ntrial {trial.number} ({len(_done(study)) + 1} of {sw.trials}): {_shown(values)}")
+    log.info(f"\ntrial {trial.number} ({len(trials.done(study)) + 1} of {sw.trials}): {shown(values)}")
     key = _data_key(cfg)
     tags = {"tftrain.study": study.study_name, "tftrain.trial": str(trial.number), "tftrain.sweep": "trial"}
     pruning = PruneLosers(trial, sw.objective)
     started = time.perf_counter()
     try:
         with runs.child_run(parent, cfg.tracking.run_name, tags, killed=(optuna.TrialPruned,)) as run:
-            trial.set_user_attr(ATTR, {**_owner(trial), "run_id": run.run_id})
+            trial.set_user_attr(ATTR, {**trials.owner(trial), "run_id": run.run_id})
             mlflow.log_params({"trial_number": trial.number, **{f"trial_{k}": v for k, v in values.items()}})
             from tftrain.training.trainer import train
 
@@ -322,10 +226,6 @@ def _objective(trial, study, base, sw, dims, parent, data) -> float:
     log.info(f"trial {trial.number}: {sw.objective} {value:.4f} after {result.epochs_run} epochs, "
           f"{time.perf_counter() - started:.1f} s")  # fmt: skip
     return value
-
-
-def _done(study: optuna.Study) -> list:
-    return [t for t in study.get_trials(deepcopy=False) if _counted(t)]
 
 
 def _kept_value(model: keras.Model, task, objective: str) -> float:
@@ -360,31 +260,17 @@ class PruneLosers(keras.callbacks.Callback):
             raise optuna.TrialPruned(f"pruned after epoch {self.epochs}: {self.monitor} {self.last:.4f}")
 
 
-def _counts(study: optuna.Study) -> dict[str, int]:
-    trials = study.get_trials(deepcopy=False)
-    return {
-        "complete": sum(t.state == TrialState.COMPLETE for t in trials),
-        "pruned": sum(t.state == TrialState.PRUNED for t in trials),
-        "failed": sum(t.state == TrialState.FAIL and "failure" in t.user_attrs for t in trials),
-        "interrupted": sum(
-            t.state == TrialState.FAIL and "failure" not in t.user_attrs and "surplus" not in t.user_attrs
-            for t in trials
-        ),  # fmt: skip
-        "running": sum(t.state == TrialState.RUNNING for t in trials),
-    }
-
-
 def _finish(study, name, parent, base, sw, data, out_of_time) -> SweepResult:
-    counts = _counts(study)
+    counts = trials.counts(study)
     best = _best(study)
-    finished = len(_done(study))
-    if not (finished >= sw.trials or _exhausted(study) or out_of_time) or counts["running"]:
+    finished = len(trials.done(study))
+    if not (finished >= sw.trials or trials.exhausted(study) or out_of_time) or counts["running"]:
         where = f"{counts['running']} trial(s) still running elsewhere" if counts["running"] else "not done"
         log.info(f"study {name}: {finished} of {sw.trials} trials done, {where}; the process that finishes "
               "last summarizes it")  # fmt: skip
         return SweepResult(name, parent, best, False, counts)
     decisions = _gate(study, best, base, data) if best else []
-    _summarize(study, parent, best, sw, counts, decisions)
+    summarize(study, parent, best, sw, counts, decisions)
     runs.end_other_run(parent, "FINISHED")
     return SweepResult(name, parent, best, True, counts, decisions)
 
@@ -402,13 +288,13 @@ def _gate(study, best, base, data) -> list:
     from tftrain.ship.registry import promote
 
     model_uri = best.user_attrs.get("model_uri")
-    run_id = _own_record(best)["run_id"]
+    run_id = trials.own_record(best)["run_id"]
     if not model_uri:
         log.info(f"the best trial {best.number}'s model was not logged (the tracking server was away); nothing to gate")
         return []
     cfg = base.replace(**best.params)
-    claim = {**_owner(best), "at": time.time()}
-    version = register_once(model_uri, registered_model_name(cfg), run_id, claim, _still_gating)
+    claim = {**trials.owner(best), "at": time.time()}
+    version = register_once(model_uri, registered_model_name(cfg), run_id, claim, trials.still_gating)
     if version is None:
         log.info(f"the best trial {best.number}'s model is registered and gated already, or another process gates it")
         return []
@@ -424,84 +310,3 @@ def _gate(study, best, base, data) -> list:
     for d in decisions:
         log.info(d.reason)
     return decisions
-
-
-def _summarize(study, parent, best, sw, counts, decisions) -> None:
-    """The parent run's summary: best value, values and run, counts per state, epochs trained, the trials as a
-    table, and the plots Optuna draws."""
-    trials = study.get_trials(deepcopy=False)
-    step = len(_done(study))
-    metrics = {f"trials_{k}": v for k, v in counts.items() if k != "running"}
-    metrics["epochs_trained"] = sum(t.user_attrs.get("epochs", 0) for t in trials if _counted(t))
-    tags = {}
-    if best:
-        metrics[f"best_{sw.objective}"] = best.value
-        tags = {"best_trial": str(best.number), "best_run_id": _own_record(best)["run_id"],
-                "best_params": json.dumps(best.params)}  # fmt: skip
-        tags.update({f"best.{k}": str(v) for k, v in best.params.items()})
-    if decisions:
-        metrics["best_test_accuracy"] = decisions[0].test_accuracy
-    runs.log_to(parent, metrics, tags, step)
-    with tempfile.TemporaryDirectory() as tmp:
-        table = Path(tmp, "trials.csv")
-        study.trials_dataframe().to_csv(table, index=False)
-        files = [table, *_plots(study, Path(tmp))]
-        runs.log_files_to(parent, files, "sweep")
-
-
-def _shown(values: dict) -> str:
-    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
-
-
-def report(result: SweepResult, objective: str) -> str:
-    """Where the study ended and where to look: the counts, the best trial, its test score, the gate's word."""
-    from tftrain.pipeline import aligned, mlflow_command
-
-    c = result.counts
-    link = runs.run_link(result.parent_run_id)
-    ui = link["ui_command"].replace("mlflow ui", f"{mlflow_command()} ui", 1)
-    counts = f"{c['complete']} complete, {c['pruned']} pruned, {c['failed']} failed"
-    if c["interrupted"]:
-        counts += f", {c['interrupted']} interrupted and run again"
-    best = result.best
-    lines = ["", f"study:          {result.study}: {counts}"]
-    if best:
-        lines.append(f"best:           trial {best.number}: {objective} {best.value:.4f} with {_shown(best.params)}")
-    if result.decisions:
-        lines.append(f"test accuracy:  {result.decisions[0].test_accuracy:.4f}")
-        lines += aligned("champion:", [d.reason for d in result.decisions])
-    elif best and (
-        earlier := mlflow.MlflowClient().get_run(result.parent_run_id).data.metrics.get("best_test_accuracy")
-    ):
-        lines.append(f"test accuracy:  {earlier:.4f} (gated when the study first finished)")
-    return "\n".join([*lines, f"MLflow UI:      {ui}", f"                then open {link['run_page']}"])
-
-
-def _plots(study: optuna.Study, folder: Path) -> list[Path]:
-    """Optimisation history, parallel coordinates and parameter importances as PNG files (those the trials
-    allow: importances need two completed trials)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from optuna.visualization import matplotlib as plots
-
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-    wanted = {"optimization_history.png": plots.plot_optimization_history}
-    if complete:
-        wanted["parallel_coordinates.png"] = plots.plot_parallel_coordinate
-    if len(complete) >= 2:
-        wanted["param_importances.png"] = plots.plot_param_importances
-    paths = []
-    for file, plot in wanted.items():
-        with contextlib.suppress(ValueError, RuntimeError, ZeroDivisionError), warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            warnings.simplefilter("ignore", UserWarning)  # matplotlib: a parameter with one value has no range
-            axes = plot(study)
-            figure = getattr(axes, "figure", None) or axes.flat[0].figure
-            figure.set_size_inches(10, 6)
-            figure.tight_layout()
-            figure.savefig(folder / file, dpi=100)
-            plt.close(figure)
-            paths.append(folder / file)
-    return paths

@@ -116,7 +116,7 @@ def log_to_mlflow(rows: list[dict], report: str) -> str:
     return parent.info.run_id
 
 
-def bench(only: str, full: bool, repeat: int, data_dir: str, epochs: int, log: bool, json_out: str) -> bool:
+def bench(only: str, full: bool, repeat: int, data_dir: str, epochs: int, log_mlflow: bool, json_out: str) -> bool:
     """Run the configurations `repeat` times, print the table and the targets; True if every configuration ran."""
     from tftrain.data.datasets import load_dataset
 
@@ -151,6 +151,6 @@ def bench(only: str, full: bool, repeat: int, data_dir: str, epochs: int, log: b
         log.info(f"failed: {', '.join(failed)}")
     if json_out:
         Path(json_out).write_text(json.dumps({"machine": host, "repeats": repeats}, indent=1))
-    if log and rows:
+    if log_mlflow and rows:
         log.info(f"logged to MLflow: experiment tftrain-bench, run {log_to_mlflow(rows, report)}")
     return not failed

@@ -51,6 +51,17 @@ def test_fused_batch_norm_trains_like_keras_batch_norm(policy):
         keras.mixed_precision.set_global_policy("float32")
 
 
+def test_a_sequential_model_is_copied_as_a_sequential():
+    """A Python task's build_model may return a keras.Sequential (as Keras' tutorials write it): its logged copy
+    is made from its own class's config, random layers out, answers the same."""
+    model = keras.Sequential([keras.Input((8, 8)), keras.layers.RandomFlip("horizontal"), keras.layers.Flatten(),
+                              keras.layers.Dense(3, activation="softmax")])  # fmt: skip
+    copy = portable_copy(model)
+    assert isinstance(copy, keras.Sequential) and "RandomFlip" not in {type(layer).__name__ for layer in copy.layers}
+    pixels = np.random.default_rng(2).random((4, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(model.predict(pixels, verbose=0), copy.predict(pixels, verbose=0), rtol=1e-6)
+
+
 def test_cnn_bn_is_logged_with_stock_layers_that_predict_the_same():
     model = build_model("cnn_bn")
     copy = portable_copy(model)

@@ -420,6 +420,32 @@ def test_callback_counters_survive_a_resume(tmp_path, tiny_data):
     assert (plateau.wait, plateau.best) == (1, 0.3) and len(stop.best_weights) == len(model.get_weights())
 
 
+def test_a_backup_from_before_early_stopping_watches_resumes(tmp_path, tiny_data):
+    """Under the default schedule early stopping watches the last quarter of the epochs only: a backup written
+    before that has counters but no best weights yet, and the same command goes on from it (it once failed
+    reading best weights that were never written)."""
+    from tftrain.models.build import build_model
+    from tftrain.training.callbacks import SaveClock, build_callbacks
+    from tftrain.training.resume import CallbackState
+
+    def fresh():
+        clock = SaveClock(0.0)
+        callbacks = build_callbacks(tiny_config(tiny_data, output_dir=str(tmp_path), epochs=8), tmp_path, clock)
+        model = build_model("mlp", 10)
+        state = CallbackState(tmp_path / "backup", callbacks, clock)
+        for c in [*callbacks, state]:
+            c.set_model(model)
+            c.on_train_begin()
+        return model, state
+
+    model, state = fresh()
+    state.on_epoch_end(1)  # the backup of epoch 2: early stopping starts watching at epoch 6
+    assert not (tmp_path / "backup" / "best-weights.npz").exists()
+    model, state = fresh()
+    model._initial_epoch = 2  # as BackupAndRestore sets it when it restores epoch 2
+    state.on_train_begin()
+
+
 def test_workers_with_different_latest_backups_agree_on_one_epoch(tmp_path):
     """Two workers' real Keras backups, one killed after its epoch-3 backup and one before: both go on from epoch
     2 (the first from its copy before); a worker whose process died between writing the weights and the epoch file

@@ -161,7 +161,9 @@ def test_the_server_holds_runs_models_and_artifacts(steps, as_client, team_serve
     assert "config.json" in {f.path for f in client.list_artifacts(fit.info.run_id)}
     assert list(team_server["artifacts"].rglob("config.json"))
     local = mlflow.artifacts.download_artifacts(run_id=fit.info.run_id, artifact_path="config.json")
-    assert json.loads(Path(local).read_text())["engine"] == "fit"
+    # the config as asked, by group (engine=auto), beside what it resolved to (engine_resolved)
+    assert json.loads(Path(local).read_text())["runtime"]["engine"] == fit.data.params["engine"] == "auto"
+    assert fit.data.params["engine_resolved"] == "fit"
 
 
 def test_postgres_holds_the_tracking_data(steps, team_server):

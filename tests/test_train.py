@@ -187,8 +187,9 @@ def test_a_task_made_in_python_is_what_the_run_says_the_data_is(store, tmp_path,
     cfg = TrainConfig.from_flat(epochs=1, output_dir=str(tmp_path / "out"), precision="float32")
     result = train(cfg, task)
     r = mlflow.get_run(result.run_id)
-    assert r.data.tags["mlflow.runName"].startswith("mlp-my-digits-")
-    assert r.data.params["dataset"] == "My Digits" and "data_dir" not in r.data.params
+    assert r.data.tags["mlflow.runName"].startswith("my-digits-")
+    assert r.data.params["dataset"] == "My Digits" and r.data.params["model"] == "the task's"
+    assert "data_dir" not in r.data.params and "weights" not in r.data.params
     assert result.model.registered_name == "tftrain-my-digits"
     other = Task("My Digits", ("a", "b"), (255 - x, y), (x[:16], y[:16]), (x[:16], y[:16]), build_model=build)
     assert command_state(cfg, task.identity).folder != command_state(cfg, other.identity).folder

@@ -33,7 +33,25 @@ from tftrain.values import (
     parse_version_uri,
 )
 
-_TYPES = {"int": int, "float": float, "str": str, "bool": click.BOOL}
+
+class _Number(click.ParamType):
+    """click's INT or FLOAT, refusing in tftrain's words: `invalid value for epochs: received 'abc'; allowed: an
+    integer` (under `mlflow run`, where the -P value reaches the CLI as text, too)."""
+
+    def __init__(self, kind: type, words: str):
+        self.kind, self.words, self.name = kind, words, kind.__name__
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, self.kind) and not isinstance(value, bool):
+            return value
+        try:
+            return self.kind(value)
+        except (TypeError, ValueError):
+            name = param.opts[0].lstrip("-").replace("-", "_") if param is not None and param.opts else "value"
+            raise click.UsageError(str(invalid(name, value, self.words)), ctx) from None
+
+
+_TYPES = {"int": _Number(int, "an integer"), "float": _Number(float, "a number"), "str": str, "bool": click.BOOL}
 
 
 class _Choice(click.Choice):

@@ -75,7 +75,7 @@ def pipeline(cfg: TrainConfig) -> tuple[TrainResult, Evaluation | None]:
     rt = build_runtime(cfg)  # before any TensorFlow op (a tfds or user-function task runs some)
     task = resolve_task(cfg)
     previous = command_state(cfg, task.identity).interrupted_run()
-    with runs.step_run(default_run_name(cfg, task.label), resume_run_id=previous) as run:
+    with runs.step_run(default_run_name(cfg, task.label, with_model=not task.identity), resume_run_id=previous) as run:
         result = train(cfg, task, rt, run=run)
         ev = evaluate(result.model.uri, data=task)
         exported = export(result.model.uri, output_dir=cfg.tracking.output_dir, data=task)

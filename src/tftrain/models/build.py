@@ -312,7 +312,8 @@ def _rewritten(config, rewrite):
 
 
 def _copy(model: keras.Model, rewrite) -> keras.Model:
-    copy = keras.Model.from_config(_rewritten(model.get_config(), rewrite))
+    # the model's own class: a Sequential's config is not a functional one
+    copy = type(model).from_config(_rewritten(model.get_config(), rewrite))
     copy.set_weights(model.get_weights())  # random layers, rewritten to Identity, have no weights
     return copy
 

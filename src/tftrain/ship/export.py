@@ -224,7 +224,7 @@ def export(
             runs.log_metrics({f"tflite_{served.mode}_test_accuracy": served.test_accuracy}, model_id=litert.model_id)
     log.info(table(keras_accuracy, results))
     registered = f", registered as {litert.registered_name} version {litert.version}" if litert.version else ""
-    log.info(f"LiteRT model ({served.mode}): {litert.uri}{registered}")
+    log.info(f"LiteRT model ({served.mode}): {litert.uri}{registered}; files in {out_dir}")
     return Export(results, litert)
 
 

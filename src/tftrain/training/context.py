@@ -45,7 +45,9 @@ def open_context(cfg: TrainConfig, task: Task, rt: Runtime, within: runs.StepRun
     previous = state.interrupted_run()
     if previous:
         resume.check_backup(state)
-    with runs.step_run(default_run_name(cfg, task.label), resume_run_id=previous, within=within) as run:
+    with runs.step_run(
+        default_run_name(cfg, task.label, with_model=not task.identity), resume_run_id=previous, within=within
+    ) as run:
         out_dir = output_root / run.run_id
         if previous and previous != run.run_id:  # `mlflow run` made a new run: the interrupted one moves into it
             runs.adopt_run(previous)

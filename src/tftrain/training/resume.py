@@ -148,8 +148,10 @@ class CallbackState(keras.callbacks.Callback):
         for (callback, _), state in zip(self.tracked, json.loads(path.read_text()), strict=True):
             for name, value in state.items():
                 setattr(callback, name, value)
-            if isinstance(callback, keras.callbacks.EarlyStopping) and callback.restore_best_weights:
-                with np.load(self.folder / "best-weights.npz") as saved:
+            best = self.folder / "best-weights.npz"
+            # none yet when the backup came before early stopping's first watched epoch (start_from_epoch)
+            if isinstance(callback, keras.callbacks.EarlyStopping) and callback.restore_best_weights and best.exists():
+                with np.load(best) as saved:
                     callback.best_weights = [saved[k] for k in saved.files]
 
     def on_epoch_end(self, epoch, logs=None):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import sys
@@ -206,8 +207,9 @@ def _log_run_start(cfg: TrainConfig, task: Task, resolved: dict[str, str]) -> No
     source for what the data is: for a task made in Python, its name stands for the config's data settings."""
     runs.log_environment()
     params = cfg.as_params()
-    if task.identity:
-        params = {k: v for k, v in params.items() if PARAMS[k].group != "data"} | {"dataset": task.name}
+    if task.identity:  # the task's data and model, not the config's
+        params = {k: v for k, v in params.items() if PARAMS[k].group not in ("data", "model")}
+        params |= {"dataset": task.name, "model": "the task's"}
     runs.log_config(cfg, params | {"registered_model_name": registered_model_name(cfg, task.label)} | resolved)
     runs.set_tags({"dataset_source": task.source, "train_examples": str(len(task.train[0])),
                    "classes": str(task.num_classes)})  # fmt: skip
@@ -241,10 +243,11 @@ def _callbacks(cfg, rt, task, plan, ctx: RunContext, momentum, extra) -> tuple[l
 
 
 def _start_line(cfg: TrainConfig, rt: Runtime, task: Task, plan: Plan, augment: str) -> str:
+    model = "the task's model" if task.identity else model_label(cfg.model.name)
     return (
-        f"training {model_label(cfg.model.name)} ({cfg.runtime.resolved_engine}, {rt.strategy_name} x{rt.replicas}, "
+        f"training {model} ({cfg.runtime.resolved_engine}, {rt.strategy_name} x{rt.replicas}, "
         f"{rt.precision}) on "
-        f"{task.source}: {len(task.train[0])} train / {len(task.validation[0])} validation images of "
+        f"{task.source or task.name}: {len(task.train[0])} train / {len(task.validation[0])} validation images of "
         f"{'x'.join(map(str, task.input_shape))}, {task.num_classes} classes, global batch {plan.global_batch}, "
         f"learning rate {plan.learning_rate:g} ({cfg.trainer.lr_schedule}), augment {augment}"
     )
@@ -265,6 +268,11 @@ def _run_engine(cfg, rt, task, model, datasets, callbacks, plan, clock, ctx: Run
             raise
     except OSError as e:  # a checkpoint, backup or log that could not be written: a full disk, a lost mount
         _set_aside_partial_checkpoints(ctx.out_dir)
+        if e.errno == errno.ENOENT:  # read, not written: a file of the command's state that should be there
+            raise TrainingFailed(
+                f"training stopped: {e.filename} is missing ({e.strerror}); files written before are kept; run "
+                f"with resume=never to start afresh"
+            ) from None
         raise TrainingFailed(
             f"training stopped: cannot write {e.filename or ctx.out_dir}: {e.strerror or e}; files written before "
             "are kept; make room and run the same command to continue from the last completed epoch"

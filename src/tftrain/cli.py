@@ -39,7 +39,8 @@ class _Number(click.ParamType):
     integer` (under `mlflow run`, where the -P value reaches the CLI as text, too)."""
 
     def __init__(self, kind: type, words: str):
-        self.kind, self.words, self.name = kind, words, kind.__name__
+        self.kind, self.words = kind, words
+        self.name = {int: "integer", float: "float"}[kind]  # --help shows INTEGER and FLOAT, as click's own
 
     def convert(self, value, param, ctx):
         if isinstance(value, self.kind) and not isinstance(value, bool):

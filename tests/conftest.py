@@ -1,11 +1,15 @@
-"""Shared fixtures: tiny learnable IDX data written to disk, and a real MLflow sqlite store in a temp folder."""
+"""Shared fixtures: tiny learnable IDX data written to disk, a real MLflow sqlite store in a temp folder, and a copy
+of the project for the commands that write into the project folder they run (`mlflow run`, scripts/*.sh)."""
 
 from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import os
+import shutil
 import struct
+import subprocess
 import sys
 from pathlib import Path
 
@@ -112,9 +116,41 @@ def activated_env() -> dict[str, str]:
     return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
 
-def mlflow_run_args(entry_point: str, params: dict, experiment: str) -> list[str]:
-    """`mlflow run` of this project with --env-manager local, as users run it."""
-    args = [sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local", "-e", entry_point,
+def copy_project(folder: Path) -> Path:
+    """The project's tracked files as they are on disk copied to `folder`, as a user's clone has them, with a
+    stand-in for the venv scripts/setup.sh makes: its bin folder holds this environment's programs, and its stamp
+    says the dependencies are installed, so that scripts sourcing setup.sh go on at once. The stand-in's python
+    refuses pip, which would install into this environment."""
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    for name in filter(None, listed.split("\0")):
+        if (REPO / name).is_file():  # not one deleted but not yet committed
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, folder / name)
+    venv = folder / ".venv"
+    (venv / "bin").mkdir(parents=True)
+    for program in Path(sys.executable).parent.iterdir():
+        if not program.name.startswith(("python", "pip", "activate", "Activate")):
+            (venv / "bin" / program.name).symlink_to(program)
+    (venv / "bin" / "python").write_text(
+        f'#!/bin/sh\ncase " $* " in *" -m pip "*) echo "{venv}: a stand-in, no pip here" >&2; exit 1;; esac\n'
+        f'exec {sys.executable} "$@"\n'
+    )
+    (venv / "bin" / "python").chmod(0o755)
+    stamp = hashlib.sha256((folder / "pyproject.toml").read_bytes()).hexdigest()
+    (venv / ".tftrain-installed").write_text(stamp + "\n")  # what scripts/setup.sh compares with pyproject.toml
+    return folder
+
+
+@pytest.fixture(scope="session")
+def project(tmp_path_factory) -> Path:
+    """A copy of the project (copy_project) for the commands that write into the project folder whatever folder
+    they are started from: `mlflow run` runs entry points in it, scripts/*.sh cd into it."""
+    return copy_project(tmp_path_factory.mktemp("project"))
+
+
+def mlflow_run_args(project: Path, entry_point: str, params: dict, experiment: str) -> list[str]:
+    """`mlflow run` of the project copy `project` with --env-manager local, as users run it in their clone."""
+    args = [sys.executable, "-m", "mlflow", "run", str(project), "--env-manager", "local", "-e", entry_point,
             "--experiment-name", experiment]  # fmt: skip
     return args + [word for key, value in params.items() for word in ("-P", f"{key}={value}")]
 

@@ -1,9 +1,12 @@
 """Shared fixtures: tiny learnable IDX data written to disk, a real MLflow sqlite store in a temp folder, and a copy
-of the project for the commands that write into the project folder they run (`mlflow run`, scripts/*.sh)."""
+of the project for the commands that write into the project folder they run (`mlflow run`, scripts/*.sh). The
+suite never writes into the repository: it runs from a folder of its own (`_outside_the_repository`), which checks
+at the end that no file in the repository's untracked or ignored part appeared, changed or went."""
 
 from __future__ import annotations
 
 import contextlib
+import getpass
 import gzip
 import hashlib
 import os
@@ -11,15 +14,27 @@ import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from tftrain import log
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Subprocesses start in other folders (a test's tmp_path, the project copy): a relative PYTHONPATH (PYTHONPATH=src)
+# would make them import another tftrain than this one, an installed copy of some other checkout.
+if os.environ.get("PYTHONPATH"):
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        str(Path(entry).resolve()) if entry else entry for entry in os.environ["PYTHONPATH"].split(os.pathsep)
+    )
+# Hypothesis keeps its example database (what replays a failure on the next run) and caches in ./.hypothesis by
+# default: the repository, when pytest starts there. Kept across sessions, outside it.
+set_hypothesis_home_dir(Path(tempfile.gettempdir()) / f"tftrain-tests-{getpass.getuser()}" / "hypothesis")
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -54,6 +69,58 @@ def write_dataset(folder: Path, n_train: int = 640, n_test: int = 200) -> Path:
 def _console_logging():
     """tftrain's messages on the console as the CLI shows them (tftrain.log), for the tests that read them."""
     log.setup()
+
+
+# Untracked or ignored, but the tools' own: the venv, pytest's and ruff's caches, Python's bytecode.
+TOOL_PATHS = (".venv/", ".pytest_cache/", ".ruff_cache/", ".mypy_cache/")
+
+
+def repository_leftovers() -> dict[str, tuple[int, int]] | None:
+    """The repository's untracked and ignored files and folders (git shows the ignored ones to no one: a user's
+    mlflow.db, optuna.db, outputs/), each with its size and modification time (folders: -1, 0); None when the
+    repository is not a git checkout."""
+    try:
+        listed = subprocess.run(["git", "status", "--porcelain", "--ignored", "-z"], cwd=REPO, capture_output=True)
+    except OSError:
+        return None
+    if listed.returncode != 0:
+        return None
+    paths = []
+    for entry in listed.stdout.decode(errors="surrogateescape").split("\0"):
+        status, path = entry[:2], entry[3:]
+        if status in ("??", "!!") and not path.startswith(TOOL_PATHS) and "__pycache__" not in path:
+            paths.append(REPO / path)
+            for folder, subfolders, files in os.walk(REPO / path):  # nothing for a file
+                subfolders[:] = [d for d in subfolders if d != "__pycache__"]
+                paths += [Path(folder, name) for name in subfolders + files]
+    found = {}
+    for path in paths:
+        with contextlib.suppress(OSError):  # gone since it was listed
+            stat = path.lstat()
+            is_folder = path.is_dir() and not path.is_symlink()
+            found[path.relative_to(REPO).as_posix()] = (-1, 0) if is_folder else (stat.st_size, stat.st_mtime_ns)
+    return found
+
+
+LEFTOVERS_BEFORE = repository_leftovers()  # before any test module is collected
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _outside_the_repository(tmp_path_factory):
+    """The session works in a folder of its own: what a test, or a command it starts, writes into its working
+    folder (mlflow.db, outputs/, optuna.db) never lands in the repository. At the end, no untracked or ignored
+    file of the repository may have appeared, changed or gone (a user's own ones included)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path_factory.mktemp("cwd"))
+        yield
+    after = repository_leftovers()
+    if LEFTOVERS_BEFORE is None or after is None:
+        return
+    changed = sorted(p for p in LEFTOVERS_BEFORE.keys() | after.keys() if LEFTOVERS_BEFORE.get(p) != after.get(p))
+    if changed:
+        more = f" and {len(changed) - 20} more" if len(changed) > 20 else ""
+        pytest.fail(f"the session wrote into the repository {REPO} (untracked or ignored files that appeared, changed "
+                    f"or went while it ran): {', '.join(changed[:20])}{more}", pytrace=False)  # fmt: skip
 
 
 QUIET_VARIABLES = ("TF_CPP_MIN_LOG_LEVEL", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "MLFLOW_LOGGING_LEVEL")

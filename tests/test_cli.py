@@ -9,6 +9,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import write_dataset, write_idx
 
@@ -63,7 +64,6 @@ def tftrain(*args, cwd=None, env=None):
         ),
         (["predict", "--model-uri", "models:/m/1"], "Missing argument 'INPUT...'"),
         (["predict", "--model-uri", "models:/m/1", "/no/such.png"], "invalid value for INPUT: received '/no/such.png'"),
-        (["predict", "--model-uri", "models:/m/1", ".", "--output", "/no/dir/p.csv"], "invalid value for output"),
         (
             ["predict", "--model-uri", "models:/m/1", ".", "--format", "xml"],
             "invalid value for format: received 'xml'; allowed: one of auto, csv, json",
@@ -85,6 +85,15 @@ def test_usage_errors_are_one_line_and_exit_2(args, expected):
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines() == [done.stderr.strip()], done.stderr
     assert done.stderr.startswith("tftrain: error: ") and expected in done.stderr
+
+
+def test_predict_refuses_an_output_it_cannot_write(tmp_path):
+    """The input holds an image (once, "." here was the repository's folder, whose figures made it so)."""
+    Image.new("L", (28, 28)).save(tmp_path / "photo.png")
+    done = tftrain("predict", "--model-uri", "models:/m/1", str(tmp_path), "--output", "/no/dir/p.csv")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()], done.stderr
+    assert done.stderr.startswith("tftrain: error: ") and "invalid value for output" in done.stderr
 
 
 def user_error_line(done):

@@ -1,7 +1,7 @@
-"""Shared fixtures: tiny learnable IDX data written to disk, a real MLflow sqlite store in a temp folder, and a copy
-of the project for the commands that write into the project folder they run (`mlflow run`, scripts/*.sh). The
-suite never writes into the repository: it runs from a folder of its own (`_outside_the_repository`), which checks
-at the end that no file in the repository's untracked or ignored part appeared, changed or went."""
+"""Shared fixtures: tiny learnable IDX data written to disk, a real MLflow sqlite store in a temp folder, one model
+trained for the whole session, and a copy of the project for the commands that write into the folder they run
+from. The suite never writes into the repository: it runs from a folder of its own (`_outside_the_repository`),
+which checks at the end that no file in the repository's untracked or ignored part appeared, changed or went."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import os
 import shutil
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -168,14 +169,70 @@ def store(tmp_path) -> str:
         yield uri
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_data):
-    """One tiny model trained and registered in a module-wide store: (TrainResult, store folder)."""
+def copy_store(template: Path, folder: Path) -> None:
+    """A store folder (mlflow.db, its artifacts, the outputs) copied to `folder`: the database through sqlite's
+    backup, whole and consistent. What is logged into the copy stays out of the template."""
+    shutil.copytree(template, folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns("mlflow.db*"))
+    with contextlib.closing(sqlite3.connect(template / "mlflow.db")) as source, contextlib.closing(
+        sqlite3.connect(folder / "mlflow.db")
+    ) as copy:
+        source.backup(copy)
+
+
+@pytest.fixture(scope="session")
+def trained_template(tmp_path_factory, tiny_data):
+    """One tiny model trained and registered once for the whole session, in a store no test logs into (tests get
+    copies: `trained`): (TrainResult, store folder)."""
     from tftrain.training.trainer import train
 
-    folder = tmp_path_factory.mktemp("trained")
+    folder = tmp_path_factory.mktemp("trained-template")
     with mlflow_store(folder):
-        yield train(tiny_config(tiny_data, epochs=3, early_stopping=False)), folder
+        return train(tiny_config(tiny_data, epochs=3, early_stopping=False)), folder
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, trained_template):
+    """The session's tiny model, trained and registered, in a module-wide store of its own (a copy of the one it
+    was trained in, so that what one module logs, registers or promotes is not in another's): (TrainResult, store
+    folder)."""
+    result, template = trained_template
+    folder = tmp_path_factory.mktemp("trained")
+    copy_store(template, folder)
+    with mlflow_store(folder):
+        yield result, folder
+
+
+@pytest.fixture(scope="session")
+def exported_template(tmp_path_factory, trained_template, tiny_data):
+    """The session's tiny model exported once (SavedModel, the four TFLite files, the LiteRT twin registered), in
+    a store no test logs into: (TrainResult, Export, store folder)."""
+    from tftrain.ship.export import export
+
+    result, trained_folder = trained_template
+    folder = tmp_path_factory.mktemp("exported-template")
+    copy_store(trained_folder, folder)
+    with mlflow_store(folder):
+        return result, export(result.model.uri, data_dir=str(tiny_data), output_dir=str(folder / "exports")), folder
+
+
+@pytest.fixture(scope="module")
+def trained_and_exported(tmp_path_factory, exported_template):
+    """The session's exported model in a module-wide store of its own, as `trained`: (TrainResult, Export, store
+    folder)."""
+    result, exported, template = exported_template
+    folder = tmp_path_factory.mktemp("exported")
+    copy_store(template, folder)
+    with mlflow_store(folder):
+        yield result, exported, folder
+
+
+@pytest.fixture(scope="session")
+def colour(tmp_path_factory):
+    """tests/test_serving.py's colour model logged with tftrain's tracking as Keras and as LiteRT, once for the
+    session, in a store of its own that tests only read (they enter it: `mlflow_store(colour.store)`)."""
+    from test_serving import log_colour_models
+
+    return log_colour_models(tmp_path_factory.mktemp("colour"))
 
 
 def activated_env() -> dict[str, str]:

@@ -1,30 +1,46 @@
-"""The CLI as a user meets it: real processes, exit codes, one-line errors, no tracebacks."""
+"""The CLI as a user meets it: exit codes, one-line errors, no tracebacks. Refusals run tftrain's main() in this
+process through click's CliRunner; those that must come before TensorFlow loads, and what depends on a fresh
+interpreter, run in real processes (probe)."""
 
 import os
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from PIL import Image
 
 from conftest import write_dataset, write_idx
+from tftrain.cli import main
 
 RUN = "0123456789abcdef0123456789abcdef"
 
 
-def tftrain(*args, cwd=None, env=None):
-    return subprocess.run(
-        [sys.executable, "-m", "tftrain", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-        timeout=300,
-    )
+def tftrain(*args: str) -> subprocess.CompletedProcess:
+    """`tftrain ARGS` as main() runs it, in this process under click's CliRunner (stdin, stdout and stderr of its
+    own): the exit code and what it printed, with the warnings Python would print for a command of its own (its
+    default filters), so that a refusal in one line is one line."""
+    with CliRunner().isolation() as (stdout, stderr, _), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+            warnings.simplefilter("ignore", category)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(sys, "argv", ["tftrain", *args])
+            try:
+                main()
+                code = 0
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+        shown = "".join(warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line) for w in caught)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        return subprocess.CompletedProcess(["tftrain", *args], code, stdout.getvalue().decode(),
+                                           stderr.getvalue().decode() + shown)  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -102,29 +118,33 @@ def user_error_line(done):
     return [line for line in done.stderr.splitlines() if line.startswith("tftrain: error: ")]
 
 
-def test_missing_model_in_the_store(tmp_path):
-    done = tftrain("evaluate", "--model-uri", "models:/nope/1", cwd=tmp_path)
+def test_missing_model_in_the_store(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    done = tftrain("evaluate", "--model-uri", "models:/nope/1")
     (line,) = user_error_line(done)
     assert "model_uri 'models:/nope/1' cannot be opened" in line
 
 
-def test_serve_names_a_missing_model_before_starting(tmp_path):
-    done = tftrain("serve", "--model-uri", "models:/nope@champion", cwd=tmp_path)
+def test_serve_names_a_missing_model_before_starting(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    done = tftrain("serve", "--model-uri", "models:/nope@champion")
     (line,) = user_error_line(done)
     assert "model_uri 'models:/nope@champion' cannot be opened" in line
 
 
-def test_corrupt_data_file_named(tmp_path):
+def test_corrupt_data_file_named(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     folder = write_dataset(tmp_path / "data")
     write_idx(folder / "train-labels-idx1-ubyte.gz", np.zeros(5, np.uint8))
-    done = tftrain("train", "--data-dir", str(folder), cwd=tmp_path)
+    done = tftrain("train", "--data-dir", str(folder))
     (line,) = user_error_line(done)
     assert f"data file {folder / 'train-labels-idx1-ubyte.gz'}: 5 labels for 640 images" in line
 
 
-def test_unwritable_output_dir(tmp_path, tiny_data):
+def test_unwritable_output_dir(tmp_path, tiny_data, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "taken").write_text("a file, not a folder")
-    done = tftrain("train", "--data-dir", str(tiny_data), "--output-dir", "taken/out", cwd=tmp_path)
+    done = tftrain("train", "--data-dir", str(tiny_data), "--output-dir", "taken/out")
     (line,) = user_error_line(done)
     assert "invalid value for output_dir: received 'taken/out'" in line
 

@@ -44,8 +44,8 @@ def test_none_leaves_the_pipeline_as_it_was():
 
 def test_training_batches_are_augmented_and_validation_batches_are_not(tmp_path):
     from tftrain.config import TrainConfig
-    from tftrain.training.runtime import build_runtime
     from tftrain.training.plan import datasets as _datasets
+    from tftrain.training.runtime import build_runtime
 
     cfg = TrainConfig(model="cnn_bn", precision="float32")
     images = np.random.default_rng(2).integers(0, 256, size=(32, 10, 10, 3)).astype(np.uint8)

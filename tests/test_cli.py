@@ -169,6 +169,16 @@ def test_the_cli_imports_neither_the_bench_nor_a_test_harness():
     assert not hasattr(tftrain.ship.serve, "running_server")
 
 
+def test_the_processes_tests_start_import_this_tftrain(tmp_path):
+    """The tests' processes start in other folders than pytest's (a test's own, the project copy): they import the
+    tftrain under test, not an installed copy of another checkout (a relative PYTHONPATH once made them)."""
+    import tftrain
+
+    code = "import tftrain; print(tftrain.__file__)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True)
+    assert Path(done.stdout.strip()) == Path(tftrain.__file__)
+
+
 # Runs the CLI, then says on stdout which of TensorFlow and Keras got imported (an empty list: neither).
 NO_TF_PROBE = (
     "import atexit, sys; atexit.register(lambda: print(sorted({'tensorflow', 'keras'} & set(sys.modules)))); "

@@ -72,7 +72,8 @@ def _console_logging():
     log.setup()
 
 
-# Untracked or ignored, but the tools' own: the venv, pytest's and ruff's caches, Python's bytecode.
+# Untracked or ignored, but the tools' own: the venv, pytest's and ruff's caches (their contents change as the tools
+# work, so only whether they exist counts) and Python's bytecode (not counted).
 TOOL_PATHS = (".venv/", ".pytest_cache/", ".ruff_cache/", ".mypy_cache/")
 
 
@@ -89,9 +90,9 @@ def repository_leftovers() -> dict[str, tuple[int, int]] | None:
     paths = []
     for entry in listed.stdout.decode(errors="surrogateescape").split("\0"):
         status, path = entry[:2], entry[3:]
-        if status in ("??", "!!") and not path.startswith(TOOL_PATHS) and "__pycache__" not in path:
+        if status in ("??", "!!") and "__pycache__" not in path:
             paths.append(REPO / path)
-            for folder, subfolders, files in os.walk(REPO / path):  # nothing for a file
+            for folder, subfolders, files in [] if path.startswith(TOOL_PATHS) else os.walk(REPO / path):
                 subfolders[:] = [d for d in subfolders if d != "__pycache__"]
                 paths += [Path(folder, name) for name in subfolders + files]
     found = {}

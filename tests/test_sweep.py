@@ -247,7 +247,7 @@ def wait_for_report(database: Path, trial: int, epoch: int, process: subprocess.
 @pytest.mark.slow
 def test_a_sweep_interrupted_with_ctrl_c_runs_the_interrupted_trial_again(tmp_path, tiny_data, store):
     """Ctrl-C while trial 1 trains its fourth epoch: once the third has been reported to the study, the last of its
-    writes (batches of 4 one step at a time: about 0.4 s of training an epoch before its writes to the stores).
+    writes (batches of 4 one step at a time: some 0.2 s of training an epoch here, before its writes to the stores).
     An interrupt that lands inside a write to MLflow's sqlite store leaves that write's lock held, and everything
     the process writes after it waits and fails ("database is locked"): a tftrain bug this test is not about (it
     made the test flaky when the signal followed the epoch's line, when those writes start)."""

@@ -1,29 +1,46 @@
-"""The CLI as a user meets it: real processes, exit codes, one-line errors, no tracebacks."""
+"""The CLI as a user meets it: exit codes, one-line errors, no tracebacks. Refusals run tftrain's main() in this
+process through click's CliRunner; those that must come before TensorFlow loads, and what depends on a fresh
+interpreter, run in real processes (probe)."""
 
 import os
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
+from click.testing import CliRunner
+from PIL import Image
 
 from conftest import write_dataset, write_idx
+from tftrain.cli import main
 
 RUN = "0123456789abcdef0123456789abcdef"
 
 
-def tftrain(*args, cwd=None, env=None):
-    return subprocess.run(
-        [sys.executable, "-m", "tftrain", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-        timeout=300,
-    )
+def tftrain(*args: str) -> subprocess.CompletedProcess:
+    """`tftrain ARGS` as main() runs it, in this process under click's CliRunner (stdin, stdout and stderr of its
+    own): the exit code and what it printed, with the warnings Python would print for a command of its own (its
+    default filters), so that a refusal in one line is one line."""
+    with CliRunner().isolation() as (stdout, stderr, _), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+            warnings.simplefilter("ignore", category)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(sys, "argv", ["tftrain", *args])
+            try:
+                main()
+                code = 0
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+        shown = "".join(warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line) for w in caught)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        return subprocess.CompletedProcess(["tftrain", *args], code, stdout.getvalue().decode(),
+                                           stderr.getvalue().decode() + shown)  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -63,7 +80,6 @@ def tftrain(*args, cwd=None, env=None):
         ),
         (["predict", "--model-uri", "models:/m/1"], "Missing argument 'INPUT...'"),
         (["predict", "--model-uri", "models:/m/1", "/no/such.png"], "invalid value for INPUT: received '/no/such.png'"),
-        (["predict", "--model-uri", "models:/m/1", ".", "--output", "/no/dir/p.csv"], "invalid value for output"),
         (
             ["predict", "--model-uri", "models:/m/1", ".", "--format", "xml"],
             "invalid value for format: received 'xml'; allowed: one of auto, csv, json",
@@ -87,35 +103,48 @@ def test_usage_errors_are_one_line_and_exit_2(args, expected):
     assert done.stderr.startswith("tftrain: error: ") and expected in done.stderr
 
 
+def test_predict_refuses_an_output_it_cannot_write(tmp_path):
+    """The input holds an image (once, "." here was the repository's folder, whose figures made it so)."""
+    Image.new("L", (28, 28)).save(tmp_path / "photo.png")
+    done = tftrain("predict", "--model-uri", "models:/m/1", str(tmp_path), "--output", "/no/dir/p.csv")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()], done.stderr
+    assert done.stderr.startswith("tftrain: error: ") and "invalid value for output" in done.stderr
+
+
 def user_error_line(done):
     assert "Traceback" not in done.stderr, done.stderr
     assert done.returncode == 2, done.stderr
     return [line for line in done.stderr.splitlines() if line.startswith("tftrain: error: ")]
 
 
-def test_missing_model_in_the_store(tmp_path):
-    done = tftrain("evaluate", "--model-uri", "models:/nope/1", cwd=tmp_path)
+def test_missing_model_in_the_store(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    done = tftrain("evaluate", "--model-uri", "models:/nope/1")
     (line,) = user_error_line(done)
     assert "model_uri 'models:/nope/1' cannot be opened" in line
 
 
-def test_serve_names_a_missing_model_before_starting(tmp_path):
-    done = tftrain("serve", "--model-uri", "models:/nope@champion", cwd=tmp_path)
+def test_serve_names_a_missing_model_before_starting(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    done = tftrain("serve", "--model-uri", "models:/nope@champion")
     (line,) = user_error_line(done)
     assert "model_uri 'models:/nope@champion' cannot be opened" in line
 
 
-def test_corrupt_data_file_named(tmp_path):
+def test_corrupt_data_file_named(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     folder = write_dataset(tmp_path / "data")
     write_idx(folder / "train-labels-idx1-ubyte.gz", np.zeros(5, np.uint8))
-    done = tftrain("train", "--data-dir", str(folder), cwd=tmp_path)
+    done = tftrain("train", "--data-dir", str(folder))
     (line,) = user_error_line(done)
     assert f"data file {folder / 'train-labels-idx1-ubyte.gz'}: 5 labels for 640 images" in line
 
 
-def test_unwritable_output_dir(tmp_path, tiny_data):
+def test_unwritable_output_dir(tmp_path, tiny_data, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "taken").write_text("a file, not a folder")
-    done = tftrain("train", "--data-dir", str(tiny_data), "--output-dir", "taken/out", cwd=tmp_path)
+    done = tftrain("train", "--data-dir", str(tiny_data), "--output-dir", "taken/out")
     (line,) = user_error_line(done)
     assert "invalid value for output_dir: received 'taken/out'" in line
 
@@ -138,6 +167,16 @@ def test_the_cli_imports_neither_the_bench_nor_a_test_harness():
     import tftrain.ship.serve
 
     assert not hasattr(tftrain.ship.serve, "running_server")
+
+
+def test_the_processes_tests_start_import_this_tftrain(tmp_path):
+    """The tests' processes start in other folders than pytest's (a test's own, the project copy): they import the
+    tftrain under test, not an installed copy of another checkout (a relative PYTHONPATH once made them)."""
+    import tftrain
+
+    code = "import tftrain; print(tftrain.__file__)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True)
+    assert Path(done.stdout.strip()) == Path(tftrain.__file__)
 
 
 # Runs the CLI, then says on stdout which of TensorFlow and Keras got imported (an empty list: neither).

@@ -9,13 +9,14 @@ import tensorflow as tf
 from conftest import run_tagged
 from tftrain.config import QUANTIZATIONS
 from tftrain.errors import UserError
-from tftrain.ship.export import CONVERTER_SETUP, convert, export, flex_ops, litert_predict
+from tftrain.ship.export import CONVERTER_SETUP, convert, flex_ops, litert_predict
 
 
 @pytest.fixture(scope="module")
-def exported(trained, tiny_data):
-    result, folder = trained
-    return result, export(result.model.uri, data_dir=str(tiny_data), output_dir=str(folder / "exports")).results
+def exported(trained_and_exported):
+    """The session's tiny model and its export's results (conftest: exported once, in this module's store copy)."""
+    result, done, _ = trained_and_exported
+    return result, done.results
 
 
 def test_every_quantization_choice_has_a_converter_setup():

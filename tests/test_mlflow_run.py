@@ -1,7 +1,6 @@
 """End to end through `mlflow run . --env-manager local`, the way users run the project."""
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -9,17 +8,20 @@ import mlflow
 import pytest
 import yaml
 
-from conftest import REPO, activated_env, mlflow_run_args, mlflow_store
+from conftest import REPO, activated_env, copy_project, mlflow_run_args, mlflow_store
 from tftrain.ship.registry import version_accuracy
 
 pytestmark = pytest.mark.slow
 
 
-def mlflow_run(entry_point: str, params: dict, cwd: Path, experiment: str) -> subprocess.CompletedProcess:
-    """`mlflow run` with this environment's python first on PATH, as an activated venv would have it."""
+def mlflow_run(
+    project: Path, entry_point: str, params: dict, cwd: Path, experiment: str
+) -> subprocess.CompletedProcess:
+    """`mlflow run` of the project copy with this environment's python first on PATH, as an activated venv would
+    have it."""
     env = activated_env()
     env.pop("MLFLOW_RUN_ID", None)
-    args = mlflow_run_args(entry_point, params, experiment)
+    args = mlflow_run_args(project, entry_point, params, experiment)
     done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     return done
@@ -35,15 +37,16 @@ def project_store(tmp_path):
         yield tmp_path, uri
 
 
-def test_train_evaluate_export_entry_points_chain_through_model_uris(project_store, tiny_data):
+def test_train_evaluate_export_entry_points_chain_through_model_uris(project, project_store, tiny_data):
     folder, _ = project_store
     common = {"data_dir": tiny_data}
-    train = mlflow_run("train", {**common, "epochs": 2, "learning_rate": "3e-3", "model_name": "e2e",
-                                 "output_dir": folder / "out", "run_name": "e2e-train"}, folder, "e2e")  # fmt: skip
+    params = {**common, "epochs": 2, "learning_rate": "3e-3", "model_name": "e2e", "output_dir": folder / "out",
+              "run_name": "e2e-train"}  # fmt: skip
+    train = mlflow_run(project, "train", params, folder, "e2e")
     train_id = run_id_of(train)
-    evaluate = mlflow_run("evaluate", {**common, "model_uri": "models:/e2e/1"}, folder, "e2e")
-    export = mlflow_run("export", {**common, "model_uri": f"runs:/{train_id}/model", "output_dir": folder / "out"},
-                        folder, "e2e")  # fmt: skip
+    evaluate = mlflow_run(project, "evaluate", {**common, "model_uri": "models:/e2e/1"}, folder, "e2e")
+    export = mlflow_run(project, "export", {**common, "model_uri": f"runs:/{train_id}/model",
+                                            "output_dir": folder / "out"}, folder, "e2e")  # fmt: skip
     client = mlflow.MlflowClient()
 
     run = client.get_run(train_id)
@@ -70,10 +73,11 @@ def test_train_evaluate_export_entry_points_chain_through_model_uris(project_sto
     assert (folder / "out" / export_run.info.run_id / "export" / "model_float32.tflite").is_file()
 
 
-def test_main_job_on_real_fashion_mnist_defaults(project_store):
+def test_main_job_on_real_fashion_mnist_defaults(project, project_store):
     """The README's main job: `mlflow run .` on the embedded defaults, real data, one run holding everything."""
     folder, _ = project_store
-    done = mlflow_run("main", {"output_dir": folder / "outputs"}, folder, "tftrain")  # defaults but where files go
+    # the defaults but where files go
+    done = mlflow_run(project, "main", {"output_dir": folder / "outputs"}, folder, "tftrain")
     run = mlflow.get_run(run_id_of(done))
     metrics = run.data.metrics
     assert metrics["test_accuracy"] >= 0.88, metrics["test_accuracy"]
@@ -103,22 +107,13 @@ def readme_project_commands() -> list[str]:
     return [line for line in block.split("```")[0].splitlines() if line.startswith("mlflow run . ")]
 
 
-def project_copy(folder: Path) -> Path:
-    """The project's tracked files copied to `folder`, as a user's clone has them."""
-    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    for name in files:
-        (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / name, folder / name)
-    return folder
-
-
 def test_the_readme_entry_point_commands_as_written_one_after_another(tmp_path):
     """train, evaluate, export and promote as the README writes them, in a clone, on a fresh store and the
     defaults: evaluate and export find the model's data from the model itself (mlflow run logs an empty data_dir
     as '', which the steps once read back and failed on)."""
     commands = readme_project_commands()
     assert [c.split(" -e ")[1].split()[0] for c in commands] == ["train", "evaluate", "export", "promote"]
-    clone = project_copy(tmp_path / "clone")
+    clone = copy_project(tmp_path / "clone")
     env = {**activated_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
         env.pop(var, None)
@@ -156,11 +151,12 @@ REFUSED = [
 
 
 @pytest.mark.parametrize("entry_point, params, reason, run_name", REFUSED)
-def test_a_refused_command_leaves_a_failed_run_that_says_why(project_store, entry_point, params, reason, run_name):
+def test_a_refused_command_leaves_a_failed_run_that_says_why(project, project_store, entry_point, params, reason,
+                                                            run_name):  # fmt: skip
     folder, _ = project_store
     env = activated_env()
     env.pop("MLFLOW_RUN_ID", None)
-    args = mlflow_run_args(entry_point, params, "refused")
+    args = mlflow_run_args(project, entry_point, params, "refused")
     done = subprocess.run(args, cwd=folder, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr  # mlflow run's code for a failure
     (line,) = [line for line in done.stderr.splitlines() if line.startswith("tftrain: error: ")]
@@ -172,10 +168,10 @@ def test_a_refused_command_leaves_a_failed_run_that_says_why(project_store, entr
     assert set(run.data.params) == set(declared) | set(params)  # what mlflow run logs; tftrain logged nothing
 
 
-def test_the_sweep_entry_point_nests_its_trials_under_the_run_mlflow_made(project_store, tiny_data):
+def test_the_sweep_entry_point_nests_its_trials_under_the_run_mlflow_made(project, project_store, tiny_data):
     params = {"data_dir": tiny_data, "epochs": 2, "batch_size": 64, "trials": 2, "sampler": "grid",
               "space": "learning_rate=choice(0.001,0.003)", "model_name": "project-swept"}  # fmt: skip
-    done = mlflow_run("sweep", params, project_store[0], "project-sweep")
+    done = mlflow_run(project, "sweep", params, project_store[0], "project-sweep")
     parent = mlflow.get_run(run_id_of(done))
     assert parent.data.tags["tftrain.sweep"] == "parent" and parent.info.run_name == parent.data.tags["tftrain.study"]
     trials = mlflow.search_runs(search_all_experiments=True, output_format="list",
@@ -187,12 +183,12 @@ def test_the_sweep_entry_point_nests_its_trials_under_the_run_mlflow_made(projec
     )
 
 
-def test_the_train_entry_point_on_ray_workers_logs_into_the_run_mlflow_made(project_store, tiny_data):
+def test_the_train_entry_point_on_ray_workers_logs_into_the_run_mlflow_made(project, project_store, tiny_data):
     """The issue's command: `mlflow run . -e train -P strategy=multi_worker -P launcher=ray -P workers=2`, on the
     Ray cluster of this machine the command starts and stops: rank 0 logs into mlflow run's own run, no other."""
     params = {"data_dir": tiny_data, "strategy": "multi_worker", "launcher": "ray", "workers": 2, "epochs": 2,
               "batch_size": 32, "model_name": "on-ray"}  # fmt: skip
-    done = mlflow_run("train", params, project_store[0], "on-ray")
+    done = mlflow_run(project, "train", params, project_store[0], "on-ray")
     run = mlflow.get_run(run_id_of(done))
     assert run.info.status == "FINISHED" and run.data.params["launcher"] == "ray"
     assert run.data.params["engine_resolved"] == "custom" and run.data.tags["tftrain.workers_agree"] == "true"

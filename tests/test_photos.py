@@ -68,7 +68,7 @@ def test_the_main_job_on_photos_trains_exports_and_promotes(photos, store_dir, m
     assert f"photos-{model}-litert@champion is now version 1" in done.stdout
 
 
-def test_a_keras_way_builder_with_augmentation_and_batch_norm_under_mlflow_run(photos, tmp_path):
+def test_a_keras_way_builder_with_augmentation_and_batch_norm_under_mlflow_run(project, photos, tmp_path):
     """The main entry point under `mlflow run`, then evaluate on its own: a builder with RandomFlip and
     RandomRotation inside (taken out of the logged model, so it converts), Rescaling (so it gets raw pixels) and
     batch norm; run named after its file and function."""
@@ -79,7 +79,7 @@ def test_a_keras_way_builder_with_augmentation_and_batch_norm_under_mlflow_run(p
               "output_dir": tmp_path / "outputs"}  # fmt: skip
     outputs = []
     for entry_point, extra in (("main", params), ("evaluate", {"model_uri": "models:/keras-way/1"})):
-        done = subprocess.run(mlflow_run_args(entry_point, extra, "photos"), cwd=tmp_path, env=env,
+        done = subprocess.run(mlflow_run_args(project, entry_point, extra, "photos"), cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=900)  # fmt: skip
         assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
         outputs.append(done)

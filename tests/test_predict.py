@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import activated_env, mlflow_store, tiny_images, write_idx
-from test_serving import COLOUR_NAMES, COLOUR_SHAPE, Colour, colour_images, log_colour_models
+from test_serving import COLOUR_NAMES, COLOUR_SHAPE, colour_images
 from tftrain.data.datasets import CLASS_NAMES
 from tftrain.data.images import read_image, to_pixels
 from tftrain.errors import UserError
@@ -96,11 +96,6 @@ def test_a_gray_model_reads_colour_and_odd_sizes_as_its_own(tmp_path):
     names, images = read_inputs([str(tmp_path / "wide.png")], (28, 28, 1))
     assert images.shape == (1, 28, 28, 1)
     np.testing.assert_array_equal(images[0, ..., 0], read_image(tmp_path / "wide.png", (28, 28), 1))
-
-
-@pytest.fixture(scope="module")
-def colour(tmp_path_factory) -> Colour:
-    return log_colour_models(tmp_path_factory.mktemp("colour"))
 
 
 @pytest.fixture(scope="module")

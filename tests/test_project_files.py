@@ -212,9 +212,10 @@ def test_shell_scripts_parse():
         ({"BACKEND_STORE_URI": "postgresql+psycopg2://u@h/db", "AUTH": "maybe"}, "AUTH must be true or false"),
     ],
 )
-def test_team_server_script_refuses_unsafe_or_missing_settings(settings, message):
+def test_team_server_script_refuses_unsafe_or_missing_settings(project, settings, message):
+    """The script in a copy of the project (it works in the folder it is in, where setup.sh finds a venv)."""
     keep = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "BACKEND_", "ALLOWED_", "AUTH"))}
-    done = subprocess.run(["bash", str(REPO / "scripts" / "team_server.sh")], capture_output=True, text=True,
+    done = subprocess.run(["bash", str(project / "scripts" / "team_server.sh")], capture_output=True, text=True,
                           env={**keep, "HOST": "127.0.0.1", **settings}, timeout=300)  # fmt: skip
     assert done.returncode == 2, done.stderr
     assert done.stderr.splitlines()[-1].startswith("team_server.sh: ") and message in done.stderr

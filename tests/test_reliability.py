@@ -207,13 +207,13 @@ def test_a_corrupt_backup_falls_back_to_the_copy_before_or_is_named(tmp_path, ti
 
 
 @pytest.mark.slow
-def test_mlflow_run_killed_then_run_again_continues_in_one_run(tmp_path, tiny_data):
+def test_mlflow_run_killed_then_run_again_continues_in_one_run(project, tmp_path, tiny_data):
     """`mlflow run` makes a new run each time: the interrupted run's epochs move into it and the old run goes."""
     env = activated_env()
     params = {"data_dir": tiny_data, "epochs": EPOCHS, "early_stopping": "false", "tensorboard": "false",
               "batch_size": 4, "steps_per_execution": 1, "save_interval": 0, "output_dir": tmp_path / "out",
               "run_name": "project"}  # fmt: skip
-    args = mlflow_run_args("train", params, "resume")
+    args = mlflow_run_args(project, "train", params, "resume")
     with mlflow_store(tmp_path):
         kill_group_after(args, tmp_path, env, "epoch 3/")  # mlflow run and the training process it started
         done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)

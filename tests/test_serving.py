@@ -20,17 +20,17 @@ from conftest import REPO, mlflow_store, tiny_images
 from servers import running_server
 from tftrain.data.datasets import CLASS_NAMES
 from tftrain.serving import MAX_BATCH, Classifier, KerasNetwork, LiteRTNetwork, check_images
-from tftrain.ship.export import convert, export
+from tftrain.ship.export import convert
 from tftrain.tracking import logged_models
 
 NAMES = list(CLASS_NAMES["fashion_mnist"])
 
 
 @pytest.fixture(scope="module")
-def models(trained, tiny_data):
-    """The trained Keras model and its float32 LiteRT twin, both registered."""
-    result, folder = trained
-    exported = export(result.model.uri, data_dir=str(tiny_data), output_dir=str(folder / "exports"))
+def models(trained_and_exported):
+    """The trained Keras model and its float32 LiteRT twin, both registered (conftest: the session's model, exported
+    once, in this module's store copy)."""
+    result, exported, _ = trained_and_exported
     return {"keras": result.model, "litert": exported.litert}
 
 
@@ -40,8 +40,8 @@ def images():
 
 
 @pytest.fixture(scope="module")
-def keras_probabilities(trained, images):
-    result, _ = trained
+def keras_probabilities(trained_and_exported, images):
+    result, _, _ = trained_and_exported
     return result.keras_model.predict(images.astype(np.float32), verbose=0)
 
 
@@ -341,11 +341,6 @@ def log_colour_models(folder: Path) -> Colour:
                 "float32",
             )
     return Colour(model, folder, {"keras": keras_logged.uri, "litert": litert.uri})
-
-
-@pytest.fixture(scope="module")
-def colour(tmp_path_factory) -> Colour:
-    return log_colour_models(tmp_path_factory.mktemp("colour"))
 
 
 COLOUR_LABELS = [2, 0, 1, 1, 0]

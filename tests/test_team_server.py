@@ -22,7 +22,6 @@ import mlflow
 import psycopg2
 import pytest
 
-from conftest import REPO
 from servers import free_port, responds
 
 pytestmark = pytest.mark.slow
@@ -66,8 +65,9 @@ def postgres():
 
 
 @pytest.fixture(scope="module")
-def team_server(postgres, tmp_path_factory):
-    """scripts/team_server.sh on a free port: PostgreSQL backend, proxied artifacts, basic auth."""
+def team_server(postgres, project, tmp_path_factory):
+    """scripts/team_server.sh on a free port: PostgreSQL backend, proxied artifacts, basic auth. Run from a copy of
+    the project: the script works in the folder it is in."""
     folder = tmp_path_factory.mktemp("team-server")
     port = free_port()
     password = secrets.token_urlsafe(12)
@@ -82,7 +82,8 @@ def team_server(postgres, tmp_path_factory):
     }
     log = folder / "server.log"
     with open(log, "wb") as out:
-        server = subprocess.Popen(["bash", str(REPO / "scripts" / "team_server.sh")], stdout=out, stderr=out, env=env)
+        server = subprocess.Popen(["bash", str(project / "scripts" / "team_server.sh")], stdout=out, stderr=out,
+                                  env=env)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180

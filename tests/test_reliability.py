@@ -3,6 +3,7 @@ server that is not there, a model file carrying code."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -33,9 +34,9 @@ def command(tiny_data, out, engine: str, name: str) -> list[str]:
             "--output-dir", str(out), "--run-name", name, "--model-name", name]  # fmt: skip
 
 
-def run_killed(args: list[str], cwd, rng: random.Random, epochs_first: int = 1) -> bool:
-    """Start the command; once it has printed `epochs_first` epochs, SIGKILL it after a random pause. False if it
-    finished before that (nothing left to kill)."""
+def run_killed(args: list[str], cwd, rng: random.Random, epochs_first: int = 1, when=None) -> bool:
+    """Start the command; once it has printed `epochs_first` epochs, SIGKILL it after a random pause, or as soon as
+    `when()` says so. False if it finished before that (nothing left to kill)."""
     process = subprocess.Popen(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = threading.Event()
 
@@ -50,9 +51,12 @@ def run_killed(args: list[str], cwd, rng: random.Random, epochs_first: int = 1) 
     deadline = time.monotonic() + 300
     while not seen.is_set() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
+    if when is None:
+        time.sleep(rng.uniform(0.0, 0.4))  # anywhere in the next epoch: mid-step, mid-checkpoint, mid-logging
+    while when is not None and not when() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
     if process.poll() is not None:
         return False
-    time.sleep(rng.uniform(0.0, 0.4))  # anywhere in the next epoch: mid-step, mid-checkpoint, mid-logging
     process.send_signal(signal.SIGKILL)
     process.wait()
     return True
@@ -166,13 +170,33 @@ def test_a_model_file_carrying_code_is_refused(tmp_path):
         KerasNetwork(tmp_path / "model.keras")
 
 
+def backed_up(out: Path, epochs: int) -> bool:
+    """Whether a backup in `out` of `epochs` or more epochs is written whole and the next has not begun: Keras
+    copies the weights, then the epoch file, to *.bkp, then writes the weights, then the epoch file; so the epoch
+    files say k and k - 1 and the four files were written in that order. Reads the epoch files and the times only
+    (the weights would be opened under HDF5's lock, which the process, writing them, would fail on)."""
+    for folder in out.glob(".resume/*/backup-chief"):
+        names = ("latest.weights.h5.bkp", "training_metadata.json.bkp", "latest.weights.h5", "training_metadata.json")
+        try:
+            times = [(folder / name).stat().st_mtime_ns for name in names]
+            before, latest = (json.loads((folder / name).read_text())["epoch"] for name in names[1::2])
+        except (OSError, ValueError, KeyError):
+            return False
+        return latest == before + 1 >= epochs and times == sorted(times)
+    return False
+
+
 @pytest.mark.slow
 def test_a_corrupt_backup_falls_back_to_the_copy_before_or_is_named(tmp_path, tiny_data):
+    """Each run killed once a backup of its third epoch or later is written whole, then torn by the test: a kill at
+    a random moment could tear the copy before it too, while Keras made it, and the test's premise with it (the
+    refusal then, both copies torn, is the third case's, and correct)."""
     rng = random.Random("corrupt")
+    whole_after_3 = lambda: backed_up(tmp_path / "out", 3)  # noqa: E731
     with mlflow_store(tmp_path):
         # the latest backup torn: training goes on from the copy before it, each epoch still logged once
         args = command(tiny_data, tmp_path / "out", "fit", "torn-once")
-        assert run_killed(args, tmp_path, rng, epochs_first=3)
+        assert run_killed(args, tmp_path, rng, epochs_first=3, when=whole_after_3)
         (backup,) = (tmp_path / "out" / ".resume").glob("*/backup-chief")
         (backup / "latest.weights.h5").write_bytes(b"torn by a crash")
         done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
@@ -183,7 +207,7 @@ def test_a_corrupt_backup_falls_back_to_the_copy_before_or_is_named(tmp_path, ti
 
         # the epoch file torn (killed while Keras wrote it, seen in CI): the same fall-back, not a JSONDecodeError
         args = command(tiny_data, tmp_path / "out", "fit", "torn-epoch-file")
-        assert run_killed(args, tmp_path, rng, epochs_first=3)
+        assert run_killed(args, tmp_path, rng, epochs_first=3, when=whole_after_3)
         (backup,) = (tmp_path / "out" / ".resume").glob("*/backup-chief")
         (backup / "training_metadata.json").write_text("")
         done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
@@ -196,7 +220,7 @@ def test_a_corrupt_backup_falls_back_to_the_copy_before_or_is_named(tmp_path, ti
         # both copies torn: a one-line error naming the file and what to do
         args = command(tiny_data, tmp_path / "out", "fit", "torn-twice")
         args[args.index("--epochs") + 1] = "30"  # long enough to be killed after its third epoch
-        assert run_killed(args, tmp_path, rng, epochs_first=3)
+        assert run_killed(args, tmp_path, rng, epochs_first=3, when=whole_after_3)
         (backup,) = (tmp_path / "out" / ".resume").glob("*/backup-chief")
         (backup / "latest.weights.h5").write_bytes(b"torn by a crash")
         (backup / "latest.weights.h5.bkp").write_bytes(b"torn as well")

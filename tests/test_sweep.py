@@ -254,8 +254,10 @@ def test_a_sweep_interrupted_with_ctrl_c_runs_the_interrupted_trial_again(tmp_pa
     made the test flaky when the signal followed the epoch's line, when those writes start)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_TRACKING_URI": store}
     command = _sweep_command(tiny_data, tmp_path, "--epochs", "6", "--batch-size", "4", "--steps-per-execution", "1")
+    # Ctrl-C as a terminal delivers it, even when the suite itself runs as a background job (whose processes
+    # start with SIGINT ignored, and Python then never raises KeyboardInterrupt: the sweep ran to its end)
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                             cwd=tmp_path)  # fmt: skip
+                             cwd=tmp_path, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     with ThreadPoolExecutor(2) as readers:  # both pipes drained while the test waits
         out, err = (readers.submit(stream.read) for stream in (first.stdout, first.stderr))
         wait_for_report(tmp_path / "optuna.db", trial=1, epoch=3, process=first)

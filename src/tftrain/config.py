@@ -348,7 +348,7 @@ class RuntimeConfig:
             for name in ("workers", "ray_address", "max_failures"):
                 if (value := getattr(self, name)) != defaults[name]:
                     default = f"{name}={defaults[name]}" if defaults[name] != "" else f"{name} empty"
-                    raise UserError(f"invalid combination: {name}={value} with launcher={self.launcher}; {name} is "
+                    raise UserError(f"invalid combination: {name}={value!r} with launcher={self.launcher}; {name} is "
                                     f"an option of launcher=ray; allowed: launcher=ray, or {default} (its "
                                     "default)")  # fmt: skip
             return

@@ -94,6 +94,41 @@ def test_a_version_taking_other_images_does_not_take_the_alias(store, tmp_path):
     refused = promote("models:/shapes/2")
     assert not refused.promoted and alias_version_of("shapes") == "1"
     assert "version 2's input shape (12, 12) differs from version 1's (8, 8)" in refused.reason
+    assert "to move the alias anyway: tftrain promote --model-uri models:/shapes/2 --allow-shape-change" in refused.reason
+
+
+def test_a_shape_change_on_purpose_moves_the_alias_with_a_warning_and_a_tag(store):
+    """`promote --allow-shape-change`, as a user types it: the alias moves to the better model of another shape,
+    the version records the change, and a one-line warning says which clients break; a worse one still stays out."""
+    import numpy as np
+    from click.testing import CliRunner
+
+    from tftrain.cli import cli
+    from tftrain.models.build import build_model
+    from tftrain.tracking import logged_models
+
+    for shape, accuracy in (((8, 8), 0.6), ((12, 12), 0.9), ((16, 16), 0.7)):
+        with mlflow.start_run():
+            logged = logged_models.log_keras_model(build_model("mlp", 2, shape), "moving", np.zeros((1, *shape)),
+                                                   logged_models.Provenance(("a", "b")))  # fmt: skip
+            mlflow.log_metrics({"test_accuracy": accuracy}, model_id=logged.model_id)
+    assert promote("models:/moving/1").promoted
+    done = CliRunner().invoke(cli, ["promote", "--model-uri", "models:/moving/2", "--allow-shape-change"])
+    assert done.exit_code == 0, done.output
+    assert "moving@champion is now version 2 (test accuracy 0.9000)" in done.output
+    assert alias_version_of("moving") == "2"
+    tags = mlflow.MlflowClient().get_model_version("moving", "2").tags
+    assert tags["shape_change_champion"] == "from (8, 8) (version 1) to (12, 12)"
+    warning = [line for line in done.stderr.splitlines() if "changed input shape" in line]
+    assert warning == [
+        "warning: moving@champion changed input shape from (8, 8) (version 1) to (12, 12): clients sending pixels "
+        "of the old shape are refused from now on; clients sending image files get them resized"
+    ]
+    worse = promote("models:/moving/3", allow_shape_change=True)
+    assert not worse.promoted and worse.shape_change is None and alias_version_of("moving") == "2"
+    assert "test accuracy 0.7000 is below version 2's 0.9000" in worse.reason
+    refused = CliRunner().invoke(cli, ["promote", "--model-uri", "models:/moving/3", "--allow-shape-change", "maybe"])
+    assert refused.exit_code == 2 and "maybe" in refused.output
 
 
 def alias_version_of(name: str) -> str:

@@ -3,6 +3,7 @@
 import contextlib
 import http.client
 import json
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from mlflow.exceptions import MlflowException
 
 from conftest import REPO, mlflow_store, tiny_images
 from servers import running_server
+from test_serving_files import b64, read_inputs, readme_snippet, refusals
+from test_serving_files import files as files  # noqa: F401 (a fixture)
 from tftrain.data.datasets import CLASS_NAMES
 from tftrain.serving import MAX_BATCH, Classifier, KerasNetwork, LiteRTNetwork, check_images
 from tftrain.ship.export import convert
@@ -406,3 +409,36 @@ def test_a_served_colour_model_names_its_classes_and_refuses_gray_28x28(colour_s
     assert status == 200 and answer["predictions"][0]["class_name"] == "blue", answer
     status, answer = post(colour_server, {"inputs": colour_images([1], seed=3).tolist()})
     assert status == 200 and answer["predictions"][0]["class_name"] == "green"
+
+
+def test_a_served_model_answers_jpeg_files_as_tftrain_predict_does(server, trained_and_exported, files, tmp_path):
+    """The session's Fashion-MNIST model (28x28 gray) behind `mlflow models serve`, sent colour photographs of other
+    sizes: decoded, made gray and resized in the server as `tftrain predict` does; bad files get a 400 and the
+    server keeps answering."""
+    result, _, _ = trained_and_exported
+    expected = result.keras_model.predict(
+        read_inputs([str(p) for p in files], (28, 28))[1].astype(np.float32), verbose=0
+    )
+    status, answer = post(server, {"instances": [{"b64": b64(p)} for p in files]})
+    assert status == 200, answer
+    np.testing.assert_allclose([r["probabilities"] for r in answer["predictions"]], expected, atol=1e-4)
+    status, answer = post(server, {"dataframe_split": {"columns": ["b64"], "data": [[b64(p)] for p in files[:2]]}})
+    assert status == 200 and len(answer["predictions"]) == 2, answer
+    for name, (request, reason) in refusals(files[0]).items():
+        status, answer = post(server, {"inputs": request})
+        assert status == 400 and answer["message"].startswith(reason), (name, answer)
+    status, answer = post(server, {"instances": [{"b64": b64(files[0])}]})
+    assert status == 200 and answer["predictions"][0]["class"] == int(expected[0].argmax())
+
+
+@pytest.mark.parametrize("language", ["bash", "python"])
+def test_the_docs_send_a_jpeg_to_a_served_model(server, files, tmp_path, language):
+    """The docs' curl and Python requests examples, as written, against a real server (only the port and the
+    photo's path replaced)."""
+    photo = next(p for p in files if p.suffix == ".jpg")
+    snippet = readme_snippet(language).replace("127.0.0.1:5001", f"{server.host}:{server.port}")
+    snippet = snippet.replace("my-photo.jpg", str(photo))
+    command = ["bash", "-c", snippet] if language == "bash" else [sys.executable, "-c", snippet]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r'"class_name": ?"[^"]+"', done.stdout), done.stdout

@@ -195,7 +195,10 @@ def export_command(model_uri: str, dataset: str, data_dir: str, output_dir: str,
 @click.option("--model-uri", required=True, help="The registered version to consider: models:/<name>/<version>.")
 @click.option("--alias", default="champion", show_default=True, help="The alias to move.")
 @click.option("--min-accuracy", type=float, default=0.0, show_default=True, help="Lowest test accuracy allowed.")
-def promote_command(model_uri: str, alias: str, min_accuracy: float) -> None:
+@click.option("--allow-shape-change", type=click.BOOL, default=False, is_flag=False, flag_value=True,
+              help="Move the alias though this version takes another input shape than its holder: clients sending "
+              "pixels of the old shape are refused from then on.")  # fmt: skip
+def promote_command(model_uri: str, alias: str, min_accuracy: float, allow_shape_change: bool) -> None:
     """Move the alias to this version if its test accuracy is at least the current holder's and the threshold."""
     if not 0.0 <= min_accuracy <= 1.0:
         raise invalid("min_accuracy", min_accuracy, "a number from 0 to 1")
@@ -204,7 +207,7 @@ def promote_command(model_uri: str, alias: str, min_accuracy: float) -> None:
     _model_args(model_uri)
     from tftrain.ship.registry import promote
 
-    click.echo(promote(model_uri, alias, min_accuracy).reason)
+    click.echo(promote(model_uri, alias, min_accuracy, allow_shape_change).reason)
 
 
 @cli.command("predict")

@@ -380,6 +380,11 @@ class TrackingConfig:
     )
     output_dir: str = _opt("outputs", "Local folder for checkpoints, TensorBoard logs and exports.")
     model_name: str = _opt("auto", "Registered model name; auto: tftrain-<dataset>.")
+    allow_shape_change: bool = _opt(
+        False,
+        "Let the registry gate move @champion to a model of another input shape (image size or channels); clients "
+        "sending pixels of the old shape are refused from then on, image files keep working.",
+    )
     run_name: str = _opt("auto", "MLflow run name; auto: built from model, dataset and batch size.")
     resume: str = _opt(
         "auto",

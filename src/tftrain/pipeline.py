@@ -80,6 +80,7 @@ def pipeline(cfg: TrainConfig) -> tuple[TrainResult, Evaluation | None]:
         ev = evaluate(result.model.uri, data=task)
         exported = export(result.model.uri, output_dir=cfg.tracking.output_dir, data=task)
         models = [result.model, exported.litert]
-        decisions = [promote(f"models:/{m.registered_name}/{m.version}") for m in models if m.version]
+        allowed = cfg.tracking.allow_shape_change
+        decisions = [promote(m.version_uri, allow_shape_change=allowed) for m in models if m.version]
     log.info(report(result, ev, models, decisions))
     return result, ev

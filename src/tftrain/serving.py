@@ -3,16 +3,21 @@
 Two runtimes behind one answer: the Keras model through one compiled call (not `model.predict`, which builds a
 data pipeline per request), or a TFLite file through the LiteRT interpreter. Either answers one row per image:
 class, class_name, probability and the probability of each of the model's classes. The image shape a model takes,
-(H, W) gray or (H, W, 3) colour, is read from the network itself, so one loader serves any task. Bad input is
-refused with an MlflowException of INVALID_PARAMETER_VALUE, which the scoring server turns into HTTP 400.
+(H, W) gray or (H, W, 3) colour, is read from the network itself, so one loader serves any task. A request holds
+either pixels of that shape or image files of any size and mode, base64-encoded under "b64" (TensorFlow Serving's
+convention), decoded and resized here by pixels.py, the code training and `predict` use. Bad input is refused with
+an MlflowException of INVALID_PARAMETER_VALUE, which the scoring server turns into HTTP 400.
 
-A model carries its own copy of this file (under code/tftrain/), so a server needs TensorFlow or LiteRT, numpy
-and MLflow, not tftrain. Keep it free of other tftrain imports.
+A model carries its own copy of this file and of pixels.py (under code/tftrain/), so a server needs TensorFlow or
+LiteRT, numpy, Pillow and MLflow, not tftrain. Keep it free of other tftrain imports.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import gc
+import io
 import json
 import logging
 import shutil
@@ -23,7 +28,12 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
+from tftrain import pixels
+
 MAX_BATCH = 1000  # images per predict call; larger requests are refused, not queued
+FILES_KEY = "b64"  # the column or key of base64-encoded image files, as TensorFlow Serving names binary values
+MAX_FILE_BYTES = 20_000_000  # one image file, decoded from base64
+MAX_FILE_PIXELS = 64_000_000  # one image file's own width x height, read from its header before it is decoded
 CLASS_NAMES_FILE = "class_names.json"
 KERAS_FILE = "model.keras"  # what mlflow.keras.save_model writes under data/
 LITERT_FILE = "model.tflite"  # a LiteRT model's network, whichever its quantization
@@ -58,7 +68,7 @@ def accepted(shape: tuple[int, ...]) -> str:
     """What a model of image shape `shape` takes, as its refusals and its MLmodel metadata say it."""
     return (
         f"images {describe(shape)} or one image ({', '.join(map(str, shape))}), pixels 0..255 as integers (uint8 or "
-        "any) or floats"
+        f'any) or floats; or image files (PNG, JPEG, BMP, GIF; any size) base64-encoded as {{"{FILES_KEY}": "..."}}'
     )
 
 
@@ -82,9 +92,67 @@ def _as_array(model_input, shape: tuple[int, ...]) -> np.ndarray:
         raise _refuse(f"the images are not one array of numbers ({str(e).splitlines()[0][:120]})", shape) from None
 
 
+def encoded_files(model_input) -> list | None:
+    """The image files of a request, as sent (base64 text, or bytes from Python), or None if it sends pixels:
+    {"b64": [...]} (what `instances` of {"b64": ...} objects parse into), a table with a "b64" column, or a list
+    of {"b64": ...} objects (`inputs`)."""
+    if hasattr(model_input, "columns"):
+        return model_input[FILES_KEY].tolist() if FILES_KEY in model_input.columns else None
+    if isinstance(model_input, dict):
+        values = model_input.get(FILES_KEY)
+        return None if values is None else np.asarray(values, dtype=object).reshape(-1).tolist()
+    if isinstance(model_input, list) and model_input and all(isinstance(row, dict) for row in model_input):
+        return [np.asarray(row.get(FILES_KEY), dtype=object).item() for row in model_input]
+    return None
+
+
+def file_bytes(value, index: int, shape: tuple[int, ...]) -> bytes:
+    """One file's bytes from its base64 text (a data: URL's prefix allowed) or from bytes given in Python."""
+    if isinstance(value, bytes):
+        return value
+    if not isinstance(value, str):
+        raise _refuse(
+            f"image file {index}: {FILES_KEY} must be a base64 string; received {type(value).__name__}", shape
+        )
+    text = "".join(value.split())
+    if text.startswith("data:") and ";base64," in text:  # what a browser's FileReader.readAsDataURL makes
+        text = text.split(";base64,", 1)[1]
+    if len(text) > MAX_FILE_BYTES * 4 // 3 + 4:
+        raise _refuse(f"image file {index} is over the limit of {MAX_FILE_BYTES // 1_000_000} MB", shape)
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise _refuse(f"image file {index}: {FILES_KEY} is not base64 ({e})", shape) from None
+
+
+def decode_files(files: list, shape: tuple[int, ...]) -> np.ndarray:
+    """Image files as float32 pixels (N, *shape), each decoded and resized as training and `predict` read files."""
+    if pixels.form(shape) is None:
+        raise _refuse("this model's input is not an image; send pixels", shape)
+    if not files:
+        raise _refuse("the batch is empty; send at least one image", shape)
+    if len(files) > MAX_BATCH:
+        raise _refuse(f"a batch of {len(files)} images is over the limit of {MAX_BATCH} per request; split it", shape)
+    return np.stack([_decode(file_bytes(value, i, shape), i, shape) for i, value in enumerate(files)])
+
+
+def _decode(data: bytes, index: int, shape: tuple[int, ...]) -> np.ndarray:
+    source = io.BytesIO(data)
+    try:
+        image = pixels.decode(source, *pixels.form(shape), max_pixels=MAX_FILE_PIXELS)[0]
+    except pixels.READ_ERRORS as e:
+        reason = f"image file {index} ({len(data)} bytes) cannot be decoded: {pixels.reason(e, source)}"
+        raise _refuse(reason, shape) from None
+    return image.reshape(shape).astype(np.float32)
+
+
 def check_images(model_input, shape: tuple[int, ...]) -> np.ndarray:
     """The request as float32 raw pixels of shape (N, *shape), or a refusal whose message starts with what was
-    wrong, then says what the model takes. One image without the batch axis is a batch of one."""
+    wrong, then says what the model takes. One image without the batch axis is a batch of one; image files (see
+    `encoded_files`) are decoded."""
+    files = encoded_files(model_input)
+    if files is not None:
+        return decode_files(files, shape)
     images = _as_array(model_input, shape)
     if images.dtype.kind not in "uif":
         raise _refuse(f"pixels must be numbers; received values of type {images.dtype}", shape)
@@ -190,11 +258,12 @@ def _load_pyfunc(data_path: str, model_config: dict | None = None) -> Classifier
 
 
 def write_code(folder: Path) -> Path:
-    """A minimal tftrain package (this module alone) for a model's code_paths; returns the package folder."""
+    """A minimal tftrain package (this module and pixels.py) for a model's code_paths; returns the package folder."""
     package = folder / "tftrain"
     package.mkdir(parents=True, exist_ok=True)
     (package / "__init__.py").write_text('"""tftrain serving code, as logged with the model."""\n')
     shutil.copy(__file__, package / "serving.py")
+    shutil.copy(pixels.__file__, package / "pixels.py")
     return package
 
 

@@ -5,24 +5,14 @@ tfds and function sources use to make images of one shape. No TensorFlow here.""
 from __future__ import annotations
 
 import os
-import struct
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from tftrain.pixels import GRAY_MODES, READ_ERRORS, Native, decode, reason, to_pixels
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
-
-
-GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
-
-
-Native = tuple[int, int, bool]  # a file's own height, width and whether it is gray
-
-
-# What Pillow raises on a damaged or hostile file (struct.error for a cut header, EOFError for cut frames).
-READ_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error,
-               Image.DecompressionBombError)  # fmt: skip
 
 
 class UnreadableImage(Exception):
@@ -31,26 +21,6 @@ class UnreadableImage(Exception):
     def __init__(self, path: Path, reason: str):
         super().__init__(f"cannot read image {path}: {reason}")
         self.path, self.reason = path, reason
-
-
-def to_pixels(image: Image.Image, size: tuple[int, int], channels: int) -> np.ndarray:
-    """A decoded picture as uint8 pixels of `size` (height, width): (H, W) for 1 channel, (H, W, 3) for 3.
-    Colour becomes gray as Pillow's "L" mode does; gray becomes three equal channels; transparency is dropped;
-    16-bit and float gray are scaled to 0..255. Resized (bilinear, antialiased when shrinking) when the size
-    differs, without keeping the aspect ratio, as Keras' image_dataset_from_directory does by default."""
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        values = np.asarray(image, dtype=np.float64)
-        high = 65535.0 if image.mode.startswith("I") and values.max(initial=0) > 255 else 255.0
-        image = Image.fromarray(np.clip(values * (255.0 / high), 0, 255).astype(np.uint8), "L")
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")  # Pillow warns when a palette with transparency goes straight to RGB
-    mode = "L" if channels == 1 else "RGB"
-    if image.mode != mode:
-        image = image.convert(mode)
-    height, width = size
-    if image.size != (width, height):
-        image = image.resize((width, height), Image.Resampling.BILINEAR)
-    return np.asarray(image, dtype=np.uint8)
 
 
 def conform(images: np.ndarray, size: tuple[int, int] | None, channels: int | None) -> np.ndarray:
@@ -79,20 +49,9 @@ def read_image(path: Path, size: tuple[int, int], channels: int) -> np.ndarray:
 def read_with_header(path: Path | str, size: tuple[int, int], channels: int) -> tuple[np.ndarray, Native]:
     """`read_image`, and the file's own (height, width, gray) as its header says."""
     try:
-        with Image.open(path) as image:
-            native = (image.size[1], image.size[0], image.mode in GRAY_MODES)
-            if image.format == "JPEG":
-                image.draft("L" if channels == 1 else "RGB", (size[1], size[0]))  # decode at reduced scale
-            image.load()
-            return to_pixels(image, size, channels), native
+        return decode(path, size, channels)
     except READ_ERRORS as e:
         raise UnreadableImage(Path(path), reason(e, path)) from None
-
-
-def reason(error: Exception, path: Path | str) -> str:
-    """Pillow's message on one line, without the file name it repeats (the caller names the file)."""
-    text = " ".join(str(error).replace(f" {str(path)!r}", "").split())
-    return text or type(error).__name__
 
 
 def read_headers(root: str, rels: list[str]) -> list[Native | str]:

@@ -303,9 +303,8 @@ def _gate(study, best, base, data) -> list:
     with runs.reopened(run_id):
         evaluate(uri, data=task_data)
         exported = export(uri, output_dir=base.tracking.output_dir, data=task_data)
-        uris = [uri] + ([f"models:/{exported.litert.registered_name}/{exported.litert.version}"]
-                        if exported.litert.version else [])  # fmt: skip
-        decisions = [promote(u) for u in uris]
+        uris = [uri] + ([exported.litert.version_uri] if exported.litert.version else [])
+        decisions = [promote(u, allow_shape_change=base.tracking.allow_shape_change) for u in uris]
     mark_gated(registered_model_name(cfg), version)
     for d in decisions:
         log.info(d.reason)

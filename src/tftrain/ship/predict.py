@@ -21,6 +21,7 @@ from tftrain.data.images import IMAGE_SUFFIXES, UnreadableImage, read_image, to_
 from tftrain.data.layout import image_files
 from tftrain.errors import UserError
 from tftrain.log import progress_log
+from tftrain.pixels import form
 from tftrain.serving import MAX_BATCH, describe
 from tftrain.tracking import logged_models
 
@@ -31,10 +32,8 @@ CSV_COLUMNS = ("input", "class", "class_name", "probability")
 
 def image_form(shape: tuple[int, ...]) -> tuple[tuple[int, int], int]:
     """(size, channels) to read pictures at for a model taking `shape`: (H, W) gray, (H, W, 1) or (H, W, 3)."""
-    if len(shape) == 2 and min(shape) > 0:
-        return (shape[0], shape[1]), 1
-    if len(shape) == 3 and min(shape) > 0 and shape[2] in (1, 3):
-        return (shape[0], shape[1]), shape[2]
+    if found := form(shape):
+        return found
     raise UserError(f"the model takes images of shape {describe(shape)}; predict reads (N, H, W) or (N, H, W, 1|3)")
 
 

@@ -75,10 +75,16 @@ class LoggedModel:
     trained_name: str | None = None  # Provenance.registered_name, from the MLmodel metadata
     quantization: str | None = None  # a LiteRT model's TFLite mode, from the MLmodel metadata (Keras: None)
 
+    @property
+    def version_uri(self) -> str:
+        """models:/<registered name>/<version>, for a registered model."""
+        return f"models:/{self.registered_name}/{self.version}"
+
 
 def _requirements(runtime: str) -> list[str]:
-    """What a server needs for this model: this environment's versions, the runtime's package included."""
-    return [f"{p}=={metadata.version(p)}" for p in (runtime, "mlflow", "numpy")]
+    """What a server needs for this model: this environment's versions, the runtime's package included (Pillow
+    decodes the image files a request sends)."""
+    return [f"{p}=={metadata.version(p)}" for p in (runtime, "mlflow", "numpy", "pillow")]
 
 
 def _logged(info, registered_name: str | None) -> LoggedModel:

@@ -5,14 +5,19 @@ model well above chance, export it to LiteRT with builtin ops, and register and 
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 
 from conftest import activated_env, mlflow_run_args, mlflow_store
+from servers import running_server
 from tftrain.bench.panel import KERAS_WAY_BUILDER
 from tftrain.bench.photos import write_photo_folder
 
@@ -66,6 +71,24 @@ def test_the_main_job_on_photos_trains_exports_and_promotes(photos, store_dir, m
     assert abs(metrics["tflite_float32_accuracy_delta"]) < 0.03  # the LiteRT twin answers like the Keras model
     assert f"photos-{model}@champion is now version 1" in done.stdout
     assert f"photos-{model}-litert@champion is now version 1" in done.stdout
+    if model == "cnn_bn":
+        served_answers_as_predict(store_dir, photos, f"models:/photos-{model}@champion")
+
+
+def served_answers_as_predict(store_dir: Path, photos: Path, model_uri: str) -> None:
+    """The champion behind `mlflow models serve`, sent the folder's own JPEG and PNG files (the docs' "b64"
+    requests), answers them as `tftrain predict` does for the same files."""
+    files = [sorted(folder.iterdir())[0] for folder in sorted(photos.iterdir())]
+    env = {**activated_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{store_dir / 'mlflow.db'}"}
+    done = subprocess.run(["tftrain", "predict", "--model-uri", model_uri, *map(str, files), "--format", "json"],
+                          cwd=store_dir, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    expected = [row["probabilities"] for row in json.loads(done.stdout)]
+    body = json.dumps({"instances": [{"b64": base64.b64encode(f.read_bytes()).decode()} for f in files]}).encode()
+    with mlflow_store(store_dir), running_server(model_uri, store_dir / "server.log") as url:
+        request = urllib.request.Request(url + "/invocations", body, {"Content-Type": "application/json"})
+        answer = json.load(urllib.request.urlopen(request, timeout=60))["predictions"]
+    np.testing.assert_allclose([row["probabilities"] for row in answer], expected, atol=1e-5)
 
 
 def test_a_keras_way_builder_with_augmentation_and_batch_norm_under_mlflow_run(project, photos, tmp_path):

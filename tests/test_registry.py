@@ -94,7 +94,9 @@ def test_a_version_taking_other_images_does_not_take_the_alias(store, tmp_path):
     refused = promote("models:/shapes/2")
     assert not refused.promoted and alias_version_of("shapes") == "1"
     assert "version 2's input shape (12, 12) differs from version 1's (8, 8)" in refused.reason
-    assert "to move the alias anyway: tftrain promote --model-uri models:/shapes/2 --allow-shape-change" in refused.reason
+    assert (
+        "to move the alias anyway: tftrain promote --model-uri models:/shapes/2 --allow-shape-change" in refused.reason
+    )
 
 
 def test_a_shape_change_on_purpose_moves_the_alias_with_a_warning_and_a_tag(store):

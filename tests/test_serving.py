@@ -1,7 +1,9 @@
 """Serving: tftrain's pyfunc models in-process, and behind a real `mlflow models serve` on 127.0.0.1."""
 
+import base64
 import contextlib
 import http.client
+import io
 import json
 import re
 import subprocess
@@ -16,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mlflow.exceptions import MlflowException
+from PIL import Image
 
 from conftest import REPO, mlflow_store, tiny_images
 from servers import running_server
@@ -275,8 +278,37 @@ BODIES = st.one_of(
 )
 
 
+def _png() -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (9, 7, 3), dtype=np.uint8)).save(out, "PNG")
+    return out.getvalue()
+
+
+PNG = _png()
+
+
+def _damaged(cut: int, flips: list[int]) -> str:
+    data = bytearray(PNG[:cut])
+    for i in flips:
+        if i < len(data):
+            data[i] ^= 0xFF
+    return base64.b64encode(bytes(data)).decode()
+
+
+FILE_BODIES = st.one_of(
+    st.builds(lambda v: {"instances": [{"b64": v}]}, JSON),
+    st.builds(lambda v: {"inputs": {"b64": v}}, JSON),
+    st.builds(lambda data: {"instances": [{"b64": base64.b64encode(data).decode()}]}, st.binary(max_size=300)),
+    st.builds(
+        lambda cut, flips: {"inputs": [{"b64": _damaged(cut, flips)}]},
+        st.integers(0, len(PNG)),
+        st.lists(st.integers(0, len(PNG) - 1), max_size=4),
+    ),  # fmt: skip
+)
+
+
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(body=BODIES)
+@given(body=BODIES | FILE_BODIES)
 def test_fuzzed_requests_never_get_a_5xx(server, body, images, keras_probabilities):
     status, _ = post(server, body if isinstance(body, bytes) else json.dumps(body))
     assert 200 <= status < 500, (status, body)

@@ -408,7 +408,8 @@ def test_a_wrong_shape_behind_no_schema_is_refused_with_the_networks_shape(colou
         Classifier(network, list(COLOUR_NAMES)).predict(np.zeros((2, 28, 28), np.float32))
     assert str(caught.value) == (
         "wrong image shape (2, 28, 28); this model takes images (N, 40, 30, 3) or one image (40, 30, 3), pixels "
-        "0..255 as integers (uint8 or any) or floats"
+        "0..255 as integers (uint8 or any) or floats; or image files (JPEG, PNG, WebP, BMP, GIF, TIFF; any size) "
+        'base64-encoded as {"b64": "..."}'
     )
     with pytest.raises(ValueError, match="the network answers 3 classes; class_names.json names 10"):
         Classifier(network, NAMES)

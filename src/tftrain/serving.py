@@ -68,7 +68,8 @@ def accepted(shape: tuple[int, ...]) -> str:
     """What a model of image shape `shape` takes, as its refusals and its MLmodel metadata say it."""
     return (
         f"images {describe(shape)} or one image ({', '.join(map(str, shape))}), pixels 0..255 as integers (uint8 or "
-        f'any) or floats; or image files (PNG, JPEG, BMP, GIF; any size) base64-encoded as {{"{FILES_KEY}": "..."}}'
+        f"any) or floats; or image files (JPEG, PNG, WebP, BMP, GIF, TIFF; any size) base64-encoded as "
+        f'{{"{FILES_KEY}": "..."}}'
     )
 
 

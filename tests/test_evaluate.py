@@ -304,6 +304,7 @@ def test_the_mistakes_gallery_shows_the_most_confident_mistakes_first(n, rgb):
                     f"p = {probs[i, predicted]:.3f}"  # fmt: skip
     assert max(len(line) for ax in tiles for line in ax.get_title().splitlines()) <= 34  # fits a 2.4-inch tile
     assert png_size(figure) == (1440, 1700)  # the same at 10 and at 100 classes
+    assert f"the 36 most confident of {wrong.sum()} mistakes on {len(labels)} test images" in figure.get_suptitle()
     plt.close(figure)
 
 
@@ -314,6 +315,7 @@ def test_a_gallery_of_a_few_mistakes_or_none():
     keep = np.concatenate([np.nonzero(right)[0], few])
     figure = mistakes_figure(images[keep], probs[keep], labels[keep], names, "test split")
     assert len([ax for ax in figure.axes if ax.images]) == 3
+    assert figure.get_suptitle().endswith(f"all 3 mistakes, most confident first, on {len(keep)} test images")
     plt.close(figure)
     figure = mistakes_figure(images[right], probs[right], labels[right], names, "test split")
     assert "no mistakes on" in figure.axes[0].texts[0].get_text()

@@ -97,5 +97,9 @@ def mistakes_figure(images: np.ndarray, probs: np.ndarray, labels: np.ndarray, c
             fontsize=8,
             color="darkred",
         )
-    fig.suptitle(f"{title}\nthe {len(shown)} most confident of {wrong} mistakes on {len(labels)} test images")
+    if len(shown) < wrong:
+        which = f"the {len(shown)} most confident of {wrong} mistakes"
+    else:
+        which = "the one mistake" if wrong == 1 else f"all {wrong} mistakes, most confident first,"
+    fig.suptitle(f"{title}\n{which} on {len(labels)} test images")
     return fig

@@ -86,6 +86,10 @@ def test_main_job_on_real_fashion_mnist_defaults(project, project_store):
     assert abs(metrics["tflite_dynamic_range_accuracy_delta"]) < 0.01
     assert run.data.params["dataset"] == "fashion_mnist" and run.data.tags["dataset_source"].endswith("fashion-mnist")
     assert re.search(r"^test accuracy:\s+0\.\d{4}$", done.stdout, re.M)
+    assert metrics["litert_test_accuracy"] == pytest.approx(metrics["tflite_float32_test_accuracy"])
+    assert (
+        "per class, worst F1 first:" in done.stdout and "most confused (true class taken for another):" in done.stdout
+    )
     assert "registered:     models:/tftrain-fashion-mnist/1 (Keras)\n" in done.stdout
     assert "                models:/tftrain-fashion-mnist-litert/1 (LiteRT)\n" in done.stdout
     assert "champion:       tftrain-fashion-mnist@champion is now version 1 (test accuracy 0." in done.stdout

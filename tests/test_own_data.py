@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import subprocess
 import sys
 import urllib.request
@@ -22,6 +23,7 @@ from PIL import Image
 
 from conftest import activated_env, mlflow_store
 from servers import running_server
+from tftrain.tracking.logged_models import resolve_model
 
 pytestmark = pytest.mark.slow
 
@@ -119,6 +121,28 @@ def test_the_main_job_trains_a_folder_and_logs_what_it_resolved(main_job, colour
     assert {f"test_f1_{c}" for c in COLOURS} <= set(metrics)
     assert "tftrain-colours@champion is now version 1" in done.stdout
     assert "tftrain-colours-litert@champion is now version 1" in done.stdout
+
+
+def test_the_main_job_evaluates_both_models_and_shows_the_errors(main_job, store_dir):
+    """The Keras model's table and confused pairs printed; the LiteRT model evaluated in the same run, under
+    litert_ metrics linked to it and evaluation/litert/ artifacts; the run's test_accuracy stays the Keras one's."""
+    done, run = main_job
+    assert "per class, worst F1 first:\nclass  precision  recall      F1  support\n" in done.stdout
+    assert re.search(
+        r"^test accuracy:  [01]\.\d{4}\n {16}[01]\.\d{4} \(the LiteRT model, evaluation/litert/\)$", done.stdout, re.M
+    )
+    metrics = run.data.metrics
+    assert {"test_ece", "litert_test_accuracy", "litert_test_ece", "litert_test_f1_red"} <= set(metrics)
+    assert "test_top5_accuracy" not in metrics  # 3 classes
+    assert metrics["litert_test_accuracy"] == pytest.approx(metrics["tflite_float32_test_accuracy"])
+    with mlflow_store(store_dir):
+        client = mlflow.MlflowClient()
+        assert len(client.get_metric_history(run.info.run_id, "test_accuracy")) == 1
+        files = {f.path for f in client.list_artifacts(run.info.run_id, "evaluation/litert")}
+        litert = resolve_model("models:/tftrain-colours-litert/1").model_id
+        linked = {m.key for m in mlflow.get_logged_model(litert).metrics}
+    assert {f"evaluation/litert/{name}" for name in ("mistakes.png", "reliability.png", "per_class.csv")} <= files
+    assert {"litert_test_accuracy", "tflite_float32_test_accuracy"} <= linked
 
 
 @pytest.mark.parametrize("name", ["tftrain-colours", "tftrain-colours-litert"])

@@ -46,7 +46,13 @@ def _serve_commands(decisions: list[Decision]) -> list[str]:
     ]
 
 
-def report(result: TrainResult, ev: Evaluation, models: list[LoggedModel], decisions: list[Decision]) -> str:
+def report(
+    result: TrainResult,
+    ev: Evaluation,
+    models: list[LoggedModel],
+    decisions: list[Decision],
+    litert_ev: Evaluation | None = None,
+) -> str:
     link = runs.run_link(result.run_id)
     ui = link["ui_command"].replace("mlflow ui", f"{mlflow_command()} ui", 1)
     registered = [
@@ -59,6 +65,11 @@ def report(result: TrainResult, ev: Evaluation, models: list[LoggedModel], decis
             "",
             f"run:            {link['run_name']} ({result.run_id}), {result.epochs_run} epochs",
             f"test accuracy:  {ev.metrics['test_accuracy']:.4f}",
+            *(
+                [f"{'':<16}{litert_ev.metrics['test_accuracy']:.4f} (the LiteRT model, evaluation/litert/)"]
+                if litert_ev
+                else []
+            ),
             *aligned("registered:", registered),
             *aligned("champion:", [d.reason for d in decisions]),
             *aligned("serve:", _serve_commands(decisions)),
@@ -79,8 +90,10 @@ def pipeline(cfg: TrainConfig) -> tuple[TrainResult, Evaluation | None]:
         result = train(cfg, task, rt, run=run)
         ev = evaluate(result.model.uri, data=task)
         exported = export(result.model.uri, output_dir=cfg.tracking.output_dir, data=task)
+        # the LiteRT model's own diagnostics, beside the Keras model's: metrics litert_*, evaluation/litert/
+        litert_ev = evaluate(exported.litert.uri, data=task, prefix="litert_", quiet=True)
         models = [result.model, exported.litert]
         allowed = cfg.tracking.allow_shape_change
         decisions = [promote(m.version_uri, allow_shape_change=allowed) for m in models if m.version]
-    log.info(report(result, ev, models, decisions))
+    log.info(report(result, ev, models, decisions, litert_ev))
     return result, ev

@@ -1,5 +1,6 @@
-"""The `evaluate` step: score any MLflow model URI on the test split; log metrics (linked to the model) and a
-confusion-matrix picture."""
+"""The `evaluate` step: score any MLflow model URI on the test split; log metrics (linked to the model), the
+confusion matrix, the per-class table, a reliability diagram and the most confident mistakes; print the summary,
+the worst classes and the classes most confused with each other."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ import numpy as np  # noqa: E402
 
 from tftrain.data.datasets import TaskData, load_task_data  # noqa: E402
 from tftrain.errors import UserError  # noqa: E402
+from tftrain.ship import diagnostics  # noqa: E402
+from tftrain.ship.figures import mistakes_figure, reliability_figure  # noqa: E402
 from tftrain.ship.predict import answers  # noqa: E402
 from tftrain.tracking import logged_models, runs  # noqa: E402
 from tftrain.values import resolved_dataset  # noqa: E402
@@ -61,10 +64,7 @@ def score(probs: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...]) -
         "test_loss": float(-np.log(true_prob).mean()),
         "test_accuracy": float((predicted == labels).mean()),
     }
-    hits = np.diag(confusion).astype(float)
-    precision = np.divide(hits, confusion.sum(axis=0), out=np.zeros(n), where=confusion.sum(axis=0) > 0)
-    recall = np.divide(hits, confusion.sum(axis=1), out=np.zeros(n), where=confusion.sum(axis=1) > 0)
-    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(n), where=(precision + recall) > 0)
+    precision, recall, f1 = diagnostics.class_scores(confusion)
     for i, name in enumerate(metric_names(class_names)):
         metrics[f"test_precision_{name}"] = float(precision[i])
         metrics[f"test_recall_{name}"] = float(recall[i])
@@ -113,9 +113,11 @@ def summary(ev: Evaluation) -> str:
     m = ev.metrics
     f1 = [m[f"test_f1_{name}"] for name in metric_names(ev.class_names)]
     worst = int(np.argmin(f1))
+    top_k = f"top-{diagnostics.TOP_K} {m[key]:.4f}  " if (key := f"test_top{diagnostics.TOP_K}_accuracy") in m else ""
+    ece = f"ECE {m['test_ece']:.4f}  " if "test_ece" in m else ""
     return (
-        f"test accuracy {m['test_accuracy']:.4f}  loss {m['test_loss']:.4f}  macro F1 {m['test_macro_f1']:.4f}  "
-        f"(weakest class: {ev.class_names[worst]}, F1 {f1[worst]:.4f})"
+        f"test accuracy {m['test_accuracy']:.4f}  {top_k}loss {m['test_loss']:.4f}  "
+        f"macro F1 {m['test_macro_f1']:.4f}  {ece}(weakest class: {ev.class_names[worst]}, F1 {f1[worst]:.4f})"
     )
 
 
@@ -171,26 +173,55 @@ def check_classes(ref: logged_models.LoggedModel, answered: tuple[str, ...] | in
     )
 
 
-def evaluate(model_uri: str, dataset: str = "", data_dir: str = "", data: TaskData | None = None) -> Evaluation:
+def log_diagnostics(ev: Evaluation, probs: np.ndarray, data: TaskData, title: str, folder: str) -> str:
+    """The per-class table (CSV), the reliability diagram and the mistakes gallery under `folder`; returns the
+    printed part: the worst classes and the most confused pairs."""
+    x_test, y_test = data.test
+    labels = y_test.astype(np.int64)
+    rows = diagnostics.per_class(ev.confusion, ev.class_names)
+    runs.log_text(diagnostics.per_class_csv(rows), f"{folder}/per_class.csv")
+    runs.log_figure(reliability_figure(probs, labels, title, ev.metrics["test_ece"]), f"{folder}/reliability.png")
+    runs.log_figure(mistakes_figure(x_test, probs, labels, ev.class_names, title), f"{folder}/mistakes.png")
+    pairs = diagnostics.most_confused(ev.confusion, ev.class_names)
+    table = diagnostics.per_class_table(rows, f"{folder}/per_class.csv")
+    return f"per class, worst F1 first:\n{table}\n{diagnostics.confused_text(pairs)}"
+
+
+def evaluate(
+    model_uri: str,
+    dataset: str = "",
+    data_dir: str = "",
+    data: TaskData | None = None,
+    prefix: str = "",
+    quiet: bool = False,
+) -> Evaluation:
     """Score `model_uri` on the test split of `dataset` (empty: the one the model was trained on); `data`: the
     task's data already in hand (the main job's). A score on another dataset is logged in the evaluation's run
-    but not linked to the model: the registry gate compares models on their own test splits."""
+    but not linked to the model: the registry gate compares models on their own test splits. `prefix`: put before
+    the metric and tag keys, and names the artifacts' folder (evaluation/<prefix>/), for a second model evaluated
+    in the same run (the main job's LiteRT model: litert_); `quiet`: print nothing (the main job's report says the
+    LiteRT model's accuracy)."""
     ref = logged_models.resolve_model(model_uri)
     data = data or model_data(ref, dataset, data_dir)
     check_classes(ref, ref.class_names or len(data.class_names), data)
     own = own_test_split(ref, dataset, data_dir)
+    folder = "evaluation" + (f"/{prefix.strip('_')}" if prefix else "")
     with runs.step_run(f"evaluate-{data.name}"):
         x_test, y_test = data.test
         probs = predict_probabilities(model_uri, x_test)
         check_classes(ref, probs.shape[1], data)
-        ev = score(probs, y_test.astype(np.int64), data.class_names)
-        runs.set_tags({"evaluated_model_uri": model_uri, "evaluated_model_run_id": ref.run_id,
-                       "evaluated_dataset": data.source})  # fmt: skip
-        runs.log_metrics(ev.metrics, model_id=ref.model_id if own else None)
+        scored = score(probs, y_test.astype(np.int64), data.class_names)
+        metrics = {**scored.metrics, **diagnostics.extra_metrics(probs, y_test.astype(np.int64))}
+        ev = Evaluation(metrics, scored.confusion, scored.class_names)
+        runs.set_tags({f"{prefix}evaluated_model_uri": model_uri, f"{prefix}evaluated_model_run_id": ref.run_id,
+                       f"{prefix}evaluated_dataset": data.source})  # fmt: skip
+        runs.log_metrics({prefix + k: v for k, v in ev.metrics.items()}, model_id=ref.model_id if own else None)
         if not own:
             log.info(f"note: {data.name} is not the dataset {model_uri} trained on: its scores stay in this run, not "
                   "linked to the model, so the registry gate does not compare them")  # fmt: skip
-        runs.log_figure(confusion_figure(ev, f"{data.name} test split: {model_uri}"), "evaluation/confusion_matrix.png")
+        title = f"{data.name} test split: {model_uri}"
+        runs.log_figure(confusion_figure(ev, title), f"{folder}/confusion_matrix.png")
+        details = log_diagnostics(ev, probs, data, title, folder)
         runs.log_dict(
             {
                 "model_uri": model_uri,
@@ -198,8 +229,9 @@ def evaluate(model_uri: str, dataset: str = "", data_dir: str = "", data: TaskDa
                 "confusion": ev.confusion.tolist(),
                 "classes": list(ev.class_names),
             },
-            "evaluation/report.json",
+            f"{folder}/report.json",
         )
         plt.close("all")
-    log.info(summary(ev))
+    if not quiet:
+        log.info(f"{summary(ev)}\n{details}")
     return ev

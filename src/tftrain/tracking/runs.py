@@ -279,6 +279,10 @@ def log_dict(data: dict, artifact_file: str) -> None:
     mlflow.log_dict(data, artifact_file)
 
 
+def log_text(text: str, artifact_file: str) -> None:
+    mlflow.log_text(text, artifact_file)
+
+
 def active_run_id() -> str:
     return mlflow.active_run().info.run_id
 

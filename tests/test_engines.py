@@ -54,6 +54,8 @@ def test_custom_engine_honours_early_stopping_and_checkpoints(store, tiny_data):
 @pytest.mark.parametrize("precision, compute", [("mixed_float16", "float16"), ("mixed_bfloat16", "bfloat16")])
 def test_mixed_precision(store, tiny_data, float32_afterwards, engine, precision, compute):
     result = train(tiny_config(tiny_data, engine=engine, precision=precision, model_name=f"p-{engine}"))
+    # the model computes in the policy; Keras' global policy is back as it was for whatever the process builds next
+    assert keras.mixed_precision.global_policy().name == "float32"
     model = result.keras_model
     dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
     assert {layer.compute_dtype for layer in dense} == {compute}

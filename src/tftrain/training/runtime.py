@@ -6,9 +6,11 @@ runs its first op; `build_runtime` is therefore the first thing `train` calls.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +31,7 @@ class Runtime:
     is_chief: bool  # the one worker that logs to MLflow and keeps files
     worker_count: int
     precision: str  # the dtype policy in force (auto resolves to one of the others)
+    policy_before: str = "float32"  # Keras' global dtype policy before build_runtime set `precision`
 
 
 def tf_config() -> dict:
@@ -129,10 +132,22 @@ def build_runtime(cfg: TrainConfig) -> Runtime:
     }
     strategy = strategies[name]()
     precision = resolve_precision(cfg)
+    before = keras.mixed_precision.global_policy().name
     keras.mixed_precision.set_global_policy(precision)
     keras.utils.set_random_seed(cfg.runtime.seed)
     chief = name != "multi_worker" or _is_chief(config)
-    return Runtime(strategy, name, strategy.num_replicas_in_sync, chief, max(workers, 1), precision)
+    return Runtime(strategy, name, strategy.num_replicas_in_sync, chief, max(workers, 1), precision, before)
+
+
+@contextlib.contextmanager
+def precision_in_force(rt: Runtime) -> Iterator[None]:
+    """The dtype policy build_runtime set stays Keras' global one until the block ends, then the one before it
+    comes back: a model built afterwards in the same process (a user's own, the benchmark's plain Keras, a test's)
+    is not mixed by a training that went before it."""
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(rt.policy_before)
 
 
 # precision=auto on a CPU, per built-in model: the bfloat16 instructions (oneDNN uses them) with which `tftrain bench`

@@ -31,7 +31,7 @@ from tftrain.training.callbacks import SaveClock, build_callbacks, chance_warnin
 from tftrain.training.context import RunContext, open_context
 from tftrain.training.loop import fit_custom
 from tftrain.training.plan import Plan, datasets, plan_steps
-from tftrain.training.runtime import Runtime, barrier, build_runtime, gathered, worker_index
+from tftrain.training.runtime import Runtime, barrier, build_runtime, gathered, precision_in_force, worker_index
 from tftrain.training.schedules import build_learning_rate
 from tftrain.training.task import Task, resolve_task
 from tftrain.values import model_label, registered_model_name
@@ -165,41 +165,42 @@ def train(
     The phases, in order: runtime, task, compile, run context, callbacks, engine (fit or the custom loop), log."""
     # runtime: devices and strategy are set up before TensorFlow runs any op
     rt = rt or build_runtime(cfg)
-    # task: the data and how to build its model; then the plan, which needs the training split's size
-    task = task or resolve_task(cfg)
-    plan = plan_steps(cfg, rt, len(task.train[0]))
-    # compile
-    model, momentum = build_model(cfg, rt, task, plan)
-    augment = resolve_augment(cfg.data.augment, cfg.model.name, cfg.data.dataset, has_random_layers(model))
-    resolved = {**_runtime_params(cfg, rt, plan, augment, momentum), **task.resolved}
-    # run context: the run, the output folder, the journal, the command state
-    with open_context(cfg, task, rt, run) as ctx:
-        (ctx.out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
-        if ctx.run_id:
-            _log_run_start(cfg, task, resolved)
-        # callbacks, then the engine
-        callbacks, clock, epoch_metrics = _callbacks(cfg, rt, task, plan, ctx, momentum, extra_callbacks)
-        log.info(_start_line(cfg, rt, task, plan, augment))
-        data = datasets(cfg, rt, task.train, task.validation, plan.global_batch, augment)
-        history, fit_seconds, upload_seconds = _run_engine(cfg, rt, task, model, data, callbacks, plan, clock, ctx)
-        _check_outcome(cfg, rt, task, model, history, ctx.run_id)
-        # log: the model, the timings; the command is done
-        tracking_seconds = (epoch_metrics.seconds if epoch_metrics else 0.0) + upload_seconds
-        logged, model_logging_seconds = None, 0.0
-        if ctx.run_id:
-            logged, model_logging_seconds = _log_model(cfg, task, model, ctx.journal, register)
-            log_timings(ctx.journal, fit_seconds, tracking_seconds, model_logging_seconds)
-            ctx.state.forget()  # finished: the same command would now start a new run
-    barrier(rt)  # no worker exits while the chief still logs
-    if ctx.journal and ctx.journal.active:
-        raise TrainingFailed(
-            f"training finished, but the tracking server went away during the run: its metrics, logs, checkpoints "
-            f"and model are kept in {ctx.journal.folder}; when the server is back, upload them with: "
-            f"tftrain sync {ctx.journal.folder}"
+    with precision_in_force(rt):  # the global dtype policy as it was, once training is done
+        # task: the data and how to build its model; then the plan, which needs the training split's size
+        task = task or resolve_task(cfg)
+        plan = plan_steps(cfg, rt, len(task.train[0]))
+        # compile
+        model, momentum = build_model(cfg, rt, task, plan)
+        augment = resolve_augment(cfg.data.augment, cfg.model.name, cfg.data.dataset, has_random_layers(model))
+        resolved = {**_runtime_params(cfg, rt, plan, augment, momentum), **task.resolved}
+        # run context: the run, the output folder, the journal, the command state
+        with open_context(cfg, task, rt, run) as ctx:
+            (ctx.out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+            if ctx.run_id:
+                _log_run_start(cfg, task, resolved)
+            # callbacks, then the engine
+            callbacks, clock, epoch_metrics = _callbacks(cfg, rt, task, plan, ctx, momentum, extra_callbacks)
+            log.info(_start_line(cfg, rt, task, plan, augment))
+            data = datasets(cfg, rt, task.train, task.validation, plan.global_batch, augment)
+            history, fit_seconds, upload_seconds = _run_engine(cfg, rt, task, model, data, callbacks, plan, clock, ctx)
+            _check_outcome(cfg, rt, task, model, history, ctx.run_id)
+            # log: the model, the timings; the command is done
+            tracking_seconds = (epoch_metrics.seconds if epoch_metrics else 0.0) + upload_seconds
+            logged, model_logging_seconds = None, 0.0
+            if ctx.run_id:
+                logged, model_logging_seconds = _log_model(cfg, task, model, ctx.journal, register)
+                log_timings(ctx.journal, fit_seconds, tracking_seconds, model_logging_seconds)
+                ctx.state.forget()  # finished: the same command would now start a new run
+        barrier(rt)  # no worker exits while the chief still logs
+        if ctx.journal and ctx.journal.active:
+            raise TrainingFailed(
+                f"training finished, but the tracking server went away during the run: its metrics, logs, checkpoints "
+                f"and model are kept in {ctx.journal.folder}; when the server is back, upload them with: "
+                f"tftrain sync {ctx.journal.folder}"
+            )
+        return TrainResult(
+            ctx.run_id, logged, history, ctx.out_dir, model, fit_seconds, tracking_seconds, model_logging_seconds
         )
-    return TrainResult(
-        ctx.run_id, logged, history, ctx.out_dir, model, fit_seconds, tracking_seconds, model_logging_seconds
-    )
 
 
 def _log_run_start(cfg: TrainConfig, task: Task, resolved: dict[str, str]) -> None:

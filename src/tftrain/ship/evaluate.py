@@ -18,9 +18,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tftrain.data.datasets import TaskData, load_task_data  # noqa: E402
+from tftrain.data.fingerprint import location, split_digests  # noqa: E402
 from tftrain.errors import UserError  # noqa: E402
 from tftrain.ship.predict import answers  # noqa: E402
-from tftrain.tracking import logged_models, runs  # noqa: E402
+from tftrain.tracking import lineage, logged_models, runs  # noqa: E402
 from tftrain.values import resolved_dataset  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -186,7 +187,7 @@ def evaluate(model_uri: str, dataset: str = "", data_dir: str = "", data: TaskDa
         ev = score(probs, y_test.astype(np.int64), data.class_names)
         runs.set_tags({"evaluated_model_uri": model_uri, "evaluated_model_run_id": ref.run_id,
                        "evaluated_dataset": data.source})  # fmt: skip
-        runs.log_metrics(ev.metrics, model_id=ref.model_id if own else None)
+        lineage.log_evaluation(ref, ev.metrics, own, lineage.split_datasets(data, split_digests(data), location(data)))
         if not own:
             log.info(f"note: {data.name} is not the dataset {model_uri} trained on: its scores stay in this run, not "
                   "linked to the model, so the registry gate does not compare them")  # fmt: skip

@@ -141,3 +141,15 @@ def test_runs_are_named_by_model_and_data():
     named = dataclasses.replace(task, data_settings={"dataset": "photos"})  # a task the config names
     assert run_name(cfg, named).startswith("cnn_bn-my-digits-")
     assert run_name(tiny_config("unused", run_name="mine"), task) == "mine"
+
+
+def test_an_evaluation_stands_when_the_models_training_run_is_deleted(trained, tiny_data, caplog):
+    result, _ = trained
+    client = mlflow.MlflowClient()
+    client.delete_run(result.run_id)
+    try:
+        ev = evaluate(result.model.uri, data_dir=str(tiny_data))
+    finally:
+        client.restore_run(result.run_id)
+    assert ev.metrics["test_accuracy"] > 0.5
+    assert f"test accuracy not logged in the model's training run {result.run_id}" in caplog.text

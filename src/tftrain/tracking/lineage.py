@@ -18,10 +18,13 @@ import numpy as np
 from mlflow.data.code_dataset_source import CodeDatasetSource
 from mlflow.data.dataset_source_registry import get_registered_sources
 from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import Dataset as DatasetEntity
 from mlflow.entities import DatasetInput, InputTag, LoggedModelInput
+from mlflow.exceptions import MlflowException
 from mlflow.types import Schema, TensorSpec
 
 from tftrain.tracking.logged_models import LoggedModel
+from tftrain.values import name_label
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +71,7 @@ def split_datasets(data: SplitData, digests: dict[str, str], where: str = "") ->
     """The three splits of `data` as MLflow datasets, named after the data's label; `digests` per split
     (fingerprint.split_digests); `where`: the data's folder or name (empty: the data's own source)."""
     source = _source(where or data.source)
-    label = _label(data.name)
+    label = name_label(data.name)  # as run and registered model names take it
     splits = {}
     for split in CONTEXTS:
         x, _ = getattr(data, split)
@@ -78,14 +81,11 @@ def split_datasets(data: SplitData, digests: dict[str, str], where: str = "") ->
     return splits
 
 
-def _label(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name).strip("-").lower() or "data"
-
-
 def log_splits(splits: dict[str, ImageSplit], which: tuple[str, ...], run_id: str | None = None) -> None:
     """The splits `which` as inputs of `run_id` (None: the active run), each with its context."""
     inputs = [
-        DatasetInput(splits[s]._to_mlflow_entity(), [InputTag("mlflow.data.context", CONTEXTS[s])]) for s in which
+        DatasetInput(DatasetEntity(**splits[s].to_dict()), [InputTag("mlflow.data.context", CONTEXTS[s])])
+        for s in which
     ]
     mlflow.MlflowClient().log_inputs(run_id or mlflow.active_run().info.run_id, datasets=inputs)
 
@@ -116,5 +116,9 @@ def log_evaluation(ref: LoggedModel, metrics: dict[str, float], own: bool, split
         return
     log_model_input(ref.model_id)
     if own and ref.quantization is None:  # a LiteRT model's run keeps the Keras model's test_accuracy
-        log_scores({k: metrics[k] for k in HEADLINE}, ref.model_id, splits, run_id=ref.run_id)
+        try:
+            log_scores({k: metrics[k] for k in HEADLINE}, ref.model_id, splits, run_id=ref.run_id)
+        except MlflowException as e:  # its training run deleted since: the evaluation stands on its own
+            log.warning(f"test accuracy not logged in the model's training run {ref.run_id}: {str(e)[:300]}")
+            return
         log.info(f"test accuracy also logged in the model's training run {ref.run_id}")

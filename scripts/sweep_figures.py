@@ -59,16 +59,9 @@ def screenshot(out: Path, path: Path) -> None:
     parameters (each child's trial_<name> params) and the objective's latest value as the last, coloured axis
     (trial_<objective> is missing on pruned trials, which MLflow would draw above the best)."""
     import mlflow
-    from selenium import webdriver
-    from selenium.common.exceptions import TimeoutException
-    from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from servers import free_port, responds
+    from servers import choose_axes, chromium, tracking_ui
 
     mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
     (parent,) = mlflow.search_runs(search_all_experiments=True, filter_string="attributes.run_name = "
@@ -77,68 +70,17 @@ def screenshot(out: Path, path: Path) -> None:
                                   filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")  # fmt: skip
     params = [f"trial_{part.split('=')[0]}" for part in SPACE.split(";")]
     objective = parent.data.params["objective"]
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-                               f"sqlite:///{out / 'mlflow.db'}", "--host", "127.0.0.1", "--port", str(port)],
-                              cwd=out, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/lib/chromium/chromium"
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1900,1100",
+    runs = json.dumps([r.info.run_id for r in children])
+    query = urllib.parse.urlencode({"runs": runs, "experiments": json.dumps([parent.info.experiment_id])})
+    with (
+        tracking_ui(f"sqlite:///{out / 'mlflow.db'}", out / "server.log") as url,
+        chromium(out / "chromium-profile", window="1900,1100") as driver,
     ):
-        options.add_argument(flag)
-    driver = None
-    try:
-        deadline = time.monotonic() + 120
-        while not responds(f"http://127.0.0.1:{port}/health"):
-            if time.monotonic() > deadline:
-                sys.exit("sweep_figures.py: mlflow server did not start")
-            time.sleep(0.5)
-        driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
-        runs = json.dumps([r.info.run_id for r in children])
-        experiments = json.dumps([parent.info.experiment_id])
-        query = urllib.parse.urlencode({"runs": runs, "experiments": experiments})
-        driver.get(f"http://127.0.0.1:{port}/#/compare-runs?{query}")
-        wait = WebDriverWait(driver, 60)
-
-        def find(what: str, condition):
-            try:
-                return wait.until(condition)
-            except TimeoutException:
-                sys.exit(f"sweep_figures.py: the MLflow compare page shows no {what} after 60 s")
-
-        def shown(what: str, css: str):
-            return find(what, ec.presence_of_element_located((By.CSS_SELECTOR, css)))
-
-        panel = shown("parallel coordinates panel", "[id$='-content-parallel-coordinates-plot']")
-        shown("parallel coordinates plot", ".pcp-plot .parcoords")
-        shown("Clear All button", "[data-testid='clear-button']").click()
-        boxes = panel.find_elements(By.CSS_SELECTOR, "[class*='-select-selector']")
-        if len(boxes) != 2:
-            sys.exit(f"sweep_figures.py: the parallel coordinates panel has {len(boxes)} selectors, not 2")
-        for box, keys in zip(boxes, (params, [objective]), strict=True):
-            for key in keys:
-                box.click()
-                driver.switch_to.active_element.send_keys(key)
-                option = f"//div[contains(@class, '-select-item-option')][normalize-space() = '{key}']"
-                find(f"option {key}", ec.element_to_be_clickable((By.XPATH, option))).click()
-            driver.switch_to.active_element.send_keys(Keys.ESCAPE)
-        driver.execute_script("document.activeElement.blur()")
-        axes = params + [objective]
-        titles = (By.CSS_SELECTOR, ".pcp-plot .axis-title")
-        find(f"axes {', '.join(axes)}", lambda d: [t.text for t in d.find_elements(*titles)] == axes)
+        driver.get(f"{url}/#/compare-runs?{query}")
+        panel = choose_axes(driver, params, [objective])
         path.parent.mkdir(parents=True, exist_ok=True)
         panel.screenshot(str(path))
-        print(f"wrote {path}")
-    finally:
-        if driver:
-            driver.quit()
-        server.terminate()
-        server.wait(timeout=30)
+    print(f"wrote {path}")
 
 
 def main() -> None:

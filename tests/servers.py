@@ -9,6 +9,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -74,3 +75,110 @@ def tf_config_workers(n: int, command: list[str], **popen) -> list[subprocess.Po
         )  # fmt: skip
         for i in range(n)
     ]
+
+
+@contextlib.contextmanager
+def tracking_ui(backend_store_uri: str, log_path: Path, wait: bool = True) -> Iterator[str]:
+    """`mlflow server` (one worker) over `backend_store_uri` on a free port of 127.0.0.1, until the block ends;
+    yields its base URL, once it answers (`wait`; else see wait_until_up). It runs in `log_path`'s folder (where
+    it may make its artifacts folder); its output goes to `log_path`."""
+    port = free_port()
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_store_uri,
+               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(command, stdout=log, stderr=log, cwd=log_path.parent)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        if wait:
+            wait_until_up(url, log_path, server)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def wait_until_up(url: str, log_path: Path, server: subprocess.Popen | None = None, timeout: float = 180) -> None:
+    """Until the tracking server at `url` answers /health; RuntimeError with its output (`log_path`) if it has
+    not after `timeout` seconds or its process (when given) ended."""
+    deadline = time.monotonic() + timeout
+    while not responds(url + "/health"):
+        if (server is not None and server.poll() is not None) or time.monotonic() > deadline:
+            raise RuntimeError(f"mlflow server did not come up; its output:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.25)
+
+
+CHROMIUM = Path("/usr/lib/chromium/chromium")  # the real binary: /usr/bin/chromium is a wrapper adding flags
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+
+
+@contextlib.contextmanager
+def chromium(profile: Path, window: str = "1600,1000"):
+    """Headless Chromium (Debian's) under Selenium, with a fresh profile, that looks up no host but 127.0.0.1."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        raise RuntimeError("Chromium is not installed (scripts/test.sh installs Debian's chromium and chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--no-first-run", f"--user-data-dir={profile}", f"--window-size={window}",
+                 "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"):  # fmt: skip
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def page_text(driver, texts: list[str], timeout: float = 60) -> str:
+    """The page's text once it shows every one of `texts`, or after `timeout` seconds (the caller asserts)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        body = driver.find_element("tag name", "body").text
+        if all(text in body for text in texts) or time.monotonic() > deadline:
+            return body
+        time.sleep(0.5)
+
+
+def choose_axes(driver, params: list[str], metrics: list[str], timeout: float = 60) -> object:
+    """On MLflow's compare page, set the parallel coordinates plot to `params` then `metrics` (the last axis
+    colours the lines) in place of the UI's pick (the first three differing params in name order, the first
+    metric); returns the panel once its axes are those. Raises RuntimeError naming what did not show."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(driver, timeout)
+
+    def find(what: str, condition):
+        try:
+            return wait.until(condition)
+        except TimeoutException:
+            raise RuntimeError(f"the MLflow compare page shows no {what} after {timeout:g} s") from None
+
+    def shown(what: str, css: str):
+        return find(what, ec.presence_of_element_located((By.CSS_SELECTOR, css)))
+
+    panel = shown("parallel coordinates panel", "[id$='-content-parallel-coordinates-plot']")
+    shown("parallel coordinates plot", ".pcp-plot .parcoords")
+    shown("Clear All button", "[data-testid='clear-button']").click()
+    boxes = panel.find_elements(By.CSS_SELECTOR, "[class*='-select-selector']")
+    if len(boxes) != 2:
+        raise RuntimeError(f"the parallel coordinates panel has {len(boxes)} selectors, not 2")
+    for box, keys in zip(boxes, (params, metrics), strict=True):
+        for key in keys:
+            box.click()
+            driver.switch_to.active_element.send_keys(key)
+            option = f"//div[contains(@class, '-select-item-option')][normalize-space() = '{key}']"
+            find(f"option {key}", ec.element_to_be_clickable((By.XPATH, option))).click()
+        driver.switch_to.active_element.send_keys(Keys.ESCAPE)
+    driver.execute_script("document.activeElement.blur()")
+    axes = params + metrics
+    titles = (By.CSS_SELECTOR, ".pcp-plot .axis-title")
+    find(f"axes {', '.join(axes)}", lambda d: [t.text for t in d.find_elements(*titles)] == axes)
+    return panel

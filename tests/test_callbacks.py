@@ -125,9 +125,8 @@ def test_a_metrics_write_the_store_refuses_stops_training_instead_of_vanishing(s
         callback.on_epoch_begin(0)
         with pytest.raises(TrainingFailed, match=r"^training stopped: the tracking store refused to log \(.*bad key"):
             callback.on_epoch_end(0, {"loss": 0.5, "bad key!?": 1.0})  # '!' and '?' are not allowed in metric names
-    logged = mlflow.get_run(run.info.run_id)
-    assert logged.data.params["optimizer_name"] == "adam"
-    assert "model_summary.txt" in [a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)]
+    logged_files = [a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)]
+    assert "model_summary.txt" in logged_files and "optimizer.json" in logged_files
     assert not journal.active and not journal.folder.exists()  # refused, not lost: nothing went to the journal
 
 

@@ -112,10 +112,17 @@ def main_job(colour_folder, store_dir):
 def test_the_main_job_trains_a_folder_and_logs_what_it_resolved(main_job, colour_folder):
     done, run = main_job
     assert "broken.png" in done.stderr  # named once, and skipped
-    params, metrics = run.data.params, run.data.metrics
+    params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
     assert params["image_size_resolved"] == "40x30" and params["channels_resolved"] == "3"
-    assert params["bad_images_skipped"] == "1" and params["dataset_resolved"] == str(colour_folder.resolve())
-    assert params["ignored_files"] == "1" and "ignoring 1 file(s)" in done.stderr
+    # what was found in the folder: tags, not params to compare runs on
+    assert tags["bad_images_skipped"] == "1" and tags["dataset_resolved"] == str(colour_folder.resolve())
+    assert tags["ignored_files"] == "1" and "ignoring 1 file(s)" in done.stderr
+    assert not {"bad_images_skipped", "dataset_resolved", "ignored_files"} & set(params)
+    # the splits it trained and was evaluated on, each from the folder, with its context
+    inputs = {i.dataset.name: i for i in run.inputs.dataset_inputs}
+    assert sorted(inputs) == ["colours-test", "colours-train", "colours-validation"]
+    assert {json.loads(i.dataset.source)["uri"] for i in inputs.values()} == {str(colour_folder.resolve())}
+    assert [t.value for t in inputs["colours-test"].tags] == ["test"]
     assert params["registered_model_name"] == "tftrain-colours"
     assert metrics["test_accuracy"] >= 0.9  # labels follow the folders: colour is easy to learn
     assert {f"test_f1_{c}" for c in COLOURS} <= set(metrics)
@@ -261,7 +268,7 @@ def test_fine_tuning_from_a_weights_file_leaves_the_frozen_backbone_alone(colour
 def test_a_keras_file_continues_training(main_job, store_dir, tmp_path):
     _, run = main_job
     (checkpoint,) = sorted((store_dir / "outputs" / run.info.run_id / "checkpoints").glob("*.keras"))[-1:]
-    done = tftrain(store_dir, "train", "--dataset", run.data.params["dataset_resolved"], "--model", str(checkpoint),
+    done = tftrain(store_dir, "train", "--dataset", run.data.tags["dataset_resolved"], "--model", str(checkpoint),
                    "--epochs", "1", "--batch-size", "8", "--bad-images", "skip", "--run-name", "continued")  # fmt: skip
     assert "training " in done.stdout
     uri, _ = _trained_model(store_dir, "continued")

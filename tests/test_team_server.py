@@ -22,7 +22,7 @@ import mlflow
 import psycopg2
 import pytest
 
-from servers import free_port, responds
+from servers import chromium, free_port, page_text, responds
 
 pytestmark = pytest.mark.slow
 ADMIN = "admin"
@@ -189,53 +189,25 @@ def test_requests_without_credentials_are_refused(team_server):
         assert response.status == 200
 
 
-CHROMIUM = Path("/usr/lib/chromium/chromium")  # the real binary: /usr/bin/chromium is a wrapper adding flags
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-
-
 @pytest.fixture
 def browser(team_server, tmp_path):
     """Headless Chromium (Debian's) that sends the admin's credentials with every request."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        pytest.fail("Chromium is not installed (scripts/test.sh installs Debian's chromium and chromium-driver)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1600,1000",
-                 "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"):  # fmt: skip
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
-    token = base64.b64encode(f"{ADMIN}:{team_server['password']}".encode()).decode()
-    driver.execute_cdp_cmd("Network.enable", {})
-    driver.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {"Authorization": f"Basic {token}"}})
-    try:
+    with chromium(tmp_path / "profile") as driver:
+        token = base64.b64encode(f"{ADMIN}:{team_server['password']}".encode()).decode()
+        driver.execute_cdp_cmd("Network.enable", {})
+        driver.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {"Authorization": f"Basic {token}"}})
         yield driver
-    finally:
-        driver.quit()
-
-
-def wait_for_text(driver, texts: list[str], timeout: float = 60) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        body = driver.find_element("tag name", "body").text
-        if all(text in body for text in texts) or time.monotonic() > deadline:
-            return body
-        time.sleep(0.5)
 
 
 def test_the_ui_shows_both_runs_and_their_metrics(steps, as_client, team_server, browser, tmp_path):
     experiment = as_client.get_experiment_by_name("team")
     runs = f"{team_server['url']}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning"
     browser.get(runs + "&compareRunsMode=TABLE")
-    body = wait_for_text(browser, ["team-fit", "team-custom"])
+    body = page_text(browser, ["team-fit", "team-custom"])
     assert "team-fit" in body and "team-custom" in body, body[:2000]
     browser.get(runs + "&compareRunsMode=CHART")
     charts = ["team-fit (loss)", "team-custom (loss)"]  # the first chart; the others render as they scroll in
-    body = wait_for_text(browser, charts)
+    body = page_text(browser, charts)
     assert all(chart in body for chart in charts), body[:3000]
     screenshot = Path(os.environ.get("TFTRAIN_SCREENSHOT", tmp_path / "mlflow-ui-runs.png"))
     assert browser.save_screenshot(str(screenshot)) and screenshot.stat().st_size > 10_000

@@ -31,7 +31,8 @@ def test_every_config_field_is_a_param(run):
     for key, value in expected.items():
         assert r.data.params[key] == value
     assert r.data.params["registered_model_name"] == "tftrain-fashion-mnist"
-    assert r.data.params["optimizer_name"] == "adam"  # from MLflow's callback
+    optimizer = json.loads(Path(artifact(r.info.run_id, "optimizer.json")).read_text())
+    assert optimizer["name"] == "adam" and not [k for k in r.data.params if k.startswith("optimizer_")]
 
 
 def _config_of(r):

@@ -16,9 +16,8 @@ from tftrain.tracking import runs
 from tftrain.tracking.logged_models import LoggedModel
 from tftrain.training.run_state import command_state
 from tftrain.training.runtime import build_runtime, is_chief_process
-from tftrain.training.task import resolve_task
+from tftrain.training.task import resolve_task, run_name
 from tftrain.training.trainer import TrainResult, train
-from tftrain.values import default_run_name
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +85,7 @@ def pipeline(cfg: TrainConfig) -> tuple[TrainResult, Evaluation | None]:
     rt = build_runtime(cfg)  # before any TensorFlow op (a tfds or user-function task runs some)
     task = resolve_task(cfg)
     previous = command_state(cfg, task.identity).interrupted_run()
-    with runs.step_run(default_run_name(cfg, task.label, with_model=not task.identity), resume_run_id=previous) as run:
+    with runs.step_run(run_name(cfg, task), resume_run_id=previous) as run:
         result = train(cfg, task, rt, run=run)
         ev = evaluate(result.model.uri, data=task)
         exported = export(result.model.uri, output_dir=cfg.tracking.output_dir, data=task)

@@ -179,16 +179,16 @@ def check_alias(alias: str) -> str:
     return alias
 
 
-def default_run_name(cfg: TrainConfig, data_label: str = "", with_model: bool = True) -> str:
-    """cfg's run_name, or for auto: the model (unless not `with_model`: a Python task's own), the data
-    (`data_label`, else cfg's dataset's), the batch size and learning rate when given, and the time."""
+def default_run_name(cfg: TrainConfig, data_label: str = "", model: str | None = None) -> str:
+    """cfg's run_name, or for auto: the model (`model`, else cfg's; "": none), the data (`data_label`, else cfg's
+    dataset's), the batch size and learning rate when given, and the time: `cnn_bn-photos-0412-153012`."""
     if cfg.tracking.run_name != "auto":
         return cfg.tracking.run_name
     t = cfg.trainer
     chosen = [f"bs{t.batch_size}"] * bool(t.batch_size) + [f"lr{t.learning_rate:g}"] * bool(t.learning_rate)
     data = data_label or dataset_label(cfg.data.dataset)
-    model = [model_label(cfg.model.name)] if with_model else []
-    return "-".join([*model, data, *chosen, datetime.now().strftime("%m%d-%H%M%S")])
+    model = model_label(cfg.model.name) if model is None else model
+    return "-".join([*[model] * bool(model), data, *chosen, datetime.now().strftime("%m%d-%H%M%S")])
 
 
 def registered_model_name(cfg: TrainConfig, data_label: str = "") -> str:

@@ -187,6 +187,8 @@ class TaskData:
     # how to load the same splits again (dataset, data_dir, split fractions, bad_images): kept with the logged
     # model, so evaluate and export find the model's own test split without reading run params back
     settings: dict = field(default_factory=dict)
+    # per split, when the source knows them cheaper than the arrays' (an image folder's files); fingerprint.py
+    digests: dict[str, str] = field(default_factory=dict)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -226,7 +228,8 @@ def load_task_data(
         f = load_folder(dataset, image_size, channels, test_split, validation_split, bad_images, **sides)
         resolved = {"bad_images_skipped": str(len(f.skipped)), "ignored_files": str(f.ignored),
                     "dataset_resolved": resolved_dataset(dataset)}  # fmt: skip
-        return _resolved(TaskData(name, f.class_names, f.train, f.validation, f.test, f.source), resolved, settings)
+        data = TaskData(name, f.class_names, f.train, f.validation, f.test, f.source, digests=f.digests)
+        return _resolved(data, resolved, settings)
     if kind == "builtin":
         d = load_dataset(dataset, data_dir)
         train, validation = split_validation(d.x_train, d.y_train, validation_split)

@@ -15,13 +15,14 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from tftrain.config import BAD_IMAGES
 from tftrain.data.cache import CACHE_VERSION, Rows, cache_folder, cache_key, load_cache, short_path
+from tftrain.data.fingerprint import SPLITS, files_digest
 from tftrain.data.images import IMAGE_SUFFIXES, Native, decode_rows, read_headers
 from tftrain.data.layout import Listing, scan
 from tftrain.errors import UserError, invalid
@@ -55,6 +56,7 @@ class FolderData:
     from_cache: bool  # nothing was decoded
     source: str
     ignored: int = 0  # files that are not images by suffix, or hidden
+    digests: dict[str, str] = field(default_factory=dict)  # per split, from its files (fingerprint.files_digest)
 
 
 def load_folder(
@@ -103,7 +105,17 @@ def load_folder(
     parts = [(_gather(images, r), labels[r]) for r in rows]
     source = f"image folder {listing.root} ({len(rels)} files)"
     skipped = tuple(str(listing.root / rel) for rel in unreadable)
-    return FolderData(listing.class_names, size, depth, *parts, skipped, cached is not None, source, listing.ignored)
+    digests = _split_digests(listing.class_names, rels, stats, labels, rows, parts[0][0].shape[1:])
+    return FolderData(listing.class_names, size, depth, *parts, skipped, cached is not None, source, listing.ignored,
+                      digests)  # fmt: skip
+
+
+def _split_digests(class_names, rels, stats, labels, rows, shape) -> dict[str, str]:
+    """Each split's digest from the listing of its files: names, sizes, times and labels, no pixels."""
+    return {
+        split: files_digest(class_names, tuple(shape), [(rels[i], *stats[i], int(labels[i])) for i in index])
+        for split, index in zip(SPLITS, rows, strict=True)
+    }
 
 
 def _check_args(image_size, channels, test_split, validation_split, bad_images) -> None:

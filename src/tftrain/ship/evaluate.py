@@ -19,11 +19,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tftrain.data.datasets import TaskData, load_task_data  # noqa: E402
+from tftrain.data.fingerprint import location, split_digests  # noqa: E402
 from tftrain.errors import UserError  # noqa: E402
 from tftrain.ship import diagnostics  # noqa: E402
 from tftrain.ship.figures import mistakes_figure, reliability_figure  # noqa: E402
 from tftrain.ship.predict import answers  # noqa: E402
-from tftrain.tracking import logged_models, runs  # noqa: E402
+from tftrain.tracking import lineage, logged_models, runs  # noqa: E402
 from tftrain.values import resolved_dataset  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -215,7 +216,8 @@ def evaluate(
         ev = Evaluation(metrics, scored.confusion, scored.class_names)
         runs.set_tags({f"{prefix}evaluated_model_uri": model_uri, f"{prefix}evaluated_model_run_id": ref.run_id,
                        f"{prefix}evaluated_dataset": data.source})  # fmt: skip
-        runs.log_metrics({prefix + k: v for k, v in ev.metrics.items()}, model_id=ref.model_id if own else None)
+        splits = lineage.split_datasets(data, split_digests(data), location(data))
+        lineage.log_evaluation(ref, ev.metrics, own, splits, prefix)
         if not own:
             log.info(f"note: {data.name} is not the dataset {model_uri} trained on: its scores stay in this run, not "
                   "linked to the model, so the registry gate does not compare them")  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 
 import keras
@@ -12,7 +13,7 @@ from mlflow.exceptions import MlflowException
 
 from tftrain.errors import TrainingFailed
 from tftrain.tracking.journal import Journal
-from tftrain.tracking.runs import active_run_id, log_params_once
+from tftrain.tracking.runs import active_run_id
 
 
 def current_lr(model: keras.Model) -> float:
@@ -47,11 +48,15 @@ class EpochMetrics(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         with self._timed():
-            config = {f"optimizer_{k}": str(v) for k, v in self.model.optimizer.get_config().items()}
+            # an artifact, not 16 params: mostly None, and the schedule as one long dict (runs compare on
+            # learning_rate_resolved and lr_schedule)
+            config = json.loads(json.dumps(self.model.optimizer.get_config(), default=str))
             lines: list[str] = []
             self.model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line))
             summary = "\n".join(lines)
-            self._log(lambda: (log_params_once(config), mlflow.log_text(summary, "model_summary.txt")))
+            self._log(
+                lambda: (mlflow.log_dict(config, "optimizer.json"), mlflow.log_text(summary, "model_summary.txt"))
+            )
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()

@@ -18,8 +18,8 @@ from tftrain.tracking.journal import Journal
 from tftrain.training import resume
 from tftrain.training.run_state import CommandState, command_state
 from tftrain.training.runtime import Runtime
-from tftrain.training.task import Task
-from tftrain.values import check_output_dir, default_run_name
+from tftrain.training.task import Task, run_name
+from tftrain.values import check_output_dir
 
 
 @dataclass(frozen=True)
@@ -45,9 +45,7 @@ def open_context(cfg: TrainConfig, task: Task, rt: Runtime, within: runs.StepRun
     previous = state.interrupted_run()
     if previous:
         resume.check_backup(state)
-    with runs.step_run(
-        default_run_name(cfg, task.label, with_model=not task.identity), resume_run_id=previous, within=within
-    ) as run:
+    with runs.step_run(run_name(cfg, task), resume_run_id=previous, within=within) as run:
         out_dir = output_root / run.run_id
         if previous and previous != run.run_id:  # `mlflow run` made a new run: the interrupted one moves into it
             runs.adopt_run(previous)

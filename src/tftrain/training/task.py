@@ -22,7 +22,7 @@ import numpy as np
 
 from tftrain.config import TrainConfig
 from tftrain.errors import UserError
-from tftrain.values import check_named, name_label
+from tftrain.values import check_named, default_run_name, name_label
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ class Task:
     # how evaluate and export load these splits again (TaskData.settings); empty for arrays made in Python, whose
     # models are evaluated with an explicit dataset
     data_settings: dict = field(default_factory=dict)
+    digests: dict[str, str] = field(default_factory=dict)  # per split, when the data knew them (TaskData.digests)
 
     def __post_init__(self) -> None:
         shape = self.input_shape
@@ -71,6 +72,13 @@ class Task:
     def label(self) -> str:
         """The task's name as run and registered model names take it: letters, digits and '-'."""
         return name_label(self.name)
+
+    @property
+    def model_label(self) -> str:
+        """For a task made in Python, its build function's name as run names take it (empty for a lambda or a
+        callable object); a task the config names is named by the config's model instead."""
+        name = getattr(self.build_model, "__name__", "")
+        return name_label(name) if name.isidentifier() else ""
 
     @functools.cached_property  # hashing the arrays once (a frozen dataclass keeps its __dict__ for this)
     def identity(self) -> str:
@@ -106,7 +114,7 @@ def resolve_task(cfg: TrainConfig, data=None) -> Task:
         cfg.model.name, len(data.class_names), data.input_shape, cfg.model.weights, cfg.model.freeze_backbone
     )
     return Task(data.name, data.class_names, data.train, data.validation, data.test, build, data.source, data.resolved,
-                data.settings)  # fmt: skip
+                data.settings, data.digests)  # fmt: skip
 
 
 # image_size=auto on photos of many sizes: the square side's bounds by model kind. keras.applications
@@ -134,3 +142,9 @@ def load_data(cfg: TrainConfig):
         channels=None if d.channels == "auto" else int(d.channels), test_split=d.test_split,
         validation_split=d.validation_split, bad_images=d.bad_images, auto_sides=auto_sides(cfg.model.name),
     )  # fmt: skip
+
+
+def run_name(cfg: TrainConfig, task: Task) -> str:
+    """The name of the run training `task` gets: cfg's run_name, or for auto, the model and the data (a task made
+    in Python: its build function's name, if it has one, and the task's name)."""
+    return default_run_name(cfg, task.label, model=task.model_label if task.identity else None)

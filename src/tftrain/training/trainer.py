@@ -20,9 +20,10 @@ import numpy as np
 from tftrain.config import PARAMS, TrainConfig
 from tftrain.data.augment import has_random_layers
 from tftrain.data.augment import resolve as resolve_augment
+from tftrain.data.fingerprint import location, split_digests
 from tftrain.errors import TrainingFailed, UserError
 from tftrain.models.build import portable_copy
-from tftrain.tracking import runs
+from tftrain.tracking import lineage, runs
 from tftrain.tracking.epoch_metrics import EpochMetrics, log_timings
 from tftrain.tracking.journal import Journal
 from tftrain.tracking.logged_models import LoggedModel, Provenance, log_keras_model
@@ -37,6 +38,9 @@ from tftrain.training.task import Task, resolve_task
 from tftrain.values import model_label, registered_model_name
 
 log = logging.getLogger(__name__)
+
+# found in the data rather than chosen, and long (an absolute path) or uninformative to compare runs on: tags
+DATA_FACTS = ("dataset_resolved", "bad_images_skipped", "ignored_files")
 
 
 @dataclass(frozen=True)
@@ -204,16 +208,23 @@ def train(
 
 
 def _log_run_start(cfg: TrainConfig, task: Task, resolved: dict[str, str]) -> None:
-    """The environment, the config's values and what was resolved from them, as params. The task is the one
-    source for what the data is: for a task made in Python, its name stands for the config's data settings."""
+    """The environment, the config's values and what was resolved from them, as params; what was found in the data
+    (DATA_FACTS), as tags; the training and validation splits, as the run's datasets (tracking/lineage.py). The
+    task is the one source for what the data is: for a task made in Python, its name stands for the config's data
+    settings."""
     runs.log_environment()
     params = cfg.as_params()
     if task.identity:  # the task's data and model, not the config's
         params = {k: v for k, v in params.items() if PARAMS[k].group not in ("data", "model")}
-        params |= {"dataset": task.name, "model": "the task's"}
-    runs.log_config(cfg, params | {"registered_model_name": registered_model_name(cfg, task.label)} | resolved)
+        params |= {"dataset": task.name, "model": task.model_label or "the task's"}
+    chosen = {k: v for k, v in resolved.items() if k not in DATA_FACTS}
+    runs.log_config(cfg, params | {"registered_model_name": registered_model_name(cfg, task.label)} | chosen)
+    digests = split_digests(task)
+    facts = {k: v for k, v in resolved.items() if k in DATA_FACTS}
     runs.set_tags({"dataset_source": task.source, "train_examples": str(len(task.train[0])),
-                   "classes": str(task.num_classes)})  # fmt: skip
+                   "classes": str(task.num_classes), "data_digests": " ".join(f"{k} {v}" for k, v in digests.items()),
+                   **facts})  # fmt: skip
+    lineage.log_splits(lineage.split_datasets(task, digests, location(task)), ("train", "validation"))
 
 
 def _callbacks(cfg, rt, task, plan, ctx: RunContext, momentum, extra) -> tuple[list, SaveClock, object]:

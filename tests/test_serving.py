@@ -106,7 +106,10 @@ def test_litert_model_is_registered_with_its_accuracy(models):
     assert info.flavors["python_function"]["loader_module"] == "tftrain.serving"
 
 
-TAKES = r"; this model takes images \(N, 28, 28\) or one image \(28, 28\), pixels 0..255 as integers \(uint8 or any\) or floats$"
+TAKES = (
+    r"; this model takes images \(N, 28, 28\) or one image \(28, 28\), pixels 0..255 as integers \(uint8 or any\) or "
+    r'floats; or image files \(JPEG, PNG, WebP, BMP, GIF, TIFF; any size\) base64-encoded as \{"b64": "..."\}$'
+)
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
 """Round-trip latency of served models: starts `mlflow models serve` for each model on 127.0.0.1, sends one
-Fashion-MNIST test image per request over one keep-alive connection, and prints a Markdown table.
+Fashion-MNIST test image per request over one keep-alive connection, as pixels and as a PNG file (base64 under
+"b64", decoded in the server), and prints a Markdown table.
 
     .venv/bin/python scripts/latency.py                  # both champions, plus MLflow's stock Keras pyfunc
     .venv/bin/python scripts/latency.py --model-uri models:/tftrain-fashion-mnist-litert/3 --requests 5000
@@ -13,7 +14,9 @@ in-process prediction of the same model.
 from __future__ import annotations
 
 import argparse
+import base64
 import http.client
+import io
 import json
 import os
 import platform
@@ -26,6 +29,7 @@ import keras
 import mlflow
 import numpy as np
 import yaml
+from PIL import Image
 
 from tftrain.data.datasets import load_dataset
 from tftrain.ship.predict import answers
@@ -48,6 +52,13 @@ def stock_copy(model_uri: str, folder: Path) -> str:
     pyfunc.pop("code", None)
     (local / "MLmodel").write_text(yaml.safe_dump(mlmodel))
     return str(local)
+
+
+def file_body(image: np.ndarray) -> bytes:
+    """A request sending `image` as a PNG file, as a client sends a photo."""
+    png = io.BytesIO()
+    Image.fromarray(image).save(png, "PNG")
+    return json.dumps({"instances": [{"b64": base64.b64encode(png.getvalue()).decode()}]}).encode()
 
 
 def expected_classes(model_uri: str, images: np.ndarray) -> np.ndarray:
@@ -100,19 +111,22 @@ def main() -> None:
 
     images = load_dataset("fashion_mnist").x_test
     count = args.requests + args.warmup
-    bodies = [json.dumps({"inputs": images[i % len(images)][None].tolist()}).encode() for i in range(count)]
+    kinds = {
+        "pixels": [json.dumps({"inputs": images[i % len(images)][None].tolist()}).encode() for i in range(count)],
+        "PNG file": [file_body(images[i % len(images)]) for i in range(count)],
+    }
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        served = [(uri, uri) for uri in uris]
-        if not args.no_stock:
-            served.append((f"{uris[0]}, MLflow's stock Keras pyfunc", stock_copy(uris[0], Path(tmp))))
-        for label, uri in served:
+        served = [(uri, uri, tuple(kinds)) for uri in uris]
+        if not args.no_stock:  # MLflow's own loader takes pixels only
+            served.append((f"{uris[0]}, MLflow's stock Keras pyfunc", stock_copy(uris[0], Path(tmp)), ("pixels",)))
+        for label, uri, sent in served:
             expected = expected_classes(uri, images[: min(count, len(images))])
             print(f"serving {label} ...", flush=True)
             with running_server(uri, Path(tmp) / "server.log") as url:
-                times = measure(url, bodies, expected, args.warmup)
-            rows.append(row(label, times))
-            print(rows[-1], flush=True)
+                for kind in sent:
+                    rows.append(row(f"{label}, {kind}", measure(url, kinds[kind], expected, args.warmup)))
+                    print(rows[-1], flush=True)
 
     print(f"\nOne image per request, keep-alive HTTP/1.1 client, {platform.machine()}, {os.cpu_count()} cores:\n")
     print("| model | requests | median ms | p90 ms | p99 ms | max ms | requests/s |")

@@ -19,7 +19,7 @@ fi
 # Reinstall only when the dependency list changed since the last install.
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
-  echo "setup: installing tftrain and its dependencies into $VENV (about a minute the first time)"
+  echo "setup: installing tftrain and its dependencies into $VENV (a minute or two the first time)"
   # (sed drops pip's warnings about find-links folders that some machines' pip config names but lack)
   "$VENV/bin/python" -m pip install --quiet --upgrade pip 2>&1 | sed "/^WARNING: Location '/d"
   "$VENV/bin/python" -m pip install --quiet -e ".[test]" 2>&1 | sed "/^WARNING: Location '/d"

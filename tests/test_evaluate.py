@@ -303,8 +303,10 @@ def test_the_mistakes_gallery_shows_the_most_confident_mistakes_first(n, rgb):
     assert first == f"#{i}  true: {short(names[labels[i]], 22)}\ntaken for: {short(names[predicted], 22)}\n" \
                     f"p = {probs[i, predicted]:.3f}"  # fmt: skip
     assert max(len(line) for ax in tiles for line in ax.get_title().splitlines()) <= 34  # fits a 2.4-inch tile
-    assert png_size(figure) == (1440, 1700)  # the same at 10 and at 100 classes
-    assert f"the 36 most confident of {wrong.sum()} mistakes on {len(labels)} test images" in figure.get_suptitle()
+    assert png_size(figure) == (1440, 1720)  # the same at 10 and at 100 classes
+    assert f"the 36 most confident of {wrong.sum()} mistakes on {len(labels)} test images" in " ".join(
+        figure.get_suptitle().split()
+    )
     plt.close(figure)
 
 
@@ -315,7 +317,15 @@ def test_a_gallery_of_a_few_mistakes_or_none():
     keep = np.concatenate([np.nonzero(right)[0], few])
     figure = mistakes_figure(images[keep], probs[keep], labels[keep], names, "test split")
     assert len([ax for ax in figure.axes if ax.images]) == 3
-    assert figure.get_suptitle().endswith(f"all 3 mistakes, most confident first, on {len(keep)} test images")
+    assert " ".join(figure.get_suptitle().split()).endswith(
+        f"all 3 mistakes, most confident first, on {len(keep)} test images"
+    )
+    plt.close(figure)
+    one = np.concatenate([np.nonzero(right)[0], few[:1]])
+    uri = "models:/m-6c72eaedb15f4129b6bd2ad1d1e73c82"  # a long title over one tile: wrapped, not cut off
+    figure = mistakes_figure(images[one], probs[one], labels[one], names, f"test split: {uri}")
+    assert png_size(figure)[0] == 720 and max(len(line) for line in figure.get_suptitle().splitlines()) <= 64
+    assert " ".join(figure.get_suptitle().split()).endswith(f"{uri}: the one mistake on {len(one)} test images")
     plt.close(figure)
     figure = mistakes_figure(images[right], probs[right], labels[right], names, "test split")
     assert "no mistakes on" in figure.axes[0].texts[0].get_text()

@@ -75,6 +75,7 @@ def corrupt_in_a_nested_folder(p: Path) -> None:
         (corrupt_in_a_nested_folder, r"cannot read image .*/d/e/x\.JPG: "),
         (lambda p: write_idx(p / "x.png.idx", np.zeros(4, np.uint8)), "is not an IDX file of uint8 with 3 dimension"),
         (lambda p: (p / "empty").mkdir(), r"has no image files \(\.png, \.jpg, \.jpeg, \.bmp, \.gif\)"),
+        (lambda p: (p / "notes.txt").write_text("hello"), r"cannot read image .*notes\.txt: cannot identify image"),
     ],
 )
 def test_bad_inputs_are_named_on_one_line(tmp_path, make, message):
@@ -83,6 +84,16 @@ def test_bad_inputs_are_named_on_one_line(tmp_path, make, message):
     with pytest.raises(UserError, match=message) as caught:
         read_inputs([str(given)], (28, 28))
     assert str(given) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_any_picture_pillow_reads_is_read_as_the_served_model_reads_it(tmp_path):
+    """WebP and TIFF files named on the command line (a served model takes them too): read as pictures, not as
+    IDX files, with the pixels of the same picture as PNG."""
+    picture = Image.fromarray(colour_images([1], shape=(40, 30, 3))[0])
+    for suffix in ("png", "webp", "tif"):
+        picture.save(tmp_path / f"p.{suffix}", **({"lossless": True} if suffix == "webp" else {}))
+    names, images = read_inputs([str(tmp_path / f"p.{s}") for s in ("png", "webp", "tif")], (28, 28, 3))
+    assert len(names) == 3 and (images[1] == images[0]).all() and (images[2] == images[0]).all()
 
 
 @pytest.mark.parametrize("shape", [(28, 28, 4), (28,), (0, 28), (-1, 28, 3)])

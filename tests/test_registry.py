@@ -123,8 +123,9 @@ def test_a_shape_change_on_purpose_moves_the_alias_with_a_warning_and_a_tag(stor
     assert tags["shape_change_champion"] == "from (8, 8) (version 1) to (12, 12)"
     warning = [line for line in done.stderr.splitlines() if "changed input shape" in line]
     assert warning == [
-        "warning: moving@champion changed input shape from (8, 8) (version 1) to (12, 12): clients sending pixels "
-        "of the old shape are refused from now on; clients sending image files get them resized"
+        "warning: moving@champion changed input shape from (8, 8) (version 1) to (12, 12): a server of "
+        "moving@champion serves it once restarted; from then on, clients sending pixels of the old shape are refused, "
+        "clients sending image files get them resized"
     ]
     worse = promote("models:/moving/3", allow_shape_change=True)
     assert not worse.promoted and worse.shape_change is None and alias_version_of("moving") == "2"

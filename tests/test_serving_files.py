@@ -91,6 +91,7 @@ def refusals(photo: Path) -> dict[str, tuple[object, str]]:
         "too many pixels": ({"b64": [base64.b64encode(huge).decode()]}, f"image file 0 ({len(huge)} bytes) cannot be decoded: {side}x{side} pixels is over the limit of {MAX_FILE_PIXELS / 1e6:g} megapixels"),
         "not a string": ({"b64": [12]}, "image file 0: b64 must be a base64 string; received int"),
         "empty": ({"b64": []}, "the batch is empty"),
+        "another name": ({"image": [b64(photo)]}, 'unknown input name(s) image: image files go under "b64"'),
     }  # fmt: skip
 
 

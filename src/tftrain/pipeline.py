@@ -87,10 +87,10 @@ def pipeline(cfg: TrainConfig) -> tuple[TrainResult, Evaluation | None]:
     previous = command_state(cfg, task.identity).interrupted_run()
     with runs.step_run(run_name(cfg, task), resume_run_id=previous) as run:
         result = train(cfg, task, rt, run=run)
-        ev = evaluate(result.model.uri, data=task)
+        ev = evaluate(result.model.readable_uri, data=task)
         exported = export(result.model.uri, output_dir=cfg.tracking.output_dir, data=task)
         # the LiteRT model's own diagnostics, beside the Keras model's: metrics litert_*, evaluation/litert/
-        litert_ev = evaluate(exported.litert.uri, data=task, prefix="litert_", quiet=True)
+        litert_ev = evaluate(exported.litert.readable_uri, data=task, prefix="litert_", quiet=True)
         models = [result.model, exported.litert]
         allowed = cfg.tracking.allow_shape_change
         decisions = [promote(m.version_uri, allow_shape_change=allowed) for m in models if m.version]

@@ -93,17 +93,21 @@ def _as_array(model_input, shape: tuple[int, ...]) -> np.ndarray:
         raise _refuse(f"the images are not one array of numbers ({str(e).splitlines()[0][:120]})", shape) from None
 
 
-def encoded_files(model_input) -> list | None:
+def encoded_files(model_input, shape: tuple[int, ...]) -> list | None:
     """The image files of a request, as sent (base64 text, or bytes from Python), or None if it sends pixels:
     {"b64": [...]} (what `instances` of {"b64": ...} objects parse into), a table with a "b64" column, or a list
-    of {"b64": ...} objects (`inputs`)."""
-    if hasattr(model_input, "columns"):
+    of {"b64": ...} objects (`inputs`). Named inputs of other names are refused: pixels come without a name."""
+    if hasattr(model_input, "columns"):  # a table: pixels in columns of any names, or files under "b64"
         return model_input[FILES_KEY].tolist() if FILES_KEY in model_input.columns else None
+    rows = model_input if isinstance(model_input, list) and model_input else None
+    if isinstance(model_input, dict) or (rows and all(isinstance(row, dict) for row in rows)):
+        names = sorted({str(k) for row in (rows or [model_input]) for k in row} - {FILES_KEY})
+        if names:
+            raise _refuse(f'unknown input name(s) {", ".join(names)[:200]}: image files go under "{FILES_KEY}"', shape)
     if isinstance(model_input, dict):
-        values = model_input.get(FILES_KEY)
-        return None if values is None else np.asarray(values, dtype=object).reshape(-1).tolist()
-    if isinstance(model_input, list) and model_input and all(isinstance(row, dict) for row in model_input):
-        return [np.asarray(row.get(FILES_KEY), dtype=object).item() for row in model_input]
+        return np.asarray(model_input.get(FILES_KEY), dtype=object).reshape(-1).tolist()
+    if rows and all(isinstance(row, dict) for row in rows):
+        return [np.asarray(row.get(FILES_KEY), dtype=object).item() for row in rows]
     return None
 
 
@@ -151,7 +155,7 @@ def check_images(model_input, shape: tuple[int, ...]) -> np.ndarray:
     """The request as float32 raw pixels of shape (N, *shape), or a refusal whose message starts with what was
     wrong, then says what the model takes. One image without the batch axis is a batch of one; image files (see
     `encoded_files`) are decoded."""
-    files = encoded_files(model_input)
+    files = encoded_files(model_input, shape)
     if files is not None:
         return decode_files(files, shape)
     images = _as_array(model_input, shape)

@@ -78,10 +78,11 @@ def mistakes_figure(images: np.ndarray, probs: np.ndarray, labels: np.ndarray, c
         return fig
     columns = min(GALLERY_COLUMNS, len(shown))
     rows = math.ceil(len(shown) / columns)
+    width = max(columns, 3) * TILE_INCHES[0]  # room for the title above one or two tiles too
     fig, axes = plt.subplots(
         rows,
         columns,
-        figsize=(columns * TILE_INCHES[0], rows * TILE_INCHES[1] + 0.8),
+        figsize=(width, rows * TILE_INCHES[1] + 1.0),
         dpi=100,
         squeeze=False,
         layout="constrained",  # keeps the two-line suptitle clear of the first row's titles
@@ -101,5 +102,6 @@ def mistakes_figure(images: np.ndarray, probs: np.ndarray, labels: np.ndarray, c
         which = f"the {len(shown)} most confident of {wrong} mistakes"
     else:
         which = "the one mistake" if wrong == 1 else f"all {wrong} mistakes, most confident first,"
-    fig.suptitle(f"{title}\n{which} on {len(labels)} test images")
+    # wrapped to the figure's width (about 9 characters of 12-point text an inch): a model URI is long
+    fig.suptitle(textwrap.fill(f"{title}: {which} on {len(labels)} test images", int(width * 9)))
     return fig

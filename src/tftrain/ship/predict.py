@@ -55,6 +55,14 @@ def read_idx_images(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     return np.stack([to_pixels(Image.fromarray(image), size, channels).reshape(shape) for image in images])
 
 
+def idx_like(path: Path) -> bool:
+    """Whether a file starts as an IDX file of unsigned bytes does (00 00 08), or is gzipped (1f 8b): the rest are
+    read as pictures, so a text file is "not an image", not "not an IDX file"."""
+    with open(path, "rb") as f:
+        head = f.read(3)
+    return head[:2] == b"\x1f\x8b" or head == b"\x00\x00\x08"
+
+
 def read_inputs(paths: list[str], shape: tuple[int, ...]) -> tuple[list[str], np.ndarray]:
     """Names and uint8 images (N, *shape) from image files, folders of them (recursively) and IDX image files."""
     image_form(shape)  # a shape predict cannot produce fails before any file is read
@@ -69,10 +77,10 @@ def read_inputs(paths: list[str], shape: tuple[int, ...]) -> tuple[list[str], np
             images += [read_picture(p, shape) for p in files]
         elif not path.is_file():
             raise UserError(f"input {path} does not exist")
-        elif path.suffix.lower() in IMAGE_SUFFIXES:
+        elif path.suffix.lower() in IMAGE_SUFFIXES or not idx_like(path):  # any file Pillow reads: WebP, TIFF, ...
             names.append(str(path))
             images.append(read_picture(path, shape))
-        else:  # anything else must be an IDX image file (gzipped or not)
+        else:  # an IDX image file (gzipped or not)
             idx = read_idx_images(path, shape)
             names += [f"{path}[{i}]" for i in range(len(idx))]
             images += list(idx)

@@ -125,6 +125,7 @@ def promote(
         reason = f"{name}@{alias} stays unassigned: version {version}'s {refusal}"
     if shape_change:
         client.set_model_version_tag(name, version, f"shape_change_{alias}", shape_change)
-        log.warning(f"{name}@{alias} changed input shape {shape_change}: clients sending pixels of the old shape are "
-                    "refused from now on; clients sending image files get them resized")  # fmt: skip
+        log.warning(f"{name}@{alias} changed input shape {shape_change}: a server of {name}@{alias} serves it once "
+                    "restarted; from then on, clients sending pixels of the old shape are refused, clients sending "
+                    "image files get them resized")  # fmt: skip
     return Decision(name, version, alias, refusal is None, reason, accuracy, holder, holder_accuracy, shape_change)

@@ -80,6 +80,11 @@ class LoggedModel:
         """models:/<registered name>/<version>, for a registered model."""
         return f"models:/{self.registered_name}/{self.version}"
 
+    @property
+    def readable_uri(self) -> str:
+        """The URI people read in titles and tags: the registered version's when there is one, else models:/m-<id>."""
+        return self.version_uri if self.version else self.uri
+
 
 def _requirements(runtime: str) -> list[str]:
     """What a server needs for this model: this environment's versions, the runtime's package included (Pillow

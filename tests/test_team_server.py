@@ -23,6 +23,7 @@ import psycopg2
 import pytest
 
 from servers import chromium, free_port, page_text, responds
+from tftrain.tracking.lineage import HEADLINE
 
 pytestmark = pytest.mark.slow
 ADMIN = "admin"
@@ -150,8 +151,10 @@ def test_the_server_holds_runs_models_and_artifacts(steps, as_client, team_serve
     assert {"team-fit", "team-custom"} <= set(by_name)
     assert all(r.info.status == "FINISHED" for r in runs)
     fit, custom = by_name["team-fit"], by_name["team-custom"]
-    # comparable side by side: the same metric keys and params whatever the engine and precision
-    assert set(fit.data.metrics) == set(custom.data.metrics)
+    # comparable side by side: the same metric keys and params whatever the engine and precision; the evaluated
+    # model's training run also carries its test scores (from `tftrain evaluate`, a run of its own)
+    assert set(fit.data.metrics) == set(custom.data.metrics) | set(HEADLINE)
+    assert fit.data.metrics["test_accuracy"] > 0.5 and "test_accuracy" not in custom.data.metrics
     assert set(fit.data.params) == set(custom.data.params)
     assert (custom.data.params["engine"], custom.data.params["precision"]) == ("custom", "mixed_bfloat16")
     assert client.get_model_version_by_alias("team-model", "champion").version == "1"

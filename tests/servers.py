@@ -1,5 +1,5 @@
-"""Real servers for tests and scripts: `mlflow models serve` on a free port of 127.0.0.1 for as long as a block
-runs, the checks that a server answers, and multi-worker processes started as a scheduler starts them. Not part
+"""Real servers for tests and scripts: `tftrain serve` (or MLflow's own `mlflow models serve`) on a free port of
+127.0.0.1 for as long as a block runs, the checks that a server answers, and multi-worker processes started as a scheduler starts them. Not part
 of the package: users get `tftrain serve` and launcher=ray."""
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from tftrain.ship.serve import serve_command
-
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -24,27 +22,40 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def serve_command(model_uri: str, port: int, args: tuple[str, ...] = (), stock: bool = False) -> list[str]:
+    """`tftrain serve` of this environment on 127.0.0.1:`port`, or with `stock` MLflow's `mlflow models serve`
+    (`args` then go to it: -w 2)."""
+    bin_dir = Path(sys.executable).parent
+    if stock:
+        return [str(bin_dir / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
+                "-h", "127.0.0.1", "-p", str(port), *args]  # fmt: skip
+    return [str(bin_dir / "tftrain"), "serve", "--model-uri", model_uri, "--port", str(port), *args]
+
+
 @contextlib.contextmanager
-def running_server(model_uri: str, log_path: Path, timeout: float = 180.0) -> Iterator[str]:
-    """`mlflow models serve` on a free port of 127.0.0.1, until the block ends; yields its base URL. For scripts
-    and tests that drive the real server; the output goes to `log_path`, quoted when it does not come up."""
+def running_server(model_uri: str, log_path: Path, timeout: float = 180.0, args: tuple[str, ...] = (),
+                   env: dict[str, str] | None = None, stock: bool = False) -> Iterator[str]:  # fmt: skip
+    """`tftrain serve` (or with `stock`, `mlflow models serve`) on a free port of 127.0.0.1 until the block ends;
+    yields its base URL. `env` adds to the environment. The output goes to `log_path`, quoted when the server does
+    not come up."""
     port = free_port()
-    command, env = serve_command(model_uri, "127.0.0.1", port)
+    bin_dir = str(Path(sys.executable).parent)  # MLflow finds uvicorn on the PATH
+    environment = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), **(env or {})}
     with open(log_path, "wb") as log:
-        server = subprocess.Popen(command, stdout=log, stderr=log, env=env)
+        server = subprocess.Popen(serve_command(model_uri, port, args, stock), stdout=log, stderr=log, env=environment)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
         while not responds(url + "/ping"):
             if server.poll() is not None or time.monotonic() > deadline:
                 tail = log_path.read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"mlflow models serve for {model_uri} did not come up; its output:\n{tail}")
+                raise RuntimeError(f"the server for {model_uri} did not come up; its output:\n{tail}")
             time.sleep(0.25)
         yield url
     finally:
         server.terminate()
         try:
-            server.wait(timeout=20)
+            server.wait(timeout=40)
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()

@@ -74,13 +74,22 @@ def test_mixed_precision(store, tiny_data, float32_afterwards, engine, precision
     assert all(r.test_accuracy > 0.5 and abs(r.accuracy_delta) < 0.05 for r in exported.results)
 
 
-def train_in_process(out: Path, **settings) -> tuple[list[np.ndarray], dict]:
-    args = [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in settings.items()]
-    done = subprocess.run([sys.executable, str(TRAIN_AND_SAVE), str(out), *args], capture_output=True, text=True,
-                          cwd=out.parent, timeout=600)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-4000:]
-    weights = np.load(f"{out}.npz")
-    return [weights[k] for k in weights.files], json.loads(Path(f"{out}.json").read_text())
+def train_in_processes(*runs: tuple[Path, dict]) -> list[tuple[list[np.ndarray], dict]]:
+    """Each (out, settings) trained in a process of its own, all at once (their start-up overlaps), each in its own
+    folder (its own default store); the weights and the log of each."""
+    processes = []
+    for out, settings in runs:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        args = [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in settings.items()]
+        processes.append(subprocess.Popen([sys.executable, str(TRAIN_AND_SAVE), str(out), *args], cwd=out.parent,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))  # fmt: skip
+    results = []
+    for (out, _), process in zip(runs, processes, strict=True):
+        _, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, stderr[-4000:]
+        weights = np.load(f"{out}.npz")
+        results.append(([weights[k] for k in weights.files], json.loads(Path(f"{out}.json").read_text())))
+    return results
 
 
 @pytest.mark.parametrize("engine", ["fit", "custom"])
@@ -95,12 +104,14 @@ def test_mirrored_on_two_cpu_replicas_matches_one_device(tmp_path, tiny_data, en
         early_stopping="false",
         tensorboard="false",
         checkpoint="false",
-        output_dir=tmp_path / "out",
         model_name="m",
         precision="float32",
     )  # fmt: skip  (auto may pick bfloat16, whose rounding the tolerance is not for)
-    one, one_log = train_in_process(tmp_path / "one", strategy="one_device", batch_size=64, **common)
-    two, two_log = train_in_process(tmp_path / "two", strategy="mirrored", cpu_replicas=2, batch_size=32, **common)
+    (one, one_log), (two, two_log) = train_in_processes(
+        (tmp_path / "one" / "w", dict(strategy="one_device", batch_size=64, output_dir=tmp_path / "one", **common)),
+        (tmp_path / "two" / "w", dict(strategy="mirrored", cpu_replicas=2, batch_size=32, output_dir=tmp_path / "two",
+                                      **common)),  # fmt: skip
+    )
     np.testing.assert_allclose(two_log["history"]["loss"], one_log["history"]["loss"], rtol=1e-4)
     for a, b in zip(one, two, strict=True):
         np.testing.assert_allclose(b, a, atol=1e-3, rtol=1e-3)

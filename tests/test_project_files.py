@@ -2,6 +2,7 @@
 
 import argparse
 import dataclasses
+import importlib
 import json
 import os
 import re
@@ -171,7 +172,7 @@ def test_dockerfile_installs_the_project_pins_with_cuda():
     runs = [args for kind, args in instructions if kind == "RUN"]
     (install,) = [run for run in runs if 'pip install --no-cache-dir ".[gpu,ray]"' in run]
     (ray,) = project["optional-dependencies"]["ray"]
-    assert f'"{ray.replace("[train]", "[default]")}"' in install  # the dashboard for KubeRay, at the same version
+    assert f'"{ray.replace("[train,serve]", "[default]")}"' in install  # the dashboard for KubeRay, at the same version
     users = [args for kind, args in instructions if kind == "USER"]
     assert users and users[-1] != "root" and not users[-1].startswith("0")
 
@@ -236,7 +237,28 @@ def test_the_kuberay_rayjob_runs_train_on_ray_with_as_many_workers_as_gpu_pods()
         (container,) = g["template"]["spec"]["containers"]
         assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     pins = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["ray"]
-    assert f"ray[train]=={cluster['rayVersion']}" in pins
+    assert f"ray[train,serve]=={cluster['rayVersion']}" in pins
     head = cluster["headGroupSpec"]["template"]["spec"]
     mounts = {m["mountPath"] for c in head["containers"] for m in c["volumeMounts"]}
     assert cfg.output_dir.startswith(tuple(mounts)) and cfg.dataset.startswith(tuple(mounts))
+
+
+def test_the_kuberay_rayservice_serves_tftrains_ray_serve_application_on_enough_cpus():
+    from ray.serve import Application
+
+    service = yaml.safe_load((REPO / "deploy" / "kuberay-rayservice.yaml").read_text())
+    assert service["apiVersion"] == "ray.io/v1" and service["kind"] == "RayService"
+    (app,) = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]
+    module, _, name = app["import_path"].partition(":")
+    build = getattr(importlib.import_module(module), name)
+    assert isinstance(build(app["args"]), Application)  # the args are ones the builder takes
+    with pytest.raises(ValueError, match="received \\['model', 'replicas'\\]"):
+        build({"model": "x", "replicas": 1})
+    cluster = service["spec"]["rayClusterConfig"]
+    pins = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["ray"]
+    assert f"ray[train,serve]=={cluster['rayVersion']}" in pins
+    cpus = sum(int(g["minReplicas"]) * int(g["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"])
+               for g in cluster["workerGroupSpecs"])  # fmt: skip
+    assert cpus >= app["args"]["replicas"] * app["args"]["num_cpus"]
+    (head,) = cluster["headGroupSpec"]["template"]["spec"]["containers"]
+    assert 8000 in {p["containerPort"] for p in head["ports"]}  # Ray Serve's HTTP proxy

@@ -5,17 +5,24 @@ run. (The local cluster a command starts itself: tests/test_mlflow_run.py.)"""
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import io
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mlflow
 import pytest
+from PIL import Image
 
 from conftest import mlflow_store
 from servers import free_port
@@ -44,7 +51,8 @@ def ray_cluster(tmp_path_factory):
             yield address
         finally:
             for node in reversed(nodes):
-                node.send_signal(signal.SIGTERM)  # --block: the node stops its processes
+                node.send_signal(signal.SIGTERM)  # --block: the node stops its processes (both at once)
+            for node in nodes:
                 node.wait(timeout=60)
 
 
@@ -195,3 +203,68 @@ def test_two_workers_on_two_nodes_stopped_by_ctrl_c_go_on_in_the_same_run_to_one
         assert len(re.findall(r"epoch 5/5 ", done.stdout)) == 1, done.stdout[-4000:]  # rank 0 alone speaks
         # the nodes: each worker on one (ray start --num-cpus 1 each)
         assert "joined the Ray cluster at" in done.stdout and ": 2 nodes, 2 CPUs" in done.stdout, done.stdout[-4000:]
+
+
+@pytest.mark.slow
+def test_ray_serve_replicas_on_two_nodes_answer_like_the_model_and_refuse_alike(tmp_path, trained_and_exported,
+                                                                                ray_cluster):  # fmt: skip
+    """`tftrain serve --engine ray`: two replicas of the LiteRT model (one CPU each: one a node), concurrent
+    clients answered as the model answers in-process, files and pixels; the guard's refusals and MLflow's alike;
+    SIGTERM stops Serve."""
+    from conftest import tiny_images
+    from test_serve import hostile_requests
+
+    _, exported, store = trained_and_exported
+    images = tiny_images(32, seed=4)[0]
+    expected = [row["class"] for row in mlflow.pyfunc.load_model(exported.litert.uri).predict(images)]
+    port = free_port()
+    env = {**ENV, "RAY_ADDRESS": ray_cluster, "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"]}
+    command = [str(Path(sys.executable).parent / "tftrain"), "serve", "--engine", "ray", "--replicas", "2",
+               "--model-uri", exported.litert.uri, "--port", str(port)]  # fmt: skip
+    server = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)  # fmt: skip
+    try:
+        for line in server.stdout:
+            if "on Ray Serve at" in line or server.poll() is not None:
+                break
+        url = f"http://127.0.0.1:{port}/invocations"
+
+        def client(c: int) -> list[int]:
+            got = []
+            for i in range(c, 32, 8):
+                body = json.dumps({"instances": [images[i].tolist()]}).encode()
+                request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+                with urllib.request.urlopen(request, timeout=60) as answer:
+                    got.append(json.loads(answer.read())["predictions"][0]["class"])
+            return got
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(client, range(8)))
+        for c, got in enumerate(answers):
+            assert got == expected[c::8]
+        png = io.BytesIO()
+        Image.fromarray(images[0]).save(png, "PNG")
+        body = json.dumps({"instances": [{"b64": base64.b64encode(png.getvalue()).decode()}]}).encode()
+        with urllib.request.urlopen(urllib.request.Request(url, body, {"Content-Type": "application/json"})) as a:
+            assert json.loads(a.read())["predictions"][0]["class"] == expected[0]
+        for name, raw in hostile_requests(images[0]).items():
+            with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+                with contextlib.suppress(OSError):
+                    s.sendall(raw)
+                status = (s.recv(64).split(b" ", 2) + [b"closed", b"closed"])[1]
+            assert status.startswith(b"4"), (name, status)
+        replicas = subprocess.run([sys.executable, "-c", REPLICA_NODES.format(address=ray_cluster)], env=env,
+                                  capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert replicas.stdout.split() == ["2", "2"], replicas.stderr[-2000:]  # both nodes' CPU taken by replicas
+    finally:
+        server.send_signal(signal.SIGTERM)
+        output, _ = server.communicate(timeout=120)
+    assert server.returncode == 0 and "stopping Ray Serve" in output and "Traceback" not in output, output[-3000:]
+
+
+# The cluster's CPUs and those free: two nodes of one CPU each, both taken, is a replica on each node
+REPLICA_NODES = """
+import ray
+ray.init(address={address!r}, logging_level="ERROR")
+print(int(ray.cluster_resources().get("CPU", 0)), int(ray.cluster_resources().get("CPU", 0) - ray.available_resources().get("CPU", 0)))
+"""

@@ -1,4 +1,5 @@
-"""Serving: tftrain's pyfunc models in-process, and behind a real `mlflow models serve` on 127.0.0.1."""
+"""Serving: tftrain's pyfunc models in-process, and behind a real `tftrain serve` (MLflow's scoring server) on
+127.0.0.1."""
 
 import base64
 import contextlib
@@ -170,7 +171,7 @@ def test_a_table_holds_one_flattened_image_a_row():
 @pytest.fixture(scope="module", params=["keras", "litert"])
 def server(request, models, tmp_path_factory):
     log = tmp_path_factory.mktemp("server") / "server.log"
-    with running_server(models[request.param].uri, log) as url:
+    with running_server(models[request.param].uri, log, args=("--workers", "1")) as url:
         connection = http.client.HTTPConnection(*url.removeprefix("http://").split(":"), timeout=60)
         yield connection
         connection.close()
@@ -247,7 +248,7 @@ def test_malformed_requests_get_400_and_the_server_keeps_answering(server, case,
 
 def test_wrong_content_type_gets_415(server):
     status, answer = post(server, "1,2,3", content_type="text/plain")
-    assert status == 415 and "content types" in answer
+    assert status == 415 and answer["message"].startswith("unsupported Content-Type: received 'text/plain'; allowed")
 
 
 def test_latency_script_drives_a_real_server(models):
@@ -423,10 +424,11 @@ def test_a_wrong_shape_behind_no_schema_is_refused_with_the_networks_shape(colou
 
 @pytest.fixture(scope="module", params=["keras", "litert"])
 def colour_server(request, colour, tmp_path_factory):
+    """MLflow's own `mlflow models serve`, which runs the serving code the model carries (not tftrain's)."""
     log = tmp_path_factory.mktemp("colour-server") / "server.log"
     with contextlib.ExitStack() as stack:
         with mlflow_store(colour.store):  # the server keeps the store's address; the tests need not
-            url = stack.enter_context(running_server(colour.uris[request.param], log))
+            url = stack.enter_context(running_server(colour.uris[request.param], log, stock=True))
         connection = http.client.HTTPConnection(*url.removeprefix("http://").split(":"), timeout=60)
         stack.callback(connection.close)
         yield connection

@@ -221,7 +221,7 @@ def shared_sweep(client_env, team_server, tiny_data, tmp_path_factory):
     """Two `tftrain sweep` processes started together on one study: its trials in PostgreSQL, its runs on the
     team server. Returns both outputs."""
     out = tmp_path_factory.mktemp("sweep-outputs")
-    command = [sys.executable, "-m", "tftrain", "sweep", "--data-dir", str(tiny_data), "--epochs", "3",
+    command = [sys.executable, "-m", "tftrain", "sweep", "--data-dir", str(tiny_data), "--epochs", "2",
                "--batch-size", "64", "--trials", "6", "--study", "team-sweep", "--storage",
                f"{team_server['postgres']}/optuna", "--space", "learning_rate=loguniform(1e-3,1e-2)",
                "--pruner", "none", "--model-name", "team-swept", "--output-dir", str(out), "--histogram-freq", "0"]  # fmt: skip

@@ -251,14 +251,53 @@ def predict_command(model_uri: str, inputs: tuple[str, ...], output: str, fmt: s
     help="Address to listen on. The scoring server has no authentication: expose it only behind a proxy.",
 )
 @click.option("--port", type=click.IntRange(1, 65535), default=5001, show_default=True, help="Port to listen on.")
-def serve_command(model_uri: str, host: str, port: int) -> None:
-    """Serve a model over HTTP with `mlflow models serve` from this environment: POST /invocations."""
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    default=None,
+    help="Server processes, each with the model loaded. Default: one per core, as many as half the free memory "
+    "holds.",
+)
+@click.option(
+    "--max-body-mb",
+    type=click.FloatRange(0.001, 2000),
+    default=10.0,
+    show_default=True,
+    help="Largest request body; larger ones get HTTP 413 before they are read.",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="local: worker processes on this machine. ray: Ray Serve replicas on the Ray cluster of RAY_ADDRESS (or a "
+    "local one), same requests and answers.",
+)
+@click.option(
+    "--replicas",
+    type=click.IntRange(1, 1024),
+    default=2,
+    show_default=True,
+    help="With --engine ray: how many replicas (one CPU each).",
+)
+def serve_command(
+    model_uri: str, host: str, port: int, workers: int | None, max_body_mb: float, engine: str, replicas: int
+) -> None:
+    """Serve a model over HTTP: MLflow's scoring protocol (POST /invocations) in several workers or Ray Serve
+    replicas, with request limits and dynamic batching."""
     check_model_uri(model_uri)
     check_address(host, port)
+    if engine == "ray" and workers:
+        raise UserError("--workers is for --engine local; with --engine ray, say --replicas")
     _model_args(model_uri)
+    if engine == "ray":
+        from tftrain.cluster.ray_serve import serve_on_ray
+
+        serve_on_ray(model_uri, host, port, replicas, max_body_mb)
+        return
     from tftrain.ship.serve import serve
 
-    serve(model_uri, host, port)
+    serve(model_uri, host, port, workers, max_body_mb)
 
 
 @cli.command("sync")

@@ -20,6 +20,7 @@ import gc
 import io
 import json
 import logging
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -34,6 +35,9 @@ MAX_BATCH = 1000  # images per predict call; larger requests are refused, not qu
 FILES_KEY = "b64"  # the column or key of base64-encoded image files, as TensorFlow Serving names binary values
 MAX_FILE_BYTES = 20_000_000  # one image file, decoded from base64
 MAX_FILE_PIXELS = 64_000_000  # one image file's own width x height, read from its header before it is decoded
+# Requests that arrive while the network runs are answered by its next call, together (see Batcher). The server's
+# environment can bound that call or turn batching off (1), and let it wait a little for more requests.
+BATCH_IMAGES_ENV, BATCH_WAIT_ENV = "TFTRAIN_BATCH_IMAGES", "TFTRAIN_BATCH_WAIT_MS"
 CLASS_NAMES_FILE = "class_names.json"
 KERAS_FILE = "model.keras"  # what mlflow.keras.save_model writes under data/
 LITERT_FILE = "model.tflite"  # a LiteRT model's network, whichever its quantization
@@ -186,13 +190,17 @@ class Classifier:
             raise ValueError(
                 f"the network answers {network.classes} classes; {CLASS_NAMES_FILE} names {len(class_names)}"
             )
-        self._network = network  # float32 (N, *network.input_shape) -> float32 (N, classes) probabilities
+        self.network = network  # float32 (N, *network.input_shape) -> float32 (N, classes) probabilities
         self._class_names = list(class_names)
+
+    def get_raw_model(self) -> Classifier:
+        """What MLflow's PyFuncModel.get_raw_model gives: this object (a server may swap its network's runner)."""
+        return self
 
     def predict(self, model_input, params=None) -> list[dict]:
         """One answer per image. Plain Python objects, not a DataFrame: the server turns them into JSON several
         times faster (pd.DataFrame(answers) for a table)."""
-        probabilities = self._network(check_images(model_input, self._network.input_shape))
+        probabilities = self.network(check_images(model_input, self.network.input_shape))
         best = probabilities.argmax(axis=1)
         return [
             {"class": c, "class_name": self._class_names[c], "probability": p[c], "probabilities": p}
@@ -245,17 +253,102 @@ class LiteRTNetwork:
             return self._interpreter.get_tensor(self._output).copy()
 
 
+class _Call:
+    """One request's images waiting in a Batcher, and then its probabilities or the network's error."""
+
+    def __init__(self, images: np.ndarray):
+        self.images = images
+        self.done = False
+        self.probabilities: np.ndarray | None = None
+        self.error: BaseException | None = None
+
+
+class Batcher:
+    """Dynamic batching of a network's calls from the server's threads, as TensorFlow Serving and Ray Serve batch:
+    a call that finds the network idle runs at once; calls that arrive while it runs queue, and the next one to go
+    takes every queued image (up to `max_images`, after waiting up to `wait` seconds for more if others are
+    coming) into one call of the network, then hands each caller its rows. The answers are the network's, row for
+    row; one request's bad input never reaches it (checked before)."""
+
+    def __init__(self, network, max_images: int | None = None, wait: float | None = None):
+        self.network = network
+        self.input_shape, self.classes = network.input_shape, network.classes
+        if max_images is None:
+            max_images = int(os.environ.get(BATCH_IMAGES_ENV) or 64)
+        if wait is None:
+            wait = float(os.environ.get(BATCH_WAIT_ENV) or 0) / 1000
+        self._max_images, self._wait = max(1, max_images), max(0.0, wait)
+        self._queue: list[_Call] = []
+        self._busy = False
+        self._cond = threading.Condition()
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        if self._max_images == 1 or len(images) >= self._max_images:
+            return self.network(images)  # nothing to gain: alone it fills a batch (or batching is off)
+        call = _Call(images)
+        with self._cond:
+            self._queue.append(call)
+            self._cond.notify_all()  # a caller gathering a batch counts this one
+            while not call.done:
+                if self._busy:
+                    self._cond.wait()
+                    continue
+                self._busy = True
+                if self._wait and len(self._queue) > 1:  # under load: let a few more join, for a bounded time
+                    self._cond.wait_for(lambda: self._queued_images() >= self._max_images, timeout=self._wait)
+                batch = self._take()
+                self._cond.release()
+                try:
+                    self._run(batch)
+                finally:
+                    self._cond.acquire()
+                    self._busy = False
+                    self._cond.notify_all()
+        if call.error is not None:
+            raise call.error
+        return call.probabilities
+
+    def _queued_images(self) -> int:
+        return sum(len(c.images) for c in self._queue)
+
+    def _take(self) -> list[_Call]:
+        """The oldest calls whose images fit in one batch (always at least one)."""
+        count, taken = 0, 0
+        for c in self._queue:
+            if taken and count + len(c.images) > self._max_images:
+                break
+            count, taken = count + len(c.images), taken + 1
+        batch, self._queue = self._queue[:taken], self._queue[taken:]
+        return batch
+
+    def _run(self, batch: list[_Call]) -> None:
+        try:
+            if len(batch) == 1:
+                probabilities = [self.network(batch[0].images)]
+            else:
+                rows = self.network(np.concatenate([c.images for c in batch]))
+                probabilities = np.split(rows, np.cumsum([len(c.images) for c in batch])[:-1])
+            for c, p in zip(batch, probabilities, strict=True):
+                c.probabilities = p
+        except BaseException as e:  # noqa: BLE001 (every caller of the batch gets the network's error)
+            for c in batch:
+                c.error = e
+        for c in batch:
+            c.done = True
+
+
 def _load_pyfunc(data_path: str, model_config: dict | None = None) -> Classifier:
     """MLflow's entry point. `data_path` is a folder holding the network (model.keras or model.tflite) and
     class_names.json. (LiteRT models logged before that have data_path model.tflite and the class names in
     `model_config`, which MLflow also logged as a run param.)"""
     path = Path(data_path)
     if path.is_file():
-        model = Classifier(LiteRTNetwork(path), model_config["class_names"])
+        model = Classifier(Batcher(LiteRTNetwork(path)), model_config["class_names"])
     else:
         names = json.loads((path / CLASS_NAMES_FILE).read_text())
         litert = path / LITERT_FILE
-        model = Classifier(LiteRTNetwork(litert) if litert.is_file() else KerasNetwork(path / KERAS_FILE), names)
+        network = LiteRTNetwork(litert) if litert.is_file() else KerasNetwork(path / KERAS_FILE)
+        model = Classifier(Batcher(network), names)
     # Everything loaded so far (TensorFlow's modules, the model) lives as long as the server: keep the garbage
     # collector from scanning it again on every full collection, which showed as slow requests.
     gc.freeze()

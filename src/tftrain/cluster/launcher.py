@@ -15,11 +15,9 @@ TF_CONFIG job: the same machine, or a shared filesystem.
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 
@@ -27,7 +25,7 @@ from ray.train import UserCallback
 
 from tftrain import log as console
 from tftrain import quiet
-from tftrain.checks import check_ray_address
+from tftrain.cluster import ray_cluster
 from tftrain.config import TrainConfig
 from tftrain.env import hand_over, mlflow_run_id
 from tftrain.errors import TrainingFailed, UserError
@@ -144,75 +142,12 @@ def _first_line(error: BaseException) -> str:
 
 
 def _start(cfg: TrainConfig) -> None:
-    import ray
-
     # the workers' environment from their start (Ray's TensorFlow backend imports TensorFlow before _worker runs)
     env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED)}
     if "PYTHONPATH" in env:  # absolute: a worker starts in its node's folder (MLproject's is PYTHONPATH=src)
         env["PYTHONPATH"] = os.pathsep.join(str(Path(p).resolve()) for p in env["PYTHONPATH"].split(os.pathsep) if p)
     env["RAY_TRAIN_ENABLE_PRINT_PATCH"] = "0"  # Ray Train's print patch logs each line again, on every rank
-    # ERROR: not the warning that a cluster of this machine uses token authentication (the right thing)
-    quiet = {"logging_level": logging.ERROR, "runtime_env": {"env_vars": env}}
-    # RAY_ADDRESS, for every process of the job: Ray Train's placement group cleaner asks the state API of the
-    # cluster it finds by it, else of the newest `ray start` cluster on the machine (another one, where there are
-    # several: it would take the job's controller for dead and remove the workers' placement group)
-    if cfg.runtime.ray_address:
-        env["RAY_ADDRESS"] = head = check_ray_address(cfg.runtime.ray_address)  # auto: the cluster Ray would join
-        try:
-            with _stderr_kept() as said:  # Ray's C++ client says there, once a second, why it cannot join
-                ray.init(address=head, **quiet)
-        except (ConnectionError, RuntimeError, ray.exceptions.RayError) as e:
-            reason = " ".join(str(e).split())[:400]
-            if "InvalidAuthToken" in said.getvalue():
-                reason = f"{reason}: it refused this command's token (RAY_AUTH_TOKEN, or the token file), or none"
-            raise UserError(f"invalid value for ray_address: received {cfg.runtime.ray_address}; cannot join a Ray cluster "
-                            f"there ({reason}); allowed: the HOST:PORT of a running cluster's head, with "
-                            "RAY_AUTH_MODE=token and its token (ray get-auth-token) if it uses token "
-                            "authentication, auto for one started on this machine, or empty for a new one") from None  # fmt: skip
-    else:  # a cluster of this machine alone, a worker per CPU at least (its minimal dashboard: the state API that
-        # Ray Train's placement group cleaner asks; without it, the cleaner timed out and printed a traceback),
-        # its GCS on a port chosen here to be known beforehand (RAY_GCS_SERVER_PORT: Ray's, not documented)
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        env["RAY_ADDRESS"] = f"127.0.0.1:{port}"
-        with _environ(RAY_GCS_SERVER_PORT=str(port)):
-            ray.init(address="local", num_cpus=max(os.cpu_count() or 1, cfg.runtime.workers), **quiet)
-
-
-@contextlib.contextmanager
-def _stderr_kept():
-    """What this process writes to its stderr descriptor in the block, kept (in the StringIO yielded) instead of
-    shown, unless the block ends well: then it is shown after all."""
-    import tempfile
-
-    said = io.StringIO()
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile("w+", errors="replace") as kept:
-        os.dup2(kept.fileno(), 2)
-        try:
-            yield said
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            kept.seek(0)
-            said.write(kept.read())
-    sys.stderr.write(said.getvalue())  # (only when the block ended well)
-
-
-@contextlib.contextmanager
-def _environ(**values: str):
-    before = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in before.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    ray_cluster.connect(cfg.runtime.ray_address, max(os.cpu_count() or 1, cfg.runtime.workers), env)
 
 
 def _verbose() -> bool:

@@ -1,33 +1,207 @@
-"""The `serve` step: check the model and the address, then become `mlflow models serve` (MLflow's scoring server,
-uvicorn) running in this environment."""
+"""The `serve` step: MLflow's scoring server (its FastAPI app and protocol: POST /invocations, /ping, /health,
+/version) run by uvicorn in several worker processes, behind a guard that refuses, before anything is parsed,
+what would otherwise cost the server seconds or end in a 5xx:
+
+- a body over the limit (413, from its Content-Length, or counted as it streams in);
+- a missing or unknown Content-Type (415);
+- JSON nested deeper than any request of an image model (400; Python's parser dies with RecursionError).
+
+Inside each worker, concurrent requests share the network's calls (serving.Batcher); the server answers from a
+pool of threads large enough for them to meet. uvicorn stops gracefully on SIGTERM or Ctrl-C: it stops accepting,
+answers the requests in flight, then exits.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import os
+import re
+import shutil
 import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import numpy as np
 
 from tftrain.checks import check_address
 from tftrain.tracking.logged_models import resolve_model
 
 log = logging.getLogger(__name__)
 
+MAX_BODY_MB = 10.0  # the default limit of a request body: 1,000 Fashion-MNIST images as JSON, or a 7 MB photo
+MAX_DEPTH = 32  # JSON nesting: a batch of colour images in `instances` is 5 deep
+THREADS = 32  # per worker: how many requests can be in the model at once, so that the batcher sees them together
+GRACE_SECONDS = 30  # on SIGTERM, how long requests in flight get to finish
+CONTENT_TYPES = ("application/json", "text/csv", "application/vnd.apache.parquet")  # MLflow's scoring protocol
+# Environment of the worker processes (uvicorn starts them, each calls create_app)
+MODEL_ENV, MAX_BODY_ENV = "TFTRAIN_SERVE_MODEL", "TFTRAIN_SERVE_MAX_BODY"
+# Memory of one worker beyond its model file, measured with the Fashion-MNIST champions (TensorFlow's runtime, or
+# LiteRT's interpreter without TensorFlow, plus MLflow and uvicorn)
+WORKER_BASE_BYTES = {"keras": 900e6, "litert": 220e6}
 
-def serve_command(model_uri: str, host: str, port: int) -> tuple[list[str], dict[str, str]]:
-    """`mlflow models serve` of this environment, and an environment whose PATH finds its uvicorn."""
-    bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
-    command = [os.path.join(bin_dir, "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local"]
-    return [*command, "-h", host, "-p", str(port)], env
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')  # a JSON string, escapes included; linear time
 
 
-def serve(model_uri: str, host: str, port: int) -> None:
+def json_depth(body: bytes) -> int:
+    """How deep a JSON text nests arrays and objects (brackets inside strings do not count): the brackets' running
+    sum outside strings, in numpy (about 10 ms for 10 MB)."""
+    codes = np.frombuffer(_STRING.sub(b'""', body), np.uint8)
+    step = np.isin(codes, (ord("["), ord("{"))).astype(np.int32) - np.isin(codes, (ord("]"), ord("}")))
+    return int(np.cumsum(step).max(initial=0))
+
+
+def refusal(method: str, path: str, headers: dict[bytes, bytes], max_body: int) -> tuple[int, str] | None:
+    """Status and reason for a request that is refused from its headers alone; None to read its body."""
+    if method != "POST" or path != "/invocations":
+        return None
+    content_type = headers.get(b"content-type", b"").decode("latin-1").strip()
+    mime = content_type.split(";")[0].strip().lower()
+    if mime not in CONTENT_TYPES:
+        received = repr(content_type) if content_type else "no Content-Type header"
+        return 415, f"unsupported Content-Type: received {received}; allowed: {', '.join(CONTENT_TYPES)}"
+    length = headers.get(b"content-length")
+    if length is not None:
+        if not length.isdigit():
+            return 400, f"invalid Content-Length: received {length.decode('latin-1')[:40]!r}; allowed: a number"
+        if int(length) > max_body:
+            return 413, too_large(int(length), max_body)
+    return None
+
+
+def too_large(size: int | str, max_body: int) -> str:
+    return (
+        f"the request body is {size} bytes, over this server's limit of {max_body:,} bytes; send fewer images a "
+        "request, or start the server with a larger --max-body-mb"
+    )
+
+
+def body_refusal(body: bytes, headers: dict[bytes, bytes]) -> tuple[int, str] | None:
+    """Status and reason for a JSON body nested too deep for Python's parser; None to let MLflow parse it."""
+    if headers.get(b"content-type", b"").split(b";")[0].strip().lower() != b"application/json":
+        return None
+    if body.count(b"[") + body.count(b"{") <= MAX_DEPTH:  # a bound of the depth, and cheaper
+        return None
+    if (depth := json_depth(body)) > MAX_DEPTH:
+        return 400, f"the JSON nests {depth} levels deep; allowed: at most {MAX_DEPTH} (images nest 5)"
+    return None
+
+
+def error_body(status: int, reason: str) -> bytes:
+    """An error answer in the shape of MLflow's own ({"error_code", "message"})."""
+    codes = {400: "MALFORMED_REQUEST", 404: "ENDPOINT_NOT_FOUND", 413: "REQUEST_LIMIT_EXCEEDED"}
+    return json.dumps({"error_code": codes.get(status, "INVALID_PARAMETER_VALUE"), "message": reason}).encode()
+
+
+async def _answer(send, status: int, reason: str, close: bool = False) -> None:
+    body = error_body(status, reason)
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if close:  # the rest of an over-limit body is not read: end the connection after the answer
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class Guard:
+    """ASGI middleware in front of MLflow's app: the refusals above, then the body as read, replayed to the app."""
+
+    def __init__(self, app, max_body: int):
+        self.app, self.max_body = app, max_body
+        self._pool: ThreadPoolExecutor | None = None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if self._pool is None:  # MLflow runs each request's parse and predict in the loop's default executor
+            self._pool = ThreadPoolExecutor(THREADS, thread_name_prefix="request")
+            asyncio.get_running_loop().set_default_executor(self._pool)
+        headers = dict(scope["headers"])
+        if refused := refusal(scope["method"], scope["path"], headers, self.max_body):
+            return await _answer(send, *refused, close=refused[0] == 413)
+        if scope["method"] != "POST" or scope["path"] != "/invocations":
+            return await self.app(scope, receive, send)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_body:
+                return await _answer(send, 413, too_large(f"over {size:,}", self.max_body), close=True)
+            if not message.get("more_body"):
+                break
+        body = b"".join(chunks)
+        if refused := body_refusal(body, headers):
+            return await _answer(send, *refused)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return await self.app(scope, replay, send)
+
+
+def create_app():
+    """uvicorn's factory, called in each worker: the model from the folder `serve` downloaded, in MLflow's app."""
+    from mlflow.pyfunc import scoring_server
+
+    model = scoring_server.load_model_with_mlflow_config(os.environ[MODEL_ENV])
+    return Guard(scoring_server.init(model), int(os.environ[MAX_BODY_ENV]))
+
+
+def runtime(local: Path) -> str:
+    """Which runtime a downloaded tftrain model runs in: "litert" or "keras"."""
+    return "litert" if any(local.rglob("*.tflite")) else "keras"
+
+
+def default_workers(local: Path, cores: int | None = None, available: float | None = None) -> tuple[int, str]:
+    """One worker per core, as many as half the available memory holds; and why, in words."""
+    import psutil
+
+    cores = cores or os.cpu_count() or 1
+    available = psutil.virtual_memory().available if available is None else available
+    files = sum(f.stat().st_size for f in local.rglob("*") if f.is_file())
+    each = WORKER_BASE_BYTES[runtime(local)] + 2 * files
+    workers = max(1, min(cores, int(available / 2 // each)))
+    return workers, f"{cores} cores, each worker ~{each / 1e9:.2f} GB of {available / 1e9:.1f} GB available"
+
+
+def serve(model_uri: str, host: str, port: int, workers: int | None, max_body_mb: float) -> None:
+    """Download the model once, then run the guarded scoring server until SIGTERM or Ctrl-C."""
+    import mlflow
+    import uvicorn
+
     resolve_model(model_uri)
     check_address(host, port)
-    log.info(
-        f"serving {model_uri} at http://{host}:{port}/invocations: loading the model (about 10-20 s; ready when the "
-        "server says 'Application startup complete')"
-    )
-    command, env = serve_command(model_uri, host, port)
-    os.execve(command[0], command, env)
+    folder = Path(tempfile.mkdtemp(prefix="tftrain-serve-"))
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(folder)))
+        auto, why = default_workers(local)
+        count = workers or auto
+        max_body = int(max_body_mb * 1_000_000)
+        threads = max(1, (os.cpu_count() or 1) // count)  # TensorFlow's threads in each worker: cores shared out
+        os.environ.update({MODEL_ENV: str(local), MAX_BODY_ENV: str(max_body), "TF_NUM_INTRAOP_THREADS": str(threads)})
+        log.info(
+            f"serving {model_uri} ({runtime(local)}) at http://{host}:{port}/invocations: {count} worker"
+            f"{'s' if count > 1 else ''} ({'--workers' if workers else why}), bodies up to {max_body_mb:g} MB; "
+            "loading the model (ready when the server says 'Application startup complete')"
+        )
+        sys.stdout.flush()
+        uvicorn.run(
+            "tftrain.ship.serve:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=count,
+            access_log=False,
+            timeout_graceful_shutdown=GRACE_SECONDS,
+        )
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -1,12 +1,12 @@
-"""Round-trip latency of served models: starts `mlflow models serve` for each model on 127.0.0.1, sends one
+"""Round-trip latency of served models: starts `tftrain serve` for each model on 127.0.0.1, sends one
 Fashion-MNIST test image per request over one keep-alive connection, as pixels and as a PNG file (base64 under
 "b64", decoded in the server), and prints a Markdown table.
 
     .venv/bin/python scripts/latency.py                  # both champions, plus MLflow's stock Keras pyfunc
     .venv/bin/python scripts/latency.py --model-uri models:/tftrain-fashion-mnist-litert/3 --requests 5000
 
-The stock row serves the same Keras model through MLflow's own `mlflow.keras` pyfunc loader (its `model.predict`
-per request), for comparison in the same run. Each request is timed from sending the body to having read and
+The stock row serves the same Keras model with MLflow's own `mlflow models serve` and `mlflow.keras` pyfunc loader
+(its `model.predict` per request), for comparison in the same run. (Many clients at once: scripts/load.py.) Each request is timed from sending the body to having read and
 parsed the whole answer; the request bodies are encoded beforehand. Every answer's class is checked against an
 in-process prediction of the same model.
 """
@@ -117,13 +117,14 @@ def main() -> None:
     }
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        served = [(uri, uri, tuple(kinds)) for uri in uris]
+        served = [(uri, uri, tuple(kinds), False) for uri in uris]
         if not args.no_stock:  # MLflow's own loader takes pixels only
-            served.append((f"{uris[0]}, MLflow's stock Keras pyfunc", stock_copy(uris[0], Path(tmp)), ("pixels",)))
-        for label, uri, sent in served:
+            stock = stock_copy(uris[0], Path(tmp))
+            served.append((f"{uris[0]}, MLflow's stock Keras pyfunc", stock, ("pixels",), True))
+        for label, uri, sent, by_mlflow in served:
             expected = expected_classes(uri, images[: min(count, len(images))])
             print(f"serving {label} ...", flush=True)
-            with running_server(uri, Path(tmp) / "server.log") as url:
+            with running_server(uri, Path(tmp) / "server.log", stock=by_mlflow) as url:
                 for kind in sent:
                     rows.append(row(f"{label}, {kind}", measure(url, kinds[kind], expected, args.warmup)))
                     print(rows[-1], flush=True)

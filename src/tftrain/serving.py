@@ -1,4 +1,5 @@
-"""tftrain's pyfunc flavor: how a logged model answers `predict`, in-process and behind `mlflow models serve`.
+"""tftrain's pyfunc flavor: how a logged model answers `predict`, in-process and behind a server (`tftrain serve`,
+`mlflow models serve`, Ray Serve).
 
 Two runtimes behind one answer: the Keras model through one compiled call (not `model.predict`, which builds a
 data pipeline per request), or a TFLite file through the LiteRT interpreter. Either answers one row per image:

@@ -146,6 +146,12 @@ def hostile_requests(image: np.ndarray) -> dict[str, bytes]:
         "no Content-Type": request(one, content_type=None),
         "Content-Type text/plain": request(one, content_type="text/plain"),
         "JSON nested 100,000 deep": request(b"[" * 100_000 + b"]" * 100_000),
+        "JSON nested 3,000 deep, in UTF-16": request(
+            ('{"a": "\u2200", "instances": ' + "[" * 3000 + "]" * 3000 + "}").encode("utf-16-le")
+        ),
+        "a 5,000-digit number": request(b'{"instances": [' + b"9" * 5000 + b"]}"),
+        "two Content-Type headers": request(b"[" * 3000 + b"]" * 3000, content_type="application/json")
+        .replace(b"\r\n\r\n", b"\r\nContent-Type: text/csv\r\n\r\n", 1),
         "malformed JSON": request(b'{"instances": [[1, 2,'),
         "not UTF-8": request(b'{"instances": "\xff\xfe"}'),
         "Content-Length 1 GB, 10 bytes sent": request(b"{}", length=1_000_000_000)[:-2],

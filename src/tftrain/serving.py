@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import gc
 import io
 import json
@@ -295,18 +296,20 @@ class Batcher:
                     self._cond.wait()
                     continue
                 self._busy = True
-                if self._wait and len(self._queue) > 1:  # under load: let a few more join, for a bounded time
-                    self._cond.wait_for(lambda: self._queued_images() >= self._max_images, timeout=self._wait)
-                batch = self._take()
-                self._cond.release()
                 try:
-                    self._run(batch)
+                    if self._wait and len(self._queue) > 1:  # under load: let a few more join, for a bounded time
+                        self._cond.wait_for(lambda: self._queued_images() >= self._max_images, timeout=self._wait)
+                    batch = self._take()
+                    self._cond.release()
+                    try:
+                        self._run(batch)
+                    finally:
+                        self._cond.acquire()
                 finally:
-                    self._cond.acquire()
                     self._busy = False
                     self._cond.notify_all()
-        if call.error is not None:
-            raise call.error
+        if call.error is not None:  # each caller its own copy: one exception raised in several threads mixes their
+            raise copy.copy(call.error).with_traceback(None) from call.error  # tracebacks
         return call.probabilities
 
     def _queued_images(self) -> int:

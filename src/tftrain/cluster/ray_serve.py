@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import tempfile
 import threading
@@ -25,7 +26,7 @@ from ray import serve
 
 from tftrain import serving
 from tftrain.cluster import ray_cluster
-from tftrain.ship.serve import MAX_BODY_MB, body_refusal, error_body, refusal, too_large
+from tftrain.ship.serve import MAX_BODY_MB, checked, error_body, header_map, refusal, too_large
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,8 @@ class Scorer:
         from mlflow.pyfunc import scoring_server
 
         os.environ[serving.BATCH_IMAGES_ENV] = "1"  # Ray batches; the model's own batcher passes calls through
-        folder = tempfile.mkdtemp(prefix="tftrain-serve-")
-        local = mlflow.artifacts.download_artifacts(model_uri, dst_path=folder)
+        self._folder = tempfile.mkdtemp(prefix="tftrain-serve-")
+        local = mlflow.artifacts.download_artifacts(model_uri, dst_path=self._folder)
         self._model = mlflow.pyfunc.load_model(local)
         self._schema = self._model.metadata.get_input_schema()
         self._invocations = scoring_server.invocations
@@ -71,11 +72,21 @@ class Scorer:
         self._requests = ThreadPoolExecutor(BATCH_IMAGES, thread_name_prefix="request")
         self._runner = ThreadPoolExecutor(1, thread_name_prefix="network")
 
+    def __del__(self):  # Ray Serve calls it when it stops the replica
+        shutil.rmtree(self._folder, ignore_errors=True)
+
     @serve.batch(max_batch_size=BATCH_IMAGES, batch_wait_timeout_s=BATCH_WAIT_S)
     async def batched(self, batches: list[np.ndarray]) -> list[np.ndarray]:
-        """Ray Serve's dynamic batching: the images of concurrent requests in one call of the network."""
-        rows = await asyncio.get_running_loop().run_in_executor(self._runner, self._network, np.concatenate(batches))
-        return np.split(rows, np.cumsum([len(b) for b in batches])[:-1])
+        """Ray Serve's dynamic batching: the images of concurrent requests in calls of the network of up to
+        BATCH_IMAGES images (Ray counts requests, each up to serving.MAX_BATCH images; a larger one alone)."""
+        loop, rows, start = asyncio.get_running_loop(), [], 0
+        while start < len(batches):
+            end, count = start + 1, len(batches[start])
+            while end < len(batches) and count + len(batches[end]) <= BATCH_IMAGES:
+                count, end = count + len(batches[end]), end + 1
+            rows.append(await loop.run_in_executor(self._runner, self._network, np.concatenate(batches[start:end])))
+            start = end
+        return np.split(np.concatenate(rows), np.cumsum([len(b) for b in batches])[:-1])
 
     async def __call__(self, request):
         from mlflow.exceptions import MlflowException
@@ -92,7 +103,7 @@ class Scorer:
             return _error(404, f"no such path {path[:100]!r}; allowed: /invocations, /ping")
         if method != "POST":
             return _error(405, f"method {method} not allowed; /invocations takes POST")
-        headers = {k.lower(): v for k, v in request.scope["headers"]}
+        headers = header_map(request.scope["headers"])
         if refused := refusal(method, path, headers, self._max_body):
             return _error(*refused)
         body = bytearray()
@@ -100,7 +111,7 @@ class Scorer:
             body += chunk
             if len(body) > self._max_body:
                 return _error(413, too_large(f"over {len(body):,}", self._max_body))
-        if refused := body_refusal(bytes(body), headers):
+        if refused := await checked(bytes(body), headers, self._requests):
             return _error(*refused)
         content_type = headers[b"content-type"].decode("latin-1")
         try:
@@ -109,6 +120,8 @@ class Scorer:
             )
         except MlflowException as e:
             return Response(e.serialize_as_json(), e.get_http_status_code(), media_type="application/json")
+        except (ValueError, RecursionError) as e:  # what MLflow's parsing lets through: its own server gives a 500
+            return _error(400, f"the request cannot be parsed: {str(e)[:200]}")
         return Response(result.response, result.status, media_type=result.mimetype)
 
 
@@ -127,9 +140,12 @@ def build(args: dict):
             f"tftrain's Ray Serve application takes args model_uri (required), replicas, max_body_mb, num_cpus; "
             f"received {sorted(args)}"
         )
-    options = {"num_replicas": int(args.get("replicas", 1))}
-    if "num_cpus" in args:
-        options["ray_actor_options"] = {"num_cpus": float(args["num_cpus"])}
+    cpus = float(args.get("num_cpus", 1))
+    threads = {"TF_NUM_INTRAOP_THREADS": str(max(1, int(cpus)))}  # TensorFlow's threads: the replica's CPUs
+    options = {
+        "num_replicas": int(args.get("replicas", 1)),
+        "ray_actor_options": {"num_cpus": cpus, "runtime_env": {"env_vars": threads}},
+    }
     return Scorer.options(**options).bind(args["model_uri"], float(args.get("max_body_mb", MAX_BODY_MB)))
 
 
@@ -142,20 +158,24 @@ def serve_on_ray(model_uri: str, host: str, port: int, replicas: int, max_body_m
     env = {k: v for k, v in os.environ.items() if k.startswith(("MLFLOW_", "TFTRAIN_", "PYTHONPATH"))}
     env.update(MLFLOW_TRACKING_URI=mlflow.get_tracking_uri(), MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false")
     ray_cluster.connect(os.environ.get("RAY_ADDRESS", ""), os.cpu_count() or 1, env)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # its INFO lines say what the next line says
+    joined = bool(os.environ.get("RAY_ADDRESS"))
     try:
         serve.start(http_options={"host": host, "port": port}, logging_config=LOGGING)
         log.info(f"starting {replicas} replica{'s' if replicas > 1 else ''} of {model_uri} on Ray Serve ...")
         serve.run(build({"model_uri": model_uri, "replicas": replicas, "max_body_mb": max_body_mb}),
                   name=APP_NAME, route_prefix="/", logging_config=LOGGING)  # fmt: skip
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        # (where Serve already ran on a joined cluster, its proxy keeps its address, and Ray warns so above)
         log.info(f"serving {model_uri} on Ray Serve at http://{host}:{port}/invocations; Ctrl-C or SIGTERM stops")
         while not stop.wait(1):
             pass
     finally:
         log.info("stopping Ray Serve: answering the requests in flight")
-        serve.shutdown()
+        if joined:  # the cluster's other Serve applications stay
+            serve.delete(APP_NAME)
+        else:
+            serve.shutdown()
         ray.shutdown()
-

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 MAX_BODY_MB = 10.0  # the default limit of a request body: 1,000 Fashion-MNIST images as JSON, or a 7 MB photo
 MAX_DEPTH = 32  # JSON nesting: a batch of colour images in `instances` is 5 deep
-THREADS = 32  # per worker: how many requests can be in the model at once, so that the batcher sees them together
+THREADS = 64  # per worker: how many requests can be in the model at once, so that the batcher sees them together
 GRACE_SECONDS = 30  # on SIGTERM, how long requests in flight get to finish
 CONTENT_TYPES = ("application/json", "text/csv", "application/vnd.apache.parquet")  # MLflow's scoring protocol
 # Environment of the worker processes (uvicorn starts them, each calls create_app)
@@ -42,13 +42,34 @@ MODEL_ENV, MAX_BODY_ENV = "TFTRAIN_SERVE_MODEL", "TFTRAIN_SERVE_MAX_BODY"
 # LiteRT's interpreter without TensorFlow, plus MLflow and uvicorn)
 WORKER_BASE_BYTES = {"keras": 900e6, "litert": 220e6}
 
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')  # a JSON string, escapes included; linear time
+# A JSON string, escapes included, or an unterminated one to the end; possessive, so each byte is read once
+DUPLICATE = b"\0duplicate"  # what `header_map` gives a header sent more than once
+
+
+def header_map(raw: list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
+    """An ASGI request's headers by lowercase name; one sent twice maps to DUPLICATE (servers differ on which of
+    the two counts: MLflow's app takes the first, a dict of them the last)."""
+    headers: dict[bytes, bytes] = {}
+    for name, value in raw:
+        name = name.lower()
+        headers[name] = DUPLICATE if name in headers else value
+    return headers
+
+
+_STRING = re.compile(rb'"[^"\\]*+(?:\\[\s\S][^"\\]*+)*+(?:"|\Z)')
+# Python refuses to turn longer digit runs into an int (sys.get_int_max_str_digits), with an error MLflow's
+# scoring server does not catch (a 500)
+_LONG_INT = re.compile(rb"[0-9]{%d}" % sys.get_int_max_str_digits())
+
+
+def without_strings(body: bytes) -> bytes:
+    return _STRING.sub(b'""', body)
 
 
 def json_depth(body: bytes) -> int:
     """How deep a JSON text nests arrays and objects (brackets inside strings do not count): the brackets' running
     sum outside strings, in numpy (about 10 ms for 10 MB)."""
-    codes = np.frombuffer(_STRING.sub(b'""', body), np.uint8)
+    codes = np.frombuffer(without_strings(body), np.uint8)
     step = np.isin(codes, (ord("["), ord("{"))).astype(np.int32) - np.isin(codes, (ord("]"), ord("}")))
     return int(np.cumsum(step).max(initial=0))
 
@@ -57,6 +78,8 @@ def refusal(method: str, path: str, headers: dict[bytes, bytes], max_body: int) 
     """Status and reason for a request that is refused from its headers alone; None to read its body."""
     if method != "POST" or path != "/invocations":
         return None
+    if headers.get(b"content-type") == DUPLICATE:
+        return 400, "more than one Content-Type header; allowed: one"
     content_type = headers.get(b"content-type", b"").decode("latin-1").strip()
     mime = content_type.split(";")[0].strip().lower()
     if mime not in CONTENT_TYPES:
@@ -79,14 +102,25 @@ def too_large(size: int | str, max_body: int) -> str:
 
 
 def body_refusal(body: bytes, headers: dict[bytes, bytes]) -> tuple[int, str] | None:
-    """Status and reason for a JSON body nested too deep for Python's parser; None to let MLflow parse it."""
+    """Status and reason for a JSON body Python's parser would fail on with other errors than a syntax error (MLflow
+    answers those with a 500): nested too deep, not UTF-8 (json.loads would take UTF-16 and UTF-32 too, past
+    the checks here), an integer too long; None to let MLflow parse it."""
     if headers.get(b"content-type", b"").split(b";")[0].strip().lower() != b"application/json":
         return None
-    if body.count(b"[") + body.count(b"{") <= MAX_DEPTH:  # a bound of the depth, and cheaper
-        return None
-    if (depth := json_depth(body)) > MAX_DEPTH:
+    if (encoding := json.detect_encoding(body)) not in ("utf-8", "utf-8-sig"):
+        return 415, f"the JSON is {encoding.upper()}; allowed: UTF-8"
+    if body.count(b"[") + body.count(b"{") > MAX_DEPTH and (depth := json_depth(body)) > MAX_DEPTH:
         return 400, f"the JSON nests {depth} levels deep; allowed: at most {MAX_DEPTH} (images nest 5)"
+    if _LONG_INT.search(body) and _LONG_INT.search(without_strings(body)):
+        return 400, f"a number of the JSON has more than {sys.get_int_max_str_digits() - 1} digits; pixels are 0..255"
     return None
+
+
+async def checked(body: bytes, headers: dict[bytes, bytes], pool=None) -> tuple[int, str] | None:
+    """body_refusal, off the event loop for a large body (about 10 ms for 10 MB), in place for a small one."""
+    if len(body) < 65536:
+        return body_refusal(body, headers)
+    return await asyncio.get_running_loop().run_in_executor(pool, body_refusal, body, headers)
 
 
 def error_body(status: int, reason: str) -> bytes:
@@ -117,7 +151,7 @@ class Guard:
         if self._pool is None:  # MLflow runs each request's parse and predict in the loop's default executor
             self._pool = ThreadPoolExecutor(THREADS, thread_name_prefix="request")
             asyncio.get_running_loop().set_default_executor(self._pool)
-        headers = dict(scope["headers"])
+        headers = header_map(scope["headers"])
         if refused := refusal(scope["method"], scope["path"], headers, self.max_body):
             return await _answer(send, *refused, close=refused[0] == 413)
         if scope["method"] != "POST" or scope["path"] != "/invocations":
@@ -134,7 +168,7 @@ class Guard:
             if not message.get("more_body"):
                 break
         body = b"".join(chunks)
-        if refused := body_refusal(body, headers):
+        if refused := await checked(body, headers):
             return await _answer(send, *refused)
         replayed = False
 

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import mlflow
 import numpy as np
+import psutil
 import pytest
 
 from conftest import REPO, tiny_images
@@ -177,6 +178,26 @@ def test_sixteen_concurrent_keep_alive_clients_get_the_models_answers(litert_ser
     for c, got in enumerate(answers):
         assert got == [expected[i % 64] for i in range(c, 64 * 4, 16)]
     assert "2 workers (--workers)" in log.read_text() and log.read_text().count("Application startup complete.") == 2
+
+
+@pytest.mark.slow
+def test_keep_alive_connections_opened_together_spread_over_the_workers(litert_server):
+    """Each worker listens on a socket of its own (SO_REUSEPORT): 16 connections opened at once do not all land on
+    one worker (they did with one shared socket). All 16 on one of two: odds about 3 in 100,000."""
+    port, _ = litert_server
+    body = json.dumps({"instances": [tiny_images(1, seed=1)[0][0].tolist()]})
+    connections = [http.client.HTTPConnection("127.0.0.1", port, timeout=60) for _ in range(16)]
+    for connection in connections:
+        connection.request("POST", "/invocations", body, {"Content-Type": "application/json"})
+    for connection in connections:
+        assert connection.getresponse().read() and connection.sock is not None
+    (server,) = [p for p in psutil.process_iter(["cmdline"]) if str(port) in " ".join(p.info["cmdline"] or [])
+                 and "serve" in " ".join(p.info["cmdline"] or [])]  # fmt: skip
+    workers = [w for w in server.children() if "spawn_main" in " ".join(w.cmdline())]  # not Python's trackers
+    held = [sum(c.laddr.port == port and c.status == "ESTABLISHED" for c in w.net_connections()) for w in workers]
+    for connection in connections:
+        connection.close()
+    assert len(workers) == 2 and sorted(held)[0] >= 1 and sum(held) == 16, held
 
 
 @pytest.mark.slow

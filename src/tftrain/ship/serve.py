@@ -228,14 +228,61 @@ def serve(model_uri: str, host: str, port: int, workers: int | None, max_body_mb
             "loading the model (ready when the server says 'Application startup complete')"
         )
         sys.stdout.flush()
-        uvicorn.run(
-            "tftrain.ship.serve:create_app",
-            factory=True,
-            host=host,
-            port=port,
-            workers=count,
-            access_log=False,
-            timeout_graceful_shutdown=GRACE_SECONDS,
-        )
+        if count == 1:
+            uvicorn.run(APP, factory=True, host=host, port=port, **UVICORN)
+        else:
+            _supervise(count, host, port)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+APP = "tftrain.ship.serve:create_app"
+UVICORN = {"access_log": False, "timeout_graceful_shutdown": GRACE_SECONDS}
+
+
+def _worker(host: str, port: int) -> None:
+    """One worker process: a listening socket of its own on the shared port (SO_REUSEPORT), so that the kernel
+    spreads new connections over the workers. (uvicorn's own workers share one socket, and asyncio accepts every
+    pending connection at each wake-up: 16 keep-alive clients connecting together all landed on one worker, the
+    other idle.)"""
+    import socket
+
+    import uvicorn
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    uvicorn.Server(uvicorn.Config(APP, factory=True, host=host, port=port, **UVICORN)).run(sockets=[sock])
+
+
+def _supervise(count: int, host: str, port: int) -> None:
+    """`count` worker processes until SIGTERM or Ctrl-C, passed on to each (each answers what is in flight, then
+    exits); a worker that dies otherwise is started again."""
+    import multiprocessing
+    import signal
+    import threading
+
+    context = multiprocessing.get_context("spawn")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+
+    def start() -> multiprocessing.Process:
+        process = context.Process(target=_worker, args=(host, port), daemon=False)
+        process.start()
+        return process
+
+    processes = [start() for _ in range(count)]
+    while not stop.wait(0.5):
+        for i, process in enumerate(processes):
+            if not process.is_alive():
+                log.warning(f"worker {process.pid} ended (exit code {process.exitcode}); starting another")
+                processes[i] = start()
+    for process in processes:
+        process.terminate()  # SIGTERM: uvicorn's graceful shutdown
+    for process in processes:
+        process.join(GRACE_SECONDS + 10)
+        if process.is_alive():
+            process.kill()

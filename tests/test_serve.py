@@ -201,6 +201,24 @@ def test_keep_alive_connections_opened_together_spread_over_the_workers(litert_s
 
 
 @pytest.mark.slow
+def test_a_worker_killed_is_started_again_and_the_server_goes_on_answering(litert_server):
+    port, log = litert_server
+    (server,) = [p for p in psutil.process_iter(["cmdline"]) if str(port) in " ".join(p.info["cmdline"] or [])
+                 and "serve" in " ".join(p.info["cmdline"] or [])]  # fmt: skip
+    before = {w.pid for w in server.children() if "spawn_main" in " ".join(w.cmdline())}
+    psutil.Process(min(before)).kill()
+    deadline = time.monotonic() + 120
+    while log.read_text().count("Application startup complete.") < 3:  # the new worker loaded the model
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.25)
+    after = {w.pid for w in server.children() if "spawn_main" in " ".join(w.cmdline())}
+    assert len(after) == 2 and min(before) not in after
+    assert f"worker {min(before)} ended (exit code -9); starting another" in log.read_text()
+    body = json.dumps({"instances": [tiny_images(1, seed=1)[0][0].tolist()]}).encode()
+    assert all(post(port, body)[0] == 200 for _ in range(8))
+
+
+@pytest.mark.slow
 def test_hostile_requests_get_a_4xx_with_the_reason_and_the_server_keeps_answering(litert_server):
     port, _ = litert_server
     cases = hostile_requests(tiny_images(1, seed=1)[0][0])

@@ -226,20 +226,20 @@ def main() -> None:
             served = [(kind, *KINDS[kind]) for kind in kinds]
             for kind, server_args, env, stock, ready, count in served:
                 log_path = Path(tmp) / f"{kind}.log"
-                print(f"{uri}: {kind} ...", flush=True)
+                print(f"{uri}: {kind} ...", file=sys.stderr, flush=True)
                 with running_server(uri, log_path, args=server_args, env=env, stock=stock) as url:
                     wait_for(log_path, ready, count)
                     port = int(url.rsplit(":", 1)[1])
                     tally = asyncio.run(load(port, bodies, expected, args.clients, args.seconds))
                     rows.append(f"| {uri} | {kind} | {args.clients} | {stats(tally, args.seconds)} |")
-                    print(rows[-1], flush=True)
+                    print(rows[-1], file=sys.stderr, flush=True)  # progress; the tables at the end
                     if kind == "tftrain-2" or kind == kinds[0]:
                         quiet = asyncio.run(load(port, bodies, expected, 1, args.seconds))
                         loud, big = loud_load(port, bodies, expected, args.seconds)
                         big_answers = ", ".join(f"{n} x {s or 'closed'}" for s, n in sorted(big.items()))
                         quiet_rows.append(f"| {uri} | {kind} | {stats(quiet, args.seconds)} | "
                                           f"{stats(loud, args.seconds)} | {big_answers} |")  # fmt: skip
-                        print(quiet_rows[-1], flush=True)
+                        print(quiet_rows[-1], file=sys.stderr, flush=True)
                     hostile_rows[kind] = hostile(port, cases)
 
     print(f"\n{args.clients} concurrent keep-alive clients, one image a request, {args.seconds:g} s a row, "

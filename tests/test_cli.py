@@ -94,6 +94,7 @@ def tftrain(*args: str) -> subprocess.CompletedProcess:
         (["serve", "--max-body-mb", "0"], "0.0 is not in the range 0.001<=x<=2000"),
         (["serve", "--engine", "ray", "--workers", "2"], "--workers is for --engine local; with --engine ray, say"),
         (["serve", "--engine", "k8s"], "'k8s' is not one of 'local', 'ray'"),
+        (["serve", "--replicas", "2"], "--replicas is for --engine ray; received --replicas 2 with --engine local"),
         (["bench", "--only", "recipe-mlp,fast"], "invalid value for --only: received 'recipe-mlp,fast'; allowed:"),
         (["bench", "--repeat", "0"], "0 is not in the range 1<=x<=20"),
         (["bench", "--json", "/no/dir/b.json"], "invalid value for --json: received '/no/dir/b.json'"),

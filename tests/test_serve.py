@@ -180,6 +180,13 @@ def test_sixteen_concurrent_keep_alive_clients_get_the_models_answers(litert_ser
     assert "2 workers (--workers)" in log.read_text() and log.read_text().count("Application startup complete.") == 2
 
 
+def serve_process(port: int) -> psutil.Process:
+    """The `tftrain serve --port PORT` process (its workers are its children)."""
+    (server,) = [p for p in psutil.process_iter(["cmdline"]) if "--port" in (p.info["cmdline"] or [])
+                 and str(port) in p.info["cmdline"] and "serve" in p.info["cmdline"]]  # fmt: skip
+    return server
+
+
 @pytest.mark.slow
 def test_keep_alive_connections_opened_together_spread_over_the_workers(litert_server):
     """Each worker listens on a socket of its own (SO_REUSEPORT): 16 connections opened at once do not all land on
@@ -191,9 +198,8 @@ def test_keep_alive_connections_opened_together_spread_over_the_workers(litert_s
         connection.request("POST", "/invocations", body, {"Content-Type": "application/json"})
     for connection in connections:
         assert connection.getresponse().read() and connection.sock is not None
-    (server,) = [p for p in psutil.process_iter(["cmdline"]) if str(port) in " ".join(p.info["cmdline"] or [])
-                 and "serve" in " ".join(p.info["cmdline"] or [])]  # fmt: skip
-    workers = [w for w in server.children() if "spawn_main" in " ".join(w.cmdline())]  # not Python's trackers
+    server = serve_process(port)
+    workers = [w for w in server.children() if "_worker" in " ".join(w.cmdline())]
     held = [sum(c.laddr.port == port and c.status == "ESTABLISHED" for c in w.net_connections()) for w in workers]
     for connection in connections:
         connection.close()
@@ -203,15 +209,14 @@ def test_keep_alive_connections_opened_together_spread_over_the_workers(litert_s
 @pytest.mark.slow
 def test_a_worker_killed_is_started_again_and_the_server_goes_on_answering(litert_server):
     port, log = litert_server
-    (server,) = [p for p in psutil.process_iter(["cmdline"]) if str(port) in " ".join(p.info["cmdline"] or [])
-                 and "serve" in " ".join(p.info["cmdline"] or [])]  # fmt: skip
-    before = {w.pid for w in server.children() if "spawn_main" in " ".join(w.cmdline())}
+    server = serve_process(port)
+    before = {w.pid for w in server.children() if "_worker" in " ".join(w.cmdline())}
     psutil.Process(min(before)).kill()
     deadline = time.monotonic() + 120
     while log.read_text().count("Application startup complete.") < 3:  # the new worker loaded the model
         assert time.monotonic() < deadline, log.read_text()[-3000:]
         time.sleep(0.25)
-    after = {w.pid for w in server.children() if "spawn_main" in " ".join(w.cmdline())}
+    after = {w.pid for w in server.children() if "_worker" in " ".join(w.cmdline())}
     assert len(after) == 2 and min(before) not in after
     assert f"worker {min(before)} ended (exit code -9); starting another" in log.read_text()
     body = json.dumps({"instances": [tiny_images(1, seed=1)[0][0].tolist()]}).encode()
@@ -236,6 +241,12 @@ def test_hostile_requests_get_a_4xx_with_the_reason_and_the_server_keeps_answeri
                 answer += chunk
         status = int(answer.split(b" ", 2)[1])
         assert 400 <= status < 500, (name, answer[:300])
+    for method in ("GET", "PUT"):  # other methods on /invocations: MLflow's answer shape, as every refusal
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        connection.request(method, "/invocations")
+        response = connection.getresponse()
+        assert response.status == 405 and json.loads(response.read())["message"].startswith(f"method {method} not")
+    assert post(port, b"")[1]["message"].startswith("the request body is empty")
     assert post(port, json.dumps({"instances": [tiny_images(1, seed=1)[0][0].tolist()]}).encode())[0] == 200
 
 

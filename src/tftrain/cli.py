@@ -276,12 +276,11 @@ def predict_command(model_uri: str, inputs: tuple[str, ...], output: str, fmt: s
 @click.option(
     "--replicas",
     type=click.IntRange(1, 1024),
-    default=2,
-    show_default=True,
-    help="With --engine ray: how many replicas (one CPU each).",
+    default=None,
+    help="With --engine ray: how many replicas (one CPU each). Default: 2.",
 )
 def serve_command(
-    model_uri: str, host: str, port: int, workers: int | None, max_body_mb: float, engine: str, replicas: int
+    model_uri: str, host: str, port: int, workers: int | None, max_body_mb: float, engine: str, replicas: int | None
 ) -> None:
     """Serve a model over HTTP: MLflow's scoring protocol (POST /invocations) in several workers or Ray Serve
     replicas, with request limits and dynamic batching."""
@@ -289,11 +288,13 @@ def serve_command(
     check_address(host, port)
     if engine == "ray" and workers:
         raise UserError("--workers is for --engine local; with --engine ray, say --replicas")
+    if engine == "local" and replicas:
+        raise UserError(f"--replicas is for --engine ray; received --replicas {replicas} with --engine local (say --workers)")
     _model_args(model_uri)
     if engine == "ray":
         from tftrain.cluster.ray_serve import serve_on_ray
 
-        serve_on_ray(model_uri, host, port, replicas, max_body_mb)
+        serve_on_ray(model_uri, host, port, replicas or 2, max_body_mb)
         return
     from tftrain.ship.serve import serve
 

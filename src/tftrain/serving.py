@@ -122,9 +122,9 @@ def file_bytes(value, index: int, shape: tuple[int, ...]) -> bytes:
     if isinstance(value, bytes):
         return value
     if not isinstance(value, str):
-        raise _refuse(
-            f"image file {index}: {FILES_KEY} must be a base64 string; received {type(value).__name__}", shape
-        )
+        received = "null" if value is None or (isinstance(value, np.ndarray) and value.dtype == object
+                                                and value.size == 1 and value.item() is None) else type(value).__name__  # fmt: skip
+        raise _refuse(f"image file {index}: {FILES_KEY} must be a base64 string; received {received}", shape)
     text = "".join(value.split())
     if text.startswith("data:") and ";base64," in text:  # what a browser's FileReader.readAsDataURL makes
         text = text.split(";base64,", 1)[1]

@@ -15,14 +15,15 @@ from tftrain.checks import check_ray_address
 from tftrain.errors import UserError
 
 
-def connect(address: str, num_cpus: int, env: dict[str, str]) -> None:
+def connect(address: str, num_cpus: int, env: dict[str, str], log_to_driver: bool = True) -> None:
     """ray.init: join the cluster at `address` (HOST:PORT, auto), or with "" start one of this machine with
-    `num_cpus`; every process of the job gets `env` (and RAY_ADDRESS)."""
+    `num_cpus`; every process of the job gets `env` (and RAY_ADDRESS); `log_to_driver` shows what its workers
+    print here."""
     import ray
 
     env = dict(env)
     # ERROR: not the warning that a cluster of this machine uses token authentication (the right thing)
-    quiet = {"logging_level": logging.ERROR, "runtime_env": {"env_vars": env}}
+    quiet = {"logging_level": logging.ERROR, "runtime_env": {"env_vars": env}, "log_to_driver": log_to_driver}
     # RAY_ADDRESS, for every process of the job: Ray Train's placement group cleaner asks the state API of the
     # cluster it finds by it, else of the newest `ray start` cluster on the machine (another one, where there are
     # several: it would take the job's controller for dead and remove the workers' placement group)

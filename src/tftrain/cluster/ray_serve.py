@@ -26,6 +26,7 @@ from ray import serve
 
 from tftrain import serving
 from tftrain.cluster import ray_cluster
+from tftrain.errors import UserError
 from tftrain.ship.serve import MAX_BODY_MB, checked, error_body, header_map, refusal, too_large
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ class Scorer:
         if path == "/version":
             return Response(self._version, media_type="application/json")
         if path != "/invocations":
-            return _error(404, f"no such path {path[:100]!r}; allowed: /invocations, /ping")
+            return _error(404, f"no such path {path[:100]!r}; allowed: /invocations, /ping, /health, /version")
         if method != "POST":
             return _error(405, f"method {method} not allowed; /invocations takes POST")
         headers = header_map(request.scope["headers"])
@@ -157,9 +158,15 @@ def serve_on_ray(model_uri: str, host: str, port: int, replicas: int, max_body_m
 
     env = {k: v for k, v in os.environ.items() if k.startswith(("MLFLOW_", "TFTRAIN_", "PYTHONPATH"))}
     env.update(MLFLOW_TRACKING_URI=mlflow.get_tracking_uri(), MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false")
-    ray_cluster.connect(os.environ.get("RAY_ADDRESS", ""), os.cpu_count() or 1, env)
-    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # its INFO lines say what the next line says
     joined = bool(os.environ.get("RAY_ADDRESS"))
+    cpus = os.cpu_count() or 1
+    if not joined and replicas > cpus:  # they would wait for CPUs forever (a joined cluster may grow: Ray says so)
+        raise UserError(f"--replicas {replicas} need {replicas} CPUs (one each); this machine has {cpus}: say "
+                        f"--replicas {cpus} or fewer, or join a larger cluster with RAY_ADDRESS")  # fmt: skip
+    # The replicas' own lines (TensorFlow Lite's, Ray's on stopping) stay in Ray's logs: a failing deployment
+    # still ends serve.run with its error here
+    ray_cluster.connect(os.environ.get("RAY_ADDRESS", ""), cpus, env, log_to_driver=False)
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # its INFO lines say what the next line says
     try:
         serve.start(http_options={"host": host, "port": port}, logging_config=LOGGING)
         log.info(f"starting {replicas} replica{'s' if replicas > 1 else ''} of {model_uri} on Ray Serve ...")

@@ -35,6 +35,7 @@ MAX_BODY_MB = 10.0  # the default limit of a request body: 1,000 Fashion-MNIST i
 MAX_DEPTH = 32  # JSON nesting: a batch of colour images in `instances` is 5 deep
 THREADS = 64  # per worker: how many requests can be in the model at once, so that the batcher sees them together
 GRACE_SECONDS = 30  # on SIGTERM, how long requests in flight get to finish
+BODY_SECONDS = 60  # how long a request's body may take to arrive
 CONTENT_TYPES = ("application/json", "text/csv", "application/vnd.apache.parquet")  # MLflow's scoring protocol
 # Environment of the worker processes (uvicorn starts them, each calls create_app)
 MODEL_ENV, MAX_BODY_ENV = "TFTRAIN_SERVE_MODEL", "TFTRAIN_SERVE_MAX_BODY"
@@ -75,9 +76,12 @@ def json_depth(body: bytes) -> int:
 
 
 def refusal(method: str, path: str, headers: dict[bytes, bytes], max_body: int) -> tuple[int, str] | None:
-    """Status and reason for a request that is refused from its headers alone; None to read its body."""
-    if method != "POST" or path != "/invocations":
+    """Status and reason for a request that is refused from its headers alone; None to read its body (or, for
+    another path than /invocations, to let the app answer)."""
+    if path != "/invocations":
         return None
+    if method != "POST":
+        return 405, f"method {method[:20]} not allowed; /invocations takes POST"
     if headers.get(b"content-type") == DUPLICATE:
         return 400, "more than one Content-Type header; allowed: one"
     content_type = headers.get(b"content-type", b"").decode("latin-1").strip()
@@ -107,6 +111,8 @@ def body_refusal(body: bytes, headers: dict[bytes, bytes]) -> tuple[int, str] | 
     the checks here), an integer too long; None to let MLflow parse it."""
     if headers.get(b"content-type", b"").split(b";")[0].strip().lower() != b"application/json":
         return None
+    if not body.strip():
+        return 400, 'the request body is empty; allowed: JSON such as {"instances": [image, ...]}'
     if (encoding := json.detect_encoding(body)) not in ("utf-8", "utf-8-sig"):
         return 415, f"the JSON is {encoding.upper()}; allowed: UTF-8"
     if body.count(b"[") + body.count(b"{") > MAX_DEPTH and (depth := json_depth(body)) > MAX_DEPTH:
@@ -125,7 +131,7 @@ async def checked(body: bytes, headers: dict[bytes, bytes], pool=None) -> tuple[
 
 def error_body(status: int, reason: str) -> bytes:
     """An error answer in the shape of MLflow's own ({"error_code", "message"})."""
-    codes = {400: "MALFORMED_REQUEST", 404: "ENDPOINT_NOT_FOUND", 413: "REQUEST_LIMIT_EXCEEDED"}
+    codes = {400: "MALFORMED_REQUEST", 404: "ENDPOINT_NOT_FOUND", 408: "DEADLINE_EXCEEDED", 413: "REQUEST_LIMIT_EXCEEDED"}
     return json.dumps({"error_code": codes.get(status, "INVALID_PARAMETER_VALUE"), "message": reason}).encode()
 
 
@@ -154,20 +160,16 @@ class Guard:
         headers = header_map(scope["headers"])
         if refused := refusal(scope["method"], scope["path"], headers, self.max_body):
             return await _answer(send, *refused, close=refused[0] == 413)
-        if scope["method"] != "POST" or scope["path"] != "/invocations":
+        if scope["path"] != "/invocations":
             return await self.app(scope, receive, send)
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.max_body:
-                return await _answer(send, 413, too_large(f"over {size:,}", self.max_body), close=True)
-            if not message.get("more_body"):
-                break
-        body = b"".join(chunks)
+        try:  # a client that stops sending does not hold a request forever
+            body = await asyncio.wait_for(self._body(receive), BODY_SECONDS)
+        except asyncio.TimeoutError:
+            return await _answer(send, 408, f"the body did not arrive within {BODY_SECONDS} s", close=True)
+        if body is None:  # the client went away
+            return None
+        if len(body) > self.max_body:
+            return await _answer(send, 413, too_large(f"over {len(body):,}", self.max_body), close=True)
         if refused := await checked(body, headers):
             return await _answer(send, *refused)
         replayed = False
@@ -180,6 +182,19 @@ class Guard:
             return {"type": "http.request", "body": body, "more_body": False}
 
         return await self.app(scope, replay, send)
+
+    async def _body(self, receive) -> bytes | None:
+        """The request's body as it streams in, stopped once past the limit (then longer than it); None if the
+        client disconnects."""
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_body or not message.get("more_body"):
+                return b"".join(chunks)
 
 
 def create_app():
@@ -259,30 +274,30 @@ def _worker(host: str, port: int) -> None:
 
 def _supervise(count: int, host: str, port: int) -> None:
     """`count` worker processes until SIGTERM or Ctrl-C, passed on to each (each answers what is in flight, then
-    exits); a worker that dies otherwise is started again."""
-    import multiprocessing
+    exits); a worker that dies otherwise is started again. (Plain processes, not multiprocessing's: its resource
+    tracker outlived the workers holding the console's pipe, which kept the command from ending for 5 s.)"""
     import signal
+    import subprocess
     import threading
 
-    context = multiprocessing.get_context("spawn")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    command = [sys.executable, "-c", f"from tftrain.ship.serve import _worker; _worker({host!r}, {port})"]
 
-    def start() -> multiprocessing.Process:
-        process = context.Process(target=_worker, args=(host, port), daemon=False)
-        process.start()
-        return process
+    def start() -> subprocess.Popen:
+        return subprocess.Popen(command, start_new_session=True)  # Ctrl-C reaches them through this process only
 
     processes = [start() for _ in range(count)]
     while not stop.wait(0.5):
         for i, process in enumerate(processes):
-            if not process.is_alive():
-                log.warning(f"worker {process.pid} ended (exit code {process.exitcode}); starting another")
+            if process.poll() is not None:
+                log.warning(f"worker {process.pid} ended (exit code {process.returncode}); starting another")
                 processes[i] = start()
     for process in processes:
         process.terminate()  # SIGTERM: uvicorn's graceful shutdown
     for process in processes:
-        process.join(GRACE_SECONDS + 10)
-        if process.is_alive():
+        try:
+            process.wait(GRACE_SECONDS + 10)
+        except subprocess.TimeoutExpired:
             process.kill()

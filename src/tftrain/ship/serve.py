@@ -43,7 +43,6 @@ MODEL_ENV, MAX_BODY_ENV = "TFTRAIN_SERVE_MODEL", "TFTRAIN_SERVE_MAX_BODY"
 # LiteRT's interpreter without TensorFlow, plus MLflow and uvicorn)
 WORKER_BASE_BYTES = {"keras": 900e6, "litert": 220e6}
 
-# A JSON string, escapes included, or an unterminated one to the end; possessive, so each byte is read once
 DUPLICATE = b"\0duplicate"  # what `header_map` gives a header sent more than once
 
 
@@ -57,10 +56,13 @@ def header_map(raw: list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
     return headers
 
 
-_STRING = re.compile(rb'"[^"\\]*+(?:\\[\s\S][^"\\]*+)*+(?:"|\Z)')
-# Python refuses to turn longer digit runs into an int (sys.get_int_max_str_digits), with an error MLflow's
-# scoring server does not catch (a 500)
-_LONG_INT = re.compile(rb"[0-9]{%d}" % sys.get_int_max_str_digits())
+# A JSON string, escapes included, or an unterminated one to the end (a lone backslash last included): it always
+# matches where it starts, so the search reads each byte once (a pattern that could fail rescanned from each quote)
+_STRING = re.compile(rb'"[^"\\]*(?:\\[\s\S][^"\\]*)*(?:"|\\?\Z)')
+# Python refuses to turn longer digit runs into an int (sys.get_int_max_str_digits, 4300 by default; since 3.10.7),
+# with an error MLflow's scoring server does not catch (a 500)
+MAX_DIGITS = getattr(sys, "get_int_max_str_digits", lambda: 4300)() or 10**9
+_LONG_INT = re.compile(rb"[0-9]{%d}" % min(MAX_DIGITS, 10**6))
 
 
 def without_strings(body: bytes) -> bytes:
@@ -118,7 +120,7 @@ def body_refusal(body: bytes, headers: dict[bytes, bytes]) -> tuple[int, str] | 
     if body.count(b"[") + body.count(b"{") > MAX_DEPTH and (depth := json_depth(body)) > MAX_DEPTH:
         return 400, f"the JSON nests {depth} levels deep; allowed: at most {MAX_DEPTH} (images nest 5)"
     if _LONG_INT.search(body) and _LONG_INT.search(without_strings(body)):
-        return 400, f"a number of the JSON has more than {sys.get_int_max_str_digits() - 1} digits; pixels are 0..255"
+        return 400, f"a number of the JSON has more than {MAX_DIGITS - 1} digits; pixels are 0..255"
     return None
 
 

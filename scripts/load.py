@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -164,30 +165,22 @@ def hostile_requests(image: np.ndarray) -> dict[str, bytes]:
     }
 
 
-def hostile(port: int, cases: dict[str, bytes]) -> dict[str, str]:
+def hostile(port: int, cases: dict[str, bytes], timeout: float = 5.0) -> dict[str, str]:
     """Each case on a fresh connection: the status, or what happened instead (a server waiting for a body that
     never comes: "none in 5 s")."""
     found = {}
     for name, raw in cases.items():
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-            try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            with contextlib.suppress(OSError):  # the server answered and closed while the rest was being sent
                 s.sendall(raw)
+            try:
                 answer = s.recv(64).split(b"\r\n")[0].decode("latin-1")
                 found[name] = answer.split(" ", 2)[1] if answer else "closed"
             except TimeoutError:
-                found[name] = "none in 5 s"
+                found[name] = f"none in {timeout:g} s"
             except OSError as e:
                 found[name] = type(e).__name__
     return found
-
-
-def wait_for(log_path: Path, ready: str, count: int, timeout: float = 180) -> None:
-    """Until the server's log says `ready` `count` times (each worker up, not just the first)."""
-    deadline = time.monotonic() + timeout
-    while log_path.read_text(errors="replace").count(ready) < count:
-        if time.monotonic() > deadline:
-            raise SystemExit(f"the server did not say {ready!r} {count} times; see {log_path}")
-        time.sleep(0.25)
 
 
 def main() -> None:
@@ -200,7 +193,7 @@ def main() -> None:
     from tftrain.ship.predict import answers
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from servers import running_server  # (the tests' server harness, not part of the package)
+    from servers import running_server, wait_for_log  # (the tests' server harness, not part of the package)
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -228,7 +221,7 @@ def main() -> None:
                 log_path = Path(tmp) / f"{kind}.log"
                 print(f"{uri}: {kind} ...", file=sys.stderr, flush=True)
                 with running_server(uri, log_path, args=server_args, env=env, stock=stock) as url:
-                    wait_for(log_path, ready, count)
+                    wait_for_log(log_path, ready, count)
                     port = int(url.rsplit(":", 1)[1])
                     tally = asyncio.run(load(port, bodies, expected, args.clients, args.seconds))
                     rows.append(f"| {uri} | {kind} | {args.clients} | {stats(tally, args.seconds)} |")

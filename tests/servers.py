@@ -61,6 +61,17 @@ def running_server(model_uri: str, log_path: Path, timeout: float = 180.0, args:
             server.wait()
 
 
+def wait_for_log(log_path: Path, text: str, count: int, timeout: float = 180) -> None:
+    """Until a server's log says `text` `count` times (uvicorn's "Application startup complete." once a worker:
+    every worker up, not just the first that answers /ping)."""
+    deadline = time.monotonic() + timeout
+    while log_path.read_text(errors="replace").count(text) < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the server did not say {text!r} {count} times; its output:\n"
+                               f"{log_path.read_text(errors='replace')[-3000:]}")  # fmt: skip
+        time.sleep(0.25)
+
+
 def responds(url: str) -> bool:
     """Whether `url` answers 200 within 2 seconds (a server's /ping or /health)."""
     try:

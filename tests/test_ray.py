@@ -6,13 +6,11 @@ run. (The local cluster a command starts itself: tests/test_mlflow_run.py.)"""
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -212,7 +210,7 @@ def test_ray_serve_replicas_on_two_nodes_answer_like_the_model_and_refuse_alike(
     clients answered as the model answers in-process, files and pixels; the guard's refusals and MLflow's alike;
     SIGTERM stops Serve."""
     from conftest import tiny_images
-    from test_serve import hostile_requests
+    from test_serve import hostile, hostile_requests
 
     _, exported, store = trained_and_exported
     images = tiny_images(32, seed=4)[0]
@@ -247,12 +245,8 @@ def test_ray_serve_replicas_on_two_nodes_answer_like_the_model_and_refuse_alike(
         body = json.dumps({"instances": [{"b64": base64.b64encode(png.getvalue()).decode()}]}).encode()
         with urllib.request.urlopen(urllib.request.Request(url, body, {"Content-Type": "application/json"})) as a:
             assert json.loads(a.read())["predictions"][0]["class"] == expected[0]
-        for name, raw in hostile_requests(images[0]).items():
-            with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
-                with contextlib.suppress(OSError):
-                    s.sendall(raw)
-                status = (s.recv(64).split(b" ", 2) + [b"closed", b"closed"])[1]
-            assert status.startswith(b"4"), (name, status)
+        for name, status in hostile(port, hostile_requests(images[0]), timeout=60).items():
+            assert status.startswith("4"), (name, status)
         replicas = subprocess.run([sys.executable, "-c", REPLICA_NODES.format(address=ray_cluster)], env=env,
                                   capture_output=True, text=True, timeout=120)  # fmt: skip
         assert replicas.stdout.split() == ["2", "2"], replicas.stderr[-2000:]  # both nodes' CPU taken by replicas

@@ -3,7 +3,6 @@ workers, graceful shutdown; real servers on 127.0.0.1 with concurrent clients, a
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import signal
@@ -20,12 +19,12 @@ import psutil
 import pytest
 
 from conftest import REPO, tiny_images
-from servers import free_port, responds, running_server, serve_command
+from servers import free_port, responds, running_server, serve_command, wait_for_log
 from tftrain.serving import Batcher
 from tftrain.ship.serve import MAX_DEPTH, body_refusal, default_workers, json_depth, refusal
 
 sys.path.insert(0, str(REPO / "scripts"))
-from load import hostile_requests, request  # noqa: E402  (the load benchmark's hostile set)
+from load import STARTED, hostile, hostile_requests, request  # noqa: E402  (the load benchmark's)
 
 JSON = {b"content-type": b"application/json"}
 
@@ -142,9 +141,7 @@ def litert_server(trained_and_exported, tmp_path_factory):
     _, exported, _ = trained_and_exported
     log = tmp_path_factory.mktemp("serve") / "server.log"
     with running_server(exported.litert.uri, log, args=("--workers", "2", "--max-body-mb", "1")) as url:
-        deadline = time.monotonic() + 120
-        while log.read_text().count("Application startup complete.") < 2 and time.monotonic() < deadline:
-            time.sleep(0.25)
+        wait_for_log(log, STARTED, 2, timeout=120)
         yield int(url.rsplit(":", 1)[1]), log
 
 
@@ -177,7 +174,7 @@ def test_sixteen_concurrent_keep_alive_clients_get_the_models_answers(litert_ser
         answers = list(pool.map(client, range(16)))
     for c, got in enumerate(answers):
         assert got == [expected[i % 64] for i in range(c, 64 * 4, 16)]
-    assert "2 workers (--workers)" in log.read_text() and log.read_text().count("Application startup complete.") == 2
+    assert "2 workers (--workers)" in log.read_text() and log.read_text().count(STARTED) == 2
 
 
 def serve_process(port: int) -> psutil.Process:
@@ -212,10 +209,7 @@ def test_a_worker_killed_is_started_again_and_the_server_goes_on_answering(liter
     server = serve_process(port)
     before = {w.pid for w in server.children() if "_worker" in " ".join(w.cmdline())}
     psutil.Process(min(before)).kill()
-    deadline = time.monotonic() + 120
-    while log.read_text().count("Application startup complete.") < 3:  # the new worker loaded the model
-        assert time.monotonic() < deadline, log.read_text()[-3000:]
-        time.sleep(0.25)
+    wait_for_log(log, STARTED, 3, timeout=120)  # the new worker loaded the model
     after = {w.pid for w in server.children() if "_worker" in " ".join(w.cmdline())}
     assert len(after) == 2 and min(before) not in after
     assert f"worker {min(before)} ended (exit code -9); starting another" in log.read_text()
@@ -232,15 +226,8 @@ def test_hostile_requests_get_a_4xx_with_the_reason_and_the_server_keeps_answeri
         + b"".join(b"%x\r\n%s\r\n" % (100_000, b" " * 100_000) for _ in range(12))
         + b"0\r\n\r\n"
     )
-    for name, raw in cases.items():
-        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
-            with contextlib.suppress(OSError):  # the server answered and closed while the rest was being sent
-                s.sendall(raw)
-            answer = b""
-            while b"\r\n\r\n" not in answer and (chunk := s.recv(65536)):
-                answer += chunk
-        status = int(answer.split(b" ", 2)[1])
-        assert 400 <= status < 500, (name, answer[:300])
+    for name, status in hostile(port, cases, timeout=30).items():
+        assert status.isdigit() and 400 <= int(status) < 500, (name, status)
     for method in ("GET", "PUT"):  # other methods on /invocations: MLflow's answer shape, as every refusal
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         connection.request(method, "/invocations")

@@ -87,8 +87,7 @@ def refusal(method: str, path: str, headers: dict[bytes, bytes], max_body: int) 
     if headers.get(b"content-type") == DUPLICATE:
         return 400, "more than one Content-Type header; allowed: one"
     content_type = headers.get(b"content-type", b"").decode("latin-1").strip()
-    mime = content_type.split(";")[0].strip().lower()
-    if mime not in CONTENT_TYPES:
+    if _mime(headers) not in CONTENT_TYPES:
         received = repr(content_type) if content_type else "no Content-Type header"
         return 415, f"unsupported Content-Type: received {received}; allowed: {', '.join(CONTENT_TYPES)}"
     length = headers.get(b"content-length")
@@ -98,6 +97,11 @@ def refusal(method: str, path: str, headers: dict[bytes, bytes], max_body: int) 
         if int(length) > max_body:
             return 413, too_large(int(length), max_body)
     return None
+
+
+def _mime(headers: dict[bytes, bytes]) -> str:
+    """The media type of a request's Content-Type, without its parameters: application/json."""
+    return headers.get(b"content-type", b"").decode("latin-1").split(";")[0].strip().lower()
 
 
 def too_large(size: int | str, max_body: int) -> str:
@@ -111,7 +115,7 @@ def body_refusal(body: bytes, headers: dict[bytes, bytes]) -> tuple[int, str] | 
     """Status and reason for a JSON body Python's parser would fail on with other errors than a syntax error (MLflow
     answers those with a 500): nested too deep, not UTF-8 (json.loads would take UTF-16 and UTF-32 too, past
     the checks here), an integer too long; None to let MLflow parse it."""
-    if headers.get(b"content-type", b"").split(b";")[0].strip().lower() != b"application/json":
+    if _mime(headers) != "application/json":
         return None
     if not body.strip():
         return 400, 'the request body is empty; allowed: JSON such as {"instances": [image, ...]}'

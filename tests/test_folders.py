@@ -357,7 +357,7 @@ def test_second_load_comes_from_the_cache_and_changes_invalidate_it(tmp_path, ca
         np.testing.assert_array_equal(getattr(first, split)[0], getattr(second, split)[0])
         np.testing.assert_array_equal(getattr(first, split)[1], getattr(second, split)[1])
     err = capsys.readouterr().err
-    assert "loaded 10 images from the cache" in err
+    assert "found 10 decoded images in the cache" in err
     assert all(len(line) < 100 for line in err.splitlines())
     assert sorted(p.suffix for p in (tmp_path / "cache" / "images").iterdir()) == [".json", ".npy"]  # no temp files
 

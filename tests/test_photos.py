@@ -58,9 +58,11 @@ def run_of(done: subprocess.CompletedProcess):
     "model, size, epochs, floor", [("cnn_bn", "64x64", 8, 0.5), ("mobilenet_v2", "96x96", 12, 0.4)]
 )
 def test_the_main_job_on_photos_trains_exports_and_promotes(photos, store_dir, model, size, epochs, floor):
+    # in_memory_mb 0: the folder stays on disk, read a batch at a time through training, evaluation and export
     done = main_job(store_dir, "--dataset", str(photos), "--model", model, "--epochs", str(epochs), "--model-name",
-                    f"photos-{model}")  # fmt: skip
+                    f"photos-{model}", "--in-memory-mb", "0")  # fmt: skip
     assert f"image_size auto: {size}, a square of the files' median shorter side" in done.stderr + done.stdout
+    assert "over in_memory_mb=0: reading them from the cache a batch at a time" in done.stderr + done.stdout
     with mlflow_store(store_dir):
         run = run_of(done)
         metrics, params = run.data.metrics, run.data.params

@@ -118,6 +118,35 @@ def test_tfds_validation_split_and_gray_without_supervised_keys(tfds_dir):
     assert colour.validation[0].shape == (3, 4, 5, 3)
 
 
+def test_tfds_over_the_memory_budget_is_read_once_into_the_cache_then_from_disk(tfds_dir, tmp_path, capsys, monkeypatch):
+    """Over in_memory_mb (0 here), the splits land in the image cache and are read a batch at a time: the same
+    pixels and labels, the second load reading nothing from tfds; a validation split held out of train stays on
+    disk too."""
+    from tftrain.data.datasets import load_task_data
+    from tftrain.data.disk import DiskImages
+
+    cache = tmp_path / "cache"
+    expected = load_tfds("tfds:tftrain_tiny_gray", str(tfds_dir), (4, 5), 3)
+    for attempt in range(2):
+        data = load_tfds("tfds:tftrain_tiny_gray", str(tfds_dir), (4, 5), 3, in_memory_mb=0, cache_dir=cache)
+        for split in ("train", "validation", "test"):
+            x, y = getattr(data, split)
+            assert isinstance(x, DiskImages)
+            np.testing.assert_array_equal(x[:], getattr(expected, split)[0])
+            np.testing.assert_array_equal(y, getattr(expected, split)[1])
+        said = capsys.readouterr().err
+        assert ("found 13 decoded images in the cache" in said) == (attempt == 1), said
+    assert len(list((cache / "images").glob("*.npy"))) == 1
+    monkeypatch.setenv("TFTRAIN_CACHE_DIR", str(cache))
+    held = load_task_data("tfds:tftrain_tiny_shapes", str(tfds_dir), image_size=(16, 12), channels=3,
+                          validation_split=0.3, in_memory_mb=0)  # fmt: skip
+    reference = load_task_data("tfds:tftrain_tiny_shapes", str(tfds_dir), image_size=(16, 12), channels=3,
+                               validation_split=0.3)  # fmt: skip
+    for split in ("train", "validation", "test"):
+        assert isinstance(getattr(held, split)[0], DiskImages)
+        np.testing.assert_array_equal(getattr(held, split)[0][:], getattr(reference, split)[0])
+
+
 def test_tfds_default_data_dir_from_environment(tfds_dir, monkeypatch):
     monkeypatch.setenv("TFDS_DATA_DIR", str(tfds_dir))
     assert load_tfds("tfds:tftrain_tiny_gray", "", None, None).train[0].shape == (6, 8, 10)

@@ -57,6 +57,9 @@ AUTO_BATCH_OTHER = (128, 0.002)
 AUTO_MIN_STEPS = 20  # an automatic batch size is halved (down to 8) until an epoch has this many steps
 
 
+# decoded images up to this many MB train from memory; larger data from the image cache on disk, a batch at a time
+IN_MEMORY_MB = 256
+
 # The groups, in the order the CLI's help, the MLproject and the docs list them.
 GROUPS = ("data", "model", "trainer", "runtime", "tracking")
 
@@ -127,6 +130,11 @@ class DataConfig:
         "An unreadable image in a folder: fail names it and stops; skip leaves it out.",
         BAD_IMAGES,
     )
+    in_memory_mb: int = _opt(
+        IN_MEMORY_MB,
+        "Image folders: decoded images up to this many MB train from memory; larger folders stay in the decoded "
+        "cache on disk and stream a batch at a time (memory then does not grow with the folder). 0: always stream.",
+    )
     augment: str = _opt(
         "auto",
         "Random changes to training images, in the input pipeline (never in the served model): flip (left-right), "
@@ -142,6 +150,7 @@ class DataConfig:
         parse_image_size(self.image_size)
         _open_interval(self, "validation_split", 0.0, 1.0)
         _open_interval(self, "test_split", 0.0, 1.0)
+        _at_least(self, "in_memory_mb", 0)
 
 
 @dataclass(frozen=True)

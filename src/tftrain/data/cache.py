@@ -44,32 +44,29 @@ def cache_folder(cache_dir: Path | None) -> Path:
     return Path(base).expanduser() / "images"
 
 
-def load_cache(folder: Path, key: str, rels: list[str], say) -> tuple[np.ndarray, dict] | None:
-    """The cached array and its json, or None when missing, stale or damaged (then it is decoded again)."""
+def load_cache(
+    folder: Path, key: str, rels: list[str], say, count: int | None = None
+) -> tuple[np.ndarray, dict] | None:
+    """The cached array and its json, or None when missing, stale or damaged (then it is decoded again); `count`:
+    the images it must hold (None: one per path)."""
     start, npy = time.monotonic(), folder / f"images-{key}.npy"
     try:
         meta = json.loads((folder / f"images-{key}.json").read_text())
         if meta.get("version") != CACHE_VERSION or meta.get("paths") != rels:
             return None
-        images, mapped = open_npy(npy)
+        images = open_npy(npy)
     except (OSError, ValueError, KeyError):
         return None
-    if len(images) != len(rels):
+    if len(images) != (len(rels) if count is None else count):
         return None
-    how = ", memory-mapped" if mapped else ""
-    say(f"loaded {len(rels):,} images from the cache {short_path(npy)} ({time.monotonic() - start:.1f} s{how})")
+    say(f"found {len(images):,} decoded images in the cache {short_path(npy)} ({time.monotonic() - start:.1f} s)")
     return images, meta
 
 
-def open_npy(npy: Path) -> tuple[np.ndarray, bool]:
-    """Into memory when under half the free memory (the splits are copies, so twice the size is needed), else
-    memory-mapped: the split copies then are the only resident copy."""
-    try:
-        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError):
-        free = 1 << 62
-    mapped = npy.stat().st_size > free / 2
-    return np.load(npy, mmap_mode="r" if mapped else None), mapped
+def open_npy(npy: Path) -> np.memmap:
+    """The cached images, memory-mapped: the splits are then read from it, into memory or a batch at a time
+    (folders.load_folder decides)."""
+    return np.load(npy, mmap_mode="r")
 
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
@@ -121,7 +118,7 @@ class Rows:
         self.file.close()
         os.replace(self.tmp, self.npy)
         write_atomic(self.npy.with_suffix(".json"), lambda p: p.write_text(json.dumps(meta)))
-        return open_npy(self.npy)[0], str(self.npy)
+        return open_npy(self.npy), str(self.npy)
 
     def close(self) -> None:
         """Drop the temporary file, if this run made one and it was not renamed into place."""

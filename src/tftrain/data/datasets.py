@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tftrain.data.disk import DiskImages
 from tftrain.errors import UserError
 
 CLASS_NAMES = {
@@ -196,7 +197,8 @@ class TaskData:
 
 
 def _take(xy: tuple[np.ndarray, np.ndarray], idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return xy[0][idx], xy[1][idx]
+    x, y = xy
+    return (x.subset(idx) if isinstance(x, DiskImages) else x[idx]), y[idx]
 
 
 def load_task_data(
@@ -209,6 +211,7 @@ def load_task_data(
     validation_split: float = 0.2,
     bad_images: str = "fail",
     auto_sides: tuple[int, int] | None = None,
+    in_memory_mb: float | None = None,
 ) -> TaskData:
     """Any `dataset` (see config.dataset_kind) as train, validation and test splits of images of `image_size` and
     `channels` (None: as the data has them; for a folder, see folders.load_folder, with `auto_sides`)."""
@@ -221,11 +224,12 @@ def load_task_data(
                 "test_split": test_split, "validation_split": validation_split, "bad_images": bad_images,
                 # as asked (None: auto), so that loading again finds a folder's decoded images in the same cache
                 "image_size": image_size, "channels": channels, "auto_sides": auto_sides}  # fmt: skip
+    memory = {"in_memory_mb": in_memory_mb} if in_memory_mb is not None else {}
     if kind == "folder":
         from tftrain.data.folders import load_folder
 
         sides = {"auto_sides": auto_sides} if auto_sides else {}
-        f = load_folder(dataset, image_size, channels, test_split, validation_split, bad_images, **sides)
+        f = load_folder(dataset, image_size, channels, test_split, validation_split, bad_images, **sides, **memory)
         resolved = {"bad_images_skipped": str(len(f.skipped)), "ignored_files": str(f.ignored),
                     "dataset_resolved": resolved_dataset(dataset)}  # fmt: skip
         data = TaskData(name, f.class_names, f.train, f.validation, f.test, f.source, digests=f.digests)
@@ -238,7 +242,7 @@ def load_task_data(
         from tftrain.data import sources
 
         s = (
-            sources.load_tfds(dataset, data_dir, image_size, channels)
+            sources.load_tfds(dataset, data_dir, image_size, channels, **memory)
             if kind == "tfds"
             else sources.load_function_source(dataset, image_size, channels)
         )
@@ -286,25 +290,30 @@ def make_dataset(
     drop_remainder: bool = False,
     augment=None,
 ):
-    """uint8 arrays -> (seeded, reshuffled each epoch) batches of uint8 images and int32 labels.
+    """uint8 images and labels -> (seeded, reshuffled each epoch) batches of uint8 images and int32 labels.
 
-    The arrays stay in memory as two tensors. Each epoch draws one permutation of the example indices and gathers
+    Images on disk (DiskImages, a folder over the in_memory_mb budget) stream from the cache file, see
+    _disk_epochs: the same order for the same seed. Arrays stay in memory as two tensors. Each epoch draws one permutation of the example indices and gathers
     the whole epoch in that order in one op (37 MB for Fashion-MNIST's 48,000 training images); its batches are
     then slices of one tensor. Per batch, tf.data only hands over a slice: shuffling element by element (tf.data's
     shuffle) cost about 0.1 s an epoch, and a gather per batch about 0.03 s, on an MLP epoch of 0.15 s. Without
     shuffling, the batches are cut once. Images stay uint8 (a quarter of the bytes); the model casts them.
-    `shard` = (count, index) keeps every count-th example: one worker's part under multi-worker training.
+    `shard` = (count, index) keeps every count-th example: one worker's part under multi-worker training (on
+    disk, each worker reads only its own rows).
     `drop_remainder`: full batches only (the rest of a shuffled epoch is drawn in a later one). `augment`: a map
     function over batches (augment.batch_augmenter), run on two threads ahead of the training step."""
     import tensorflow as tf
 
-    images, labels = tf.constant(x), tf.constant(y.astype(np.int32))
     count, index = shard
     indices = tf.range(index, len(x), count, dtype=tf.int64)
     size = int(indices.shape[0])
+    if isinstance(x, DiskImages):
+        epoch_in = _disk_epochs(x, y, batch_size, drop_remainder)
+    else:
+        images, labels = tf.constant(x), tf.constant(y.astype(np.int32))
 
-    def epoch_in(order):
-        return _batches(tf.gather(images, order), tf.gather(labels, order), batch_size, drop_remainder)
+        def epoch_in(order):
+            return _batches(tf.gather(images, order), tf.gather(labels, order), batch_size, drop_remainder)
 
     if shuffle:
         # one fresh seed per pass over the data: Dataset.random draws a new stream for every iterator
@@ -320,6 +329,25 @@ def make_dataset(
     options = tf.data.Options()
     options.autotune.enabled = False
     return ds.with_options(options)
+
+
+def _disk_epochs(x: DiskImages, y: np.ndarray, batch_size: int, drop_remainder: bool):
+    """For images on disk: an epoch's order (positions in the split) batched, each batch's images read from the
+    cache file on two threads (DiskImages.read), its labels gathered from memory. Only the order (8 bytes an image)
+    and the batches in flight are in memory: the shuffle is a whole permutation, not a buffer's."""
+    import tensorflow as tf
+
+    labels, row_shape = tf.constant(y.astype(np.int32)), x.row_shape
+
+    def read(positions):
+        images = tf.numpy_function(x.read, [positions], tf.uint8, stateful=False)
+        return tf.ensure_shape(images, (None, *row_shape)), tf.gather(labels, positions)
+
+    def epoch_in(order):
+        batches = tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder=drop_remainder)
+        return batches.map(read, num_parallel_calls=2, deterministic=True)
+
+    return epoch_in
 
 
 def _batches(images, labels, batch_size: int, drop_remainder: bool):

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tftrain.config import parse_function
+from tftrain.config import IN_MEMORY_MB, parse_function
+from tftrain.data.cache import CACHE_VERSION, Rows, cache_folder, cache_key, load_cache, short_path
+from tftrain.data.disk import DiskImages
 from tftrain.data.images import conform
 from tftrain.errors import UserError, invalid
 from tftrain.log import progress_log
@@ -47,10 +49,18 @@ class SourceData:
 # --- tensorflow-datasets ---------------------------------------------------------------------------------------
 
 
-def load_tfds(spec: str, data_dir: str, image_size: tuple[int, int] | None, channels: int | None) -> SourceData:
+def load_tfds(
+    spec: str,
+    data_dir: str,
+    image_size: tuple[int, int] | None,
+    channels: int | None,
+    in_memory_mb: float = IN_MEMORY_MB,
+    cache_dir: Path | None = None,
+) -> SourceData:
     """`tfds:NAME[:VERSION]` prepared under `data_dir` (empty: TFDS_DATA_DIR or ~/tensorflow_datasets), read with
     `tfds.builder_from_directory` (no builder class, no download). VERSION defaults to the highest one present.
-    Needs `train` and `test` splits; `validation` is used when present."""
+    Needs `train` and `test` splits; `validation` is used when present. Over `in_memory_mb` of images (and their
+    size and channels known up front: asked for, or fixed by the dataset), kept on disk (see _on_disk)."""
     path = check_tfds(spec, data_dir)
     name = path.parent.name
     import tensorflow_datasets as tfds
@@ -66,7 +76,57 @@ def load_tfds(spec: str, data_dir: str, image_size: tuple[int, int] | None, chan
     class_names = tuple(builder.info.features[label_key].names)
     what = f"tfds {name} {path.name}"
     read = {s: _tfds_split(builder, s, image_key, label_key) for s in ("train", "test", "validation") if s in splits}
-    return _materialize(read, what, class_names, image_size, channels, f"{what} from {path.parent.parent}")
+    source = f"{what} from {path.parent.parent}"
+    target = _known_target(builder.info.features[image_key].shape, image_size, channels)
+    counts = {s: int(builder.info.splits[s].num_examples) for s in read}
+    if target and sum(counts.values()) * np.prod(target[0]) * (3 if target[1] == 3 else 1) > in_memory_mb * 1e6:
+        return _on_disk(path, read, what, class_names, target, counts, source, cache_dir)
+    return _materialize(read, what, class_names, image_size, channels, source)
+
+
+def _known_target(shape, image_size, channels) -> tuple[tuple[int, int], int] | None:
+    """The size and channels the images will have, when known before reading them: asked for, or the same for
+    every image of the dataset (its Image feature's shape)."""
+    height, width, depth = (tuple(shape) + (None, None, None))[:3]
+    size = image_size or ((height, width) if None not in (height, width) else None)
+    depth = channels or (None if depth is None else 1 if depth == 1 else 3)
+    return (tuple(size), depth) if size and depth else None
+
+
+def _on_disk(path: Path, read, what, class_names, target, counts, source, cache_dir) -> SourceData:
+    """A tfds dataset over the in-memory budget: read once into the image cache (cache.py), its splits then read
+    from there a batch at a time (disk.DiskImages), as a large image folder's are. Keyed by the prepared files'
+    names, sizes and times and the target size and channels."""
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    rels = [str(f.relative_to(path)) for f in files]
+    stats = [(f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    key, (size, depth) = "tfds-" + cache_key([str(path), *rels], [(0, 0), *stats], *target), target
+    folder = cache_folder(cache_dir)
+    cached = load_cache(folder, key, rels, progress_log.info, sum(counts.values()))
+    if cached is None:
+        shape = (sum(counts.values()), *size, *(() if depth == 1 else (3,)))
+        rows = Rows(folder / key, shape)
+        try:
+            meta = {"version": CACHE_VERSION, "paths": rels, "splits": {}, "labels": {}}
+            for split, pairs in read.items():
+                first = rows.done
+                _, labels = _read(pairs, f"{what} {split}", len(class_names), target, None, keep=rows.add)
+                if rows.done - first != counts[split]:
+                    raise UserError(f"{what} {split}: read {rows.done - first} images, its dataset_info says "
+                                    f"{counts[split]}; prepare the dataset again")  # fmt: skip
+                meta["splits"][split], meta["labels"][split] = [first, rows.done], labels.tolist()
+            images, where = rows.finish(meta)
+        finally:
+            rows.close()
+        progress_log.info(f"{what}: {len(images):,} images kept in {short_path(where)}, read a batch at a time")
+    else:
+        images, meta = cached
+    done = {}
+    for split, (first, end) in meta["splits"].items():
+        part = np.arange(first, end)
+        x = DiskImages.of(images, part) if isinstance(images, np.memmap) else images[first:end]
+        done[split] = (x, np.asarray(meta["labels"][split], np.int32))
+    return SourceData(tuple(class_names), done["train"], done["test"], done.get("validation"), source)
 
 
 def check_tfds(spec: str, data_dir: str) -> Path:
@@ -216,16 +276,18 @@ def _materialize(splits, what, class_names, image_size, channels, source, spec=N
     return SourceData(tuple(class_names), done["train"], done["test"], done.get("validation"), source)
 
 
-def _read(pairs, what: str, n_classes: int, target, spec) -> tuple[list[np.ndarray], np.ndarray]:
-    """One split as chunks of uint8 images ((n, H, W) or (n, H, W, 3)) and all its labels."""
+def _read(pairs, what: str, n_classes: int, target, spec, keep=None) -> tuple[list[np.ndarray], np.ndarray]:
+    """One split as chunks of uint8 images ((n, H, W) or (n, H, W, 3)) and all its labels; `keep`: where each chunk
+    goes instead of the list returned (the image cache's rows)."""
     who = f"dataset function {spec}: " if spec else f"{what}: "
     chunks, labels, count, shown, last = [], [], 0, False, time.monotonic()
+    keep = keep or chunks.append
     for images, y in pairs:
         if y.ndim == 0:  # one example, not a batch
             images, y = images[None], y[None]
         chunk = _pixels(images, y, who, what)
         labels.append(_labels(y, n_classes, who, what))
-        chunks.append(conform(chunk, *target) if target else chunk)
+        keep(conform(chunk, *target) if target else chunk)
         count += len(y)
         if time.monotonic() - last > _PROGRESS_EVERY:
             progress_log.info(f"reading {what}: {count:,} images")

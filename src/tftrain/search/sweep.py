@@ -31,6 +31,7 @@ import tensorflow as tf
 from optuna.trial import TrialState
 
 from tftrain.config import TrainConfig
+from tftrain.data.datasets import make_dataset
 from tftrain.env import mlflow_run_id
 from tftrain.errors import TrainingFailed, UserError
 from tftrain.search import trials
@@ -232,7 +233,7 @@ def _kept_value(model: keras.Model, task, objective: str) -> float:
     """The objective for the weights training ended with (early stopping may have gone back to an earlier epoch):
     the validation split scored again."""
     x, y = task.validation
-    scores = model.evaluate(x.astype("float32"), y, batch_size=1024, verbose=0, return_dict=True)
+    scores = model.evaluate(make_dataset(x, y, 1024, shuffle=False), verbose=0, return_dict=True)
     key = {"val_accuracy": "accuracy", "val_loss": "loss"}[objective]
     value = float(scores[key])
     if not math.isfinite(value):

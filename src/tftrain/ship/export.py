@@ -18,7 +18,7 @@ from ai_edge_litert.interpreter import Interpreter
 from tensorflow.lite.python.convert_phase import ConverterError
 
 from tftrain.config import QUANTIZATIONS
-from tftrain.data.datasets import TaskData
+from tftrain.data.datasets import TaskData, make_dataset
 from tftrain.errors import UserError
 from tftrain.models.build import float32_copy
 from tftrain.ship.evaluate import check_classes, model_data, own_test_split
@@ -186,7 +186,7 @@ def export(
     check_classes(ref, ref.class_names or len(data.class_names), data)
     # the reference is the model as trained, whatever its precision
     x_test, y_test = data.test
-    keras_probs = model.predict(x_test.astype(np.float32), verbose=0)
+    keras_probs = model.predict(make_dataset(x_test, y_test, 256, shuffle=False), verbose=0)  # a folder on disk too
     check_classes(ref, keras_probs.shape[1], data)
     keras_accuracy = float((keras_probs.argmax(1) == y_test).mean())
     if mixed := sorted({layer.dtype_policy.name for layer in model.layers} - {"float32"}):

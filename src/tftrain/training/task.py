@@ -141,6 +141,7 @@ def load_data(cfg: TrainConfig):
         d.dataset, d.data_dir, image_size=parse_image_size(d.image_size),
         channels=None if d.channels == "auto" else int(d.channels), test_split=d.test_split,
         validation_split=d.validation_split, bad_images=d.bad_images, auto_sides=auto_sides(cfg.model.name),
+        in_memory_mb=d.in_memory_mb,
     )  # fmt: skip
 
 

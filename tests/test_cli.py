@@ -234,7 +234,7 @@ CHECKED_BEFORE_TENSORFLOW = [
     (["train", "--launcher", "ray", "--ray-address", "127.0.0.1:99999"], "invalid value for ray_address: received"),
     (["train", "--strategy", "multi_worker"], "invalid value for TF_CONFIG: received no cluster"),
     (["train", "--ray-address", "auto"], "allowed: launcher=ray, or ray_address empty (its default)"),
-    (["pipeline", "--launcher", "ray"], "invalid value for launcher: received ray for the main job"),
+    (["pipeline", "--launcher", "ray", "--ray-address", "head node"], "invalid value for ray_address: received 'head"),
     (["pipeline", "--dataset", "user.py:load"], "dataset function user.py:load: user.py has no function 'load'"),
     (["pipeline", "--model", "resnet50"], "model=resnet50 with images of 28x28; allowed: images of at least 32x32"),
     (["evaluate", "--model-uri", "models:/nope/1"], "model_uri 'models:/nope/1' cannot be opened: Registered Model"),

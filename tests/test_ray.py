@@ -111,6 +111,50 @@ def test_the_chief_killed_mid_epoch_is_restarted_and_training_goes_on_in_the_sam
 
 
 @pytest.mark.slow
+def test_the_main_job_under_mlflow_run_trains_on_the_cluster_through_a_killed_worker_then_ships(
+    project, tmp_path, tiny_data, ray_cluster
+):
+    """`mlflow run . -e main -P launcher=ray -P workers=2`: the workers train on the two nodes, rank 0 is SIGKILLed
+    after epoch 2 and Ray starts the group again from the backups; then the driver evaluates, exports and promotes,
+    all in the one run MLflow made."""
+    from conftest import mlflow_run_args
+
+    params = {"launcher": "ray", "workers": 2, "ray_address": ray_cluster, "data_dir": tiny_data, "epochs": 4,
+              "batch_size": 4, "steps_per_execution": 1, "early_stopping": "false", "tensorboard": "false",
+              "max_failures": 1, "model_name": "on-ray", "output_dir": tmp_path / "out"}  # fmt: skip
+    with mlflow_store(tmp_path) as uri:
+        env = {**ENV, "MLFLOW_TRACKING_URI": uri}
+        env.pop("MLFLOW_RUN_ID", None)
+        process = subprocess.Popen(mlflow_run_args(project, "main", params, "ray-main"), cwd=tmp_path, env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if found := re.search(r"\(RayTrainWorker pid=(\d+)\) epoch 2/4 ", line):
+                time.sleep(1.0)
+                os.kill(int(found[1]), signal.SIGKILL)
+                break
+        rest, _ = process.communicate(timeout=900)
+        output = "".join(lines) + rest
+        assert process.returncode == 0, output[-6000:]
+        assert re.search(r"worker failed \(rank 0: .*\); Ray starts the workers again \(1 of 1 restarts\)", output)
+        assert "Traceback" not in output, output[-6000:]
+        (run,) = mlflow.search_runs(experiment_names=["ray-main"], output_format="list")
+        steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")]
+        assert run.info.status == "FINISHED" and steps == [1, 2, 3, 4], output[-6000:]
+        assert run.data.params["workers_resolved"] == "2" and run.data.tags["tftrain.workers_agree"] == "true"
+        metrics = run.data.metrics
+        assert 0 <= metrics["test_accuracy"] <= 1 and "tflite_float32_test_accuracy" in metrics
+        assert "litert_test_accuracy" in metrics
+        assert f"({run.info.run_id}), 4 epochs" in output
+        client = mlflow.MlflowClient()
+        for name in ("on-ray", "on-ray-litert"):
+            (version,) = client.search_model_versions(f"name = '{name}'")
+            assert version.run_id == run.info.run_id
+            assert client.get_model_version_by_alias(name, "champion").version == version.version
+
+
+@pytest.mark.slow
 def test_a_mistake_in_the_users_builder_ends_the_job_at_once_in_one_line(tmp_path, tiny_data, ray_cluster):
     """A UserError in the workers (here a builder that raises) is the same on every try: no restarts, no
     tracebacks, the run FAILED with the reason."""

@@ -319,10 +319,6 @@ def sync_command(journal: str) -> None:
 def pipeline_command(**params) -> None:
     """The main job: train, evaluate, export and promote in one MLflow run, then say where to look."""
     cfg = _training_args(params)
-    if cfg.runtime.launcher == "ray":
-        raise UserError("invalid value for launcher: received ray for the main job, which evaluates and exports in "
-                        "its own process; allowed: none here, or the train entry point with launcher=ray (then "
-                        "evaluate, export and promote its model)")  # fmt: skip
     from tftrain.pipeline import pipeline
 
     pipeline(cfg)

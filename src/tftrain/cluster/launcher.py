@@ -40,9 +40,9 @@ log = logging.getLogger(__name__)
 FORWARDED = ("MLFLOW_", "TFTRAIN_", "TF_", "KERAS_", "CUDA_", "OMP_", "PYTHONPATH")
 
 
-def train_on_ray(cfg: TrainConfig) -> LoggedModel:
-    """Train as `cfg` says on cfg.runtime.workers Ray Train workers, logging into MLFLOW_RUN_ID's run (`mlflow run`'s)
-    or a new one."""
+def train_on_ray(cfg: TrainConfig, run_id: str | None = None) -> LoggedModel:
+    """Train as `cfg` says on cfg.runtime.workers Ray Train workers, logging into `run_id` (the main job's run, which
+    the caller ends), else MLFLOW_RUN_ID's run (`mlflow run`'s), else a new one."""
     workers, output = cfg.runtime.workers, Path(cfg.tracking.output_dir).resolve()
     import ray
     from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
@@ -63,7 +63,7 @@ def train_on_ray(cfg: TrainConfig) -> LoggedModel:
             if cpus < workers:
                 log.info(f"note: the Ray cluster has {cpus:g} CPUs for {workers} workers of 1 CPU each; Ray Train "
                          "waits for more (an autoscaling cluster adds nodes)")  # fmt: skip
-            mine = mlflow_run_id()
+            mine = run_id or mlflow_run_id()
             previous = command_state(cfg).interrupted_run()  # the same command stopped before: its run goes on
             if not mine and previous and runs.continuable(previous):
                 run_id = previous

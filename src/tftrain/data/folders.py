@@ -325,10 +325,7 @@ def _chunks(items: list, per: int, workers: int) -> list[list]:
 def _map(pool, fn, root: str, chunks: list[list], what: str, say, *args) -> Iterator[tuple[int, object]]:
     """fn(root, chunk, *args) for each chunk, in order, as (index of the chunk's first item, result); a progress
     line at most every PROGRESS_EVERY seconds."""
-    if pool is None:
-        results = (fn(root, chunk, *args) for chunk in chunks)
-    else:
-        results = _in_flight(pool, fn, root, chunks, args)
+    results = _in_flight(pool, fn, root, chunks, args) if pool else (fn(root, chunk, *args) for chunk in chunks)
     first, total, last = 0, sum(map(len, chunks)), time.monotonic()
     for chunk, result in zip(chunks, results, strict=True):
         yield first, result

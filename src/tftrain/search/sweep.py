@@ -22,6 +22,7 @@ import dataclasses
 import logging
 import math
 import os
+import sys
 import time
 
 import keras
@@ -48,6 +49,7 @@ from tftrain.values import registered_model_name
 log = logging.getLogger(__name__)
 
 PARENT_WAIT = 60.0  # seconds a joining process waits for the study's creator to record the parent run
+FIRST_TRY = "first_try"  # user attribute: the number of a trial's first try (itself, unless queued again)
 
 
 def _data_key(cfg: TrainConfig) -> tuple:
@@ -184,16 +186,21 @@ def _own_run() -> str | None:
 
 
 def _objective(trial, study, base, sw, dims, parent, data) -> float:
+    # a trial queued again after an interruption carries its first try's attributes: it goes on from that try's
+    # backup (the same run name, so the same command state), and its run takes over the interrupted one's epochs
+    first = trial.user_attrs.get(FIRST_TRY, trial.number)
+    trial.set_user_attr(FIRST_TRY, first)
     trial.set_user_attr(ATTR, trials.owner(trial))
     taken = sorted(t.number for t in study.get_trials(deepcopy=False) if trials.taking(t))
     if trial.number not in taken[: sw.trials]:
         trial.set_user_attr("surplus", True)
         raise _Surplus(f"trial {trial.number}: the study has its {sw.trials} trials")
     values = {d.name: d.suggest(trial) for d in dims}
-    cfg = base.replace(**values, run_name=f"trial-{trial.number:03d}", resume="never")
+    cfg = base.replace(**values, run_name=f"trial-{first:03d}", resume="never" if first == trial.number else "auto")
     log.info(f"\ntrial {trial.number} ({len(trials.done(study)) + 1} of {sw.trials}): {shown(values)}")
     key = _data_key(cfg)
-    tags = {"tftrain.study": study.study_name, "tftrain.trial": str(trial.number), "tftrain.sweep": "trial"}
+    tags = {"tftrain.study": study.study_name, "tftrain.trial": str(trial.number), "tftrain.sweep": "trial",
+            **({"tftrain.first_try": str(first)} if first != trial.number else {})}  # fmt: skip
     pruning = PruneLosers(trial, sw.objective)
     started = time.perf_counter()
     try:
@@ -223,7 +230,8 @@ def _objective(trial, study, base, sw, dims, parent, data) -> float:
         log.info(f"trial {trial.number}: failed: {e}; the sweep goes on")
         raise
     finally:
-        command_state(cfg).forget()  # a trial's data is always the config's
+        if not isinstance(sys.exc_info()[1], KeyboardInterrupt):  # interrupted: its retry goes on from the backup
+            command_state(cfg).forget()
     log.info(f"trial {trial.number}: {sw.objective} {value:.4f} after {result.epochs_run} epochs, "
           f"{time.perf_counter() - started:.1f} s")  # fmt: skip
     return value

@@ -102,6 +102,20 @@ def test_a_folder_over_the_budget_stays_on_disk_with_the_same_splits(tmp_path, c
         np.testing.assert_array_equal(disk_y, memory_y)
 
 
+def test_a_folder_over_the_budget_with_no_room_for_its_cache_is_refused_not_loaded(tmp_path, caplog):
+    """Over in_memory_mb the images must stream from the cache file: when it cannot be written, one line says so
+    (in memory they might not fit); under it, a warning and the images in memory, as before."""
+    root = tmp_path / "data"
+    make_classes(root, {"a": 6, "b": 6})
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the cache folder would go")
+    with pytest.raises(UserError, match=r"cannot write the image cache in .*; the 0\.0 MB of decoded images are "
+                                        r"over in_memory_mb=0, so they train from that file; allowed: a cache folder"):
+        load_folder(root, cache_dir=blocked, in_memory_mb=0)
+    data = load_folder(root, cache_dir=blocked)
+    assert isinstance(data.train[0], np.ndarray) and "keeping images in memory only" in caplog.text
+
+
 def test_memory_does_not_grow_with_the_data(tmp_path):
     """An epoch over 393 MB of images on disk, in a process of its own: its peak memory grows by far less than
     the data (in memory, measured the same way, it grows by about three times the data; through a memory map, every page

@@ -67,6 +67,7 @@ def test_the_main_job_on_photos_trains_exports_and_promotes(photos, store_dir, m
         run = run_of(done)
         metrics, params = run.data.metrics, run.data.params
     assert params["image_size_resolved"] == size and params["augment_resolved"] == "flip"
+    assert params["images_from"] == "disk"
     assert 0.9 <= float(params["batch_norm_momentum"]) <= 0.99
     assert metrics["test_accuracy"] >= floor, metrics["test_accuracy"]
     assert "tftrain.warning" not in run.data.tags
@@ -101,7 +102,7 @@ def test_a_keras_way_builder_with_augmentation_and_batch_norm_under_mlflow_run(p
     env = {**activated_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     env.pop("MLFLOW_RUN_ID", None)
     params = {"dataset": photos, "model": f"{tmp_path}/keras_way.py:build", "epochs": 8, "model_name": "keras-way",
-              "output_dir": tmp_path / "outputs"}  # fmt: skip
+              "output_dir": tmp_path / "outputs", "in_memory_mb": 0}  # fmt: skip
     outputs = []
     for entry_point, extra in (("main", params), ("evaluate", {"model_uri": "models:/keras-way/1"})):
         done = subprocess.run(mlflow_run_args(project, entry_point, extra, "photos"), cwd=tmp_path, env=env,
@@ -118,3 +119,4 @@ def test_a_keras_way_builder_with_augmentation_and_batch_norm_under_mlflow_run(p
     assert "does not scale pixels itself" not in outputs[0].stdout
     assert evaluation.data.metrics["test_accuracy"] == pytest.approx(main.data.metrics["test_accuracy"])
     assert "decoding" not in outputs[1].stderr  # evaluate found the folder's images in the cache training made
+    assert "over in_memory_mb=0: reading them from the cache" in outputs[1].stderr  # and reads them as training did

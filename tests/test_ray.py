@@ -117,13 +117,14 @@ def test_the_main_job_under_mlflow_run_trains_on_the_cluster_through_a_killed_wo
     """`mlflow run . -e main -P launcher=ray -P workers=2`: the workers train on the two nodes, rank 0 is SIGKILLed
     after epoch 2 and Ray starts the group again from the backups; then the driver evaluates, exports and promotes,
     all in the one run MLflow made."""
-    from conftest import mlflow_run_args
+    from conftest import activated_env, mlflow_run_args
 
     params = {"launcher": "ray", "workers": 2, "ray_address": ray_cluster, "data_dir": tiny_data, "epochs": 4,
               "batch_size": 4, "steps_per_execution": 1, "early_stopping": "false", "tensorboard": "false",
               "max_failures": 1, "model_name": "on-ray", "output_dir": tmp_path / "out"}  # fmt: skip
     with mlflow_store(tmp_path) as uri:
-        env = {**ENV, "MLFLOW_TRACKING_URI": uri}
+        env = {**activated_env(), **{k: ENV[k] for k in ("RAY_AUTH_MODE", "RAY_DISABLE_USAGE_STATS")},
+               "MLFLOW_TRACKING_URI": uri}  # fmt: skip
         env.pop("MLFLOW_RUN_ID", None)
         process = subprocess.Popen(mlflow_run_args(project, "main", params, "ray-main"), cwd=tmp_path, env=env,
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip

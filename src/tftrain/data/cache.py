@@ -23,6 +23,11 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 2  # part of the key: bump when the decoded pixels or the json change meaning (2: size_rule)
 
 
+def megabytes(size: int) -> str:
+    """A size for messages, in MB with a decimal below 100 MB (5.4 MB is not "5 MB, over 5")."""
+    return f"{size / 1e6:,.1f} MB" if size < 100e6 else f"{size / 1e6:,.0f} MB"
+
+
 def short_path(path: Path | str, limit: int = 48) -> str:
     """A path cut from the left to keep progress lines under 100 characters."""
     text = str(path)
@@ -83,18 +88,25 @@ class Rows:
     """Where decoded rows go, in listing order: a temporary .npy in the cache folder, or memory if it cannot be
     written there (one warning line)."""
 
-    def __init__(self, stem: Path, shape: tuple[int, ...]):
+    def __init__(self, stem: Path, shape: tuple[int, ...], in_memory_mb: float = float("inf")):
         self.npy, self.shape, self.done, self.array = stem.with_name(f"images-{stem.name}.npy"), shape, 0, None
         self.tmp, self.file = self.npy.with_name(f".{self.npy.name}.{os.getpid()}.tmp"), None
+        size = int(np.prod(shape))
         try:
             self.npy.parent.mkdir(parents=True, exist_ok=True)
-            if shutil.disk_usage(self.npy.parent).free < np.prod(shape) + (64 << 20):
-                raise OSError(f"needs {np.prod(shape) / 1e9:.1f} GB free")
+            if (free := shutil.disk_usage(self.npy.parent).free) < size + (64 << 20):
+                raise OSError(f"it needs {megabytes(size + (64 << 20))} free, has {megabytes(free)}")
             self.file = open(self.tmp, "wb")  # noqa: SIM115 - closed in finish() or close()
             header = {"descr": "|u1", "fortran_order": False, "shape": shape}
             np.lib.format.write_array_header_1_0(self.file, header)
         except OSError as e:
             self.close()
+            if size > in_memory_mb * 1e6:  # they must stream from the file: in memory they may not fit
+                raise UserError(
+                    f"cannot write the image cache in {self.npy.parent} ({e}); the {megabytes(size)} of decoded "
+                    f"images are over in_memory_mb={in_memory_mb:g}, so they train from that file; allowed: a cache "
+                    "folder with room (env TFTRAIN_CACHE_DIR), or a larger in_memory_mb"
+                ) from None
             log.warning(f"cannot write the image cache in {self.npy.parent} ({e}); keeping images in memory only")
             self.array = np.zeros(shape, np.uint8)
 

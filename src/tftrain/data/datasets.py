@@ -223,7 +223,9 @@ def load_task_data(
     settings = {"dataset": resolved_dataset(dataset), "data_dir": str(Path(data_dir).resolve()) if data_dir else "",
                 "test_split": test_split, "validation_split": validation_split, "bad_images": bad_images,
                 # as asked (None: auto), so that loading again finds a folder's decoded images in the same cache
-                "image_size": image_size, "channels": channels, "auto_sides": auto_sides}  # fmt: skip
+                "image_size": image_size, "channels": channels, "auto_sides": auto_sides,
+                # where the images live (memory or the cache on disk): evaluate and export load them the same way
+                "in_memory_mb": in_memory_mb}  # fmt: skip
     memory = {"in_memory_mb": in_memory_mb} if in_memory_mb is not None else {}
     if kind == "folder":
         from tftrain.data.folders import load_folder
@@ -263,6 +265,8 @@ def _resolved(data: TaskData, extra: dict[str, str], settings: dict) -> TaskData
     resolved = {
         "image_size_resolved": f"{shape[0]}x{shape[1]}",
         "channels_resolved": str(shape[2] if len(shape) == 3 else 1),
+        # where training reads the images: memory, or the image cache on disk a batch at a time (in_memory_mb)
+        "images_from": "disk" if isinstance(data.train[0], DiskImages) else "memory",
     }
     return dataclasses.replace(data, resolved={**resolved, **extra}, settings=settings)
 

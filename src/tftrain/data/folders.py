@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from tftrain.config import BAD_IMAGES, IN_MEMORY_MB
-from tftrain.data.cache import CACHE_VERSION, Rows, cache_folder, cache_key, load_cache, short_path
+from tftrain.data.cache import CACHE_VERSION, Rows, cache_folder, cache_key, load_cache, megabytes, short_path
 from tftrain.data.disk import DiskImages
 from tftrain.data.fingerprint import SPLITS, files_digest
 from tftrain.data.images import IMAGE_SUFFIXES, Native, decode_rows, read_headers
@@ -95,7 +95,7 @@ def load_folder(
     cached = load_cache(folder, key, rels, say)
     if cached is None:
         images, meta = _decode_folder(
-            listing, rels, stats, (image_size, auto_sides), channels, bad_images, folder / key, say
+            listing, rels, stats, (image_size, auto_sides), channels, bad_images, folder / key, say, in_memory_mb
         )
     else:
         images, meta = cached
@@ -109,7 +109,7 @@ def load_folder(
     size, depth = tuple(meta["image_size"]), meta["channels"]
     on_disk = isinstance(images, np.memmap) and images.nbytes > in_memory_mb * 1e6
     if on_disk:
-        say(f"{images.nbytes / 1e6:,.0f} MB of images, over in_memory_mb={in_memory_mb:g}: reading them from the "
+        say(f"{megabytes(images.nbytes)} of images, over in_memory_mb={in_memory_mb:g}: reading them from the "
             "cache a batch at a time")  # fmt: skip
     parts = [(DiskImages.of(images, r) if on_disk else _gather(images, r), labels[r]) for r in rows]
     source = f"image folder {listing.root} ({len(rels)} files)"
@@ -151,7 +151,7 @@ def _printer(progress: bool) -> Callable[[str], None]:
     return say
 
 
-def _decode_folder(listing, rels, stats, image_size, channels, bad_images, stem, say) -> tuple[np.ndarray, dict]:
+def _decode_folder(listing, rels, stats, image_size, channels, bad_images, stem, say, in_memory_mb=IN_MEMORY_MB):
     """Every file decoded into one uint8 array (listing order) in the cache; the json lists the unreadable.
     An "auto" size or channels is taken from a sample's headers and checked against every file's own header
     during the decode, so a folder is read once; when the whole folder answers otherwise, it is decoded again at
@@ -165,7 +165,7 @@ def _decode_folder(listing, rels, stats, image_size, channels, bad_images, stem,
                 pool, workers, root, rels, image_size, channels, say
             )
         while True:
-            natives, out = _decode_pass(pool, workers, root, rels, size, depth, stem, say)
+            natives, out = _decode_pass(pool, workers, root, rels, size, depth, stem, say, in_memory_mb)
             try:
                 auto = _auto(natives, image_size, channels)
                 if auto == (size, depth):
@@ -183,13 +183,13 @@ def _decode_folder(listing, rels, stats, image_size, channels, bad_images, stem,
     return images, meta
 
 
-def _decode_pass(pool, workers, root, rels, size, channels, stem, say) -> tuple[list[Native | str], Rows]:
+def _decode_pass(pool, workers, root, rels, size, channels, stem, say, in_memory_mb) -> tuple[list[Native | str], Rows]:
     """Every file decoded at `size` and `channels` into rows of the cache (not yet complete: the caller finishes
     or drops them), and each file's own (height, width, gray) or why it cannot be read."""
     shape = (len(rels), *size) if channels == 1 else (len(rels), *size, 3)
     how = f"{workers} processes" if workers > 1 else "in-process"
     say(f"decoding {len(rels):,} images from {short_path(root, 40)} ({how})")
-    out, natives = Rows(stem, shape), []
+    out, natives = Rows(stem, shape, in_memory_mb), []
     try:
         chunks = _chunks(rels, min(CHUNK_FILES, CHUNK_BYTES // int(np.prod(shape[1:]))), workers)
         for _, (rows, part) in _map(pool, decode_rows, root, chunks, "decoding", say, size, channels):

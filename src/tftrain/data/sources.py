@@ -80,7 +80,7 @@ def load_tfds(
     target = _known_target(builder.info.features[image_key].shape, image_size, channels)
     counts = {s: int(builder.info.splits[s].num_examples) for s in read}
     if target and sum(counts.values()) * np.prod(target[0]) * (3 if target[1] == 3 else 1) > in_memory_mb * 1e6:
-        return _on_disk(path, read, what, class_names, target, counts, source, cache_dir)
+        return _on_disk(path, read, what, class_names, target, counts, source, cache_dir, in_memory_mb)
     return _materialize(read, what, class_names, image_size, channels, source)
 
 
@@ -93,7 +93,7 @@ def _known_target(shape, image_size, channels) -> tuple[tuple[int, int], int] | 
     return (tuple(size), depth) if size and depth else None
 
 
-def _on_disk(path: Path, read, what, class_names, target, counts, source, cache_dir) -> SourceData:
+def _on_disk(path: Path, read, what, class_names, target, counts, source, cache_dir, in_memory_mb) -> SourceData:
     """A tfds dataset over the in-memory budget: read once into the image cache (cache.py), its splits then read
     from there a batch at a time (disk.DiskImages), as a large image folder's are. Keyed by the prepared files'
     names, sizes and times and the target size and channels."""
@@ -105,7 +105,7 @@ def _on_disk(path: Path, read, what, class_names, target, counts, source, cache_
     cached = load_cache(folder, key, rels, progress_log.info, sum(counts.values()))
     if cached is None:
         shape = (sum(counts.values()), *size, *(() if depth == 1 else (3,)))
-        rows = Rows(folder / key, shape)
+        rows = Rows(folder / key, shape, in_memory_mb)
         try:
             meta = {"version": CACHE_VERSION, "paths": rels, "splits": {}, "labels": {}}
             for split, pairs in read.items():

@@ -136,7 +136,7 @@ def model_data(ref: logged_models.LoggedModel, dataset: str = "", data_dir: str 
     load = functools.partial(
         load_task_data, dataset or trained["dataset"], data_dir or (trained.get("data_dir", "") if not dataset else ""),
         test_split=float(trained.get("test_split", 0.1)), validation_split=float(trained.get("validation_split", 0.2)),
-        bad_images=trained.get("bad_images", "fail"),
+        bad_images=trained.get("bad_images", "fail"), in_memory_mb=trained.get("in_memory_mb"),
     )  # fmt: skip
     if same and "image_size" in trained:  # as training asked for it: a folder's decoded images are in the cache
         sides = tuple(trained["auto_sides"]) if trained.get("auto_sides") else None

@@ -1,12 +1,14 @@
 """launcher=ray on a real two-node Ray cluster on this machine (`ray start --head` and `ray start --address`, one
 CPU each, so the two workers run on different nodes): one MLflow run, every epoch once, the same weights on both
-ranks; then a worker killed mid-epoch, restarted by Ray, and the training going on from the backups in the same
-run. (The local cluster a command starts itself: tests/test_mlflow_run.py.)"""
+ranks; the main job under `mlflow run` with a worker killed mid-epoch, restarted by Ray, the training going on from
+the backups in the same run, then shipped; a sweep with two trial processes at once, one killed; Ray Serve
+replicas. (The local cluster a command starts itself: tests/test_mlflow_run.py.)"""
 
 from __future__ import annotations
 
 import base64
 import io
+import itertools
 import json
 import os
 import re
@@ -80,43 +82,13 @@ def _one_run():
 
 
 @pytest.mark.slow
-def test_the_chief_killed_mid_epoch_is_restarted_and_training_goes_on_in_the_same_run(tmp_path, tiny_data, ray_cluster):
-    """Rank 0, the worker that logs to MLflow, SIGKILLed between two epochs' backups: Ray starts the group again
-    (one line says so), the workers go on from epoch 2, and the run gets every epoch once."""
-    epochs = 6
-    with mlflow_store(tmp_path) as uri:
-        process = subprocess.Popen(_train(tiny_data, tmp_path / "out", ray_cluster, epochs, "killed"), cwd=tmp_path,
-                                   env={**ENV, "MLFLOW_TRACKING_URI": uri}, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True)  # fmt: skip
-        lines = []
-        for line in process.stdout:
-            lines.append(line)
-            if found := re.search(r"\(RayTrainWorker pid=(\d+)\) epoch 2/6 ", line):
-                time.sleep(1.0)  # into epoch 3, between the end-of-epoch backups
-                os.kill(int(found[1]), signal.SIGKILL)
-                break
-        rest, _ = process.communicate(timeout=900)
-        output = "".join(lines) + rest
-        assert process.returncode == 0, output[-6000:]
-        run, steps = _one_run()
-        assert run.info.status == "FINISHED" and steps == list(range(1, epochs + 1)), output[-6000:]
-        assert len(re.findall(r"\) epoch 1/6 ", output)) == 1  # the restarted workers went on from a backup
-        assert re.search(r"worker failed \(rank 0: .*\); Ray starts the workers again \(1 of 1 restarts\)", output)
-        assert "the workers go on after epoch 2, from their backups" in output
-        assert "Traceback" not in output and "\x1b[" not in output, output[-6000:]
-        assert "ring_alg" not in output and "A worker died" not in output, output[-6000:]  # said in one line
-        assert run.data.tags["tftrain.workers_agree"] == "true"
-        assert "tftrain.failure" not in run.data.tags  # a failure it went on from is not how it ended
-        assert len(mlflow.MlflowClient().search_model_versions("name = 'killed'")) == 1
-
-
-@pytest.mark.slow
 def test_the_main_job_under_mlflow_run_trains_on_the_cluster_through_a_killed_worker_then_ships(
     project, tmp_path, tiny_data, ray_cluster
 ):
-    """`mlflow run . -e main -P launcher=ray -P workers=2`: the workers train on the two nodes, rank 0 is SIGKILLed
-    after epoch 2 and Ray starts the group again from the backups; then the driver evaluates, exports and promotes,
-    all in the one run MLflow made."""
+    """`mlflow run . -e main -P launcher=ray -P workers=2`: the workers train on the two nodes; rank 0, the worker
+    that logs to MLflow, is SIGKILLed between two epochs' backups, Ray starts the group again (one line says so) and
+    the workers go on from epoch 2; then the driver evaluates, exports and promotes, all in the one run MLflow made,
+    every epoch logged once."""
     from conftest import activated_env, mlflow_run_args
 
     params = {"launcher": "ray", "workers": 2, "ray_address": ray_cluster, "data_dir": tiny_data, "epochs": 4,
@@ -139,11 +111,15 @@ def test_the_main_job_under_mlflow_run_trains_on_the_cluster_through_a_killed_wo
         output = "".join(lines) + rest
         assert process.returncode == 0, output[-6000:]
         assert re.search(r"worker failed \(rank 0: .*\); Ray starts the workers again \(1 of 1 restarts\)", output)
-        assert "Traceback" not in output, output[-6000:]
+        assert "the workers go on after epoch 2, from their backups" in output
+        assert len(re.findall(r"\) epoch 1/4 ", output)) == 1  # the restarted workers went on from a backup
+        assert "Traceback" not in output and "\x1b[" not in output, output[-6000:]
+        assert "ring_alg" not in output and "A worker died" not in output, output[-6000:]  # said in one line
         (run,) = mlflow.search_runs(experiment_names=["ray-main"], output_format="list")
         steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")]
         assert run.info.status == "FINISHED" and steps == [1, 2, 3, 4], output[-6000:]
         assert run.data.params["workers_resolved"] == "2" and run.data.tags["tftrain.workers_agree"] == "true"
+        assert "tftrain.failure" not in run.data.tags  # a failure it went on from is not how it ended
         metrics = run.data.metrics
         assert 0 <= metrics["test_accuracy"] <= 1 and "tflite_float32_test_accuracy" in metrics
         assert "litert_test_accuracy" in metrics
@@ -153,6 +129,54 @@ def test_the_main_job_under_mlflow_run_trains_on_the_cluster_through_a_killed_wo
             (version,) = client.search_model_versions(f"name = '{name}'")
             assert version.run_id == run.info.run_id
             assert client.get_model_version_by_alias(name, "champion").version == version.version
+
+
+@pytest.mark.slow
+def test_a_sweep_on_the_cluster_runs_two_trials_at_once_and_a_killed_trial_process_costs_only_its_epochs(
+    tmp_path, tiny_data, ray_cluster
+):
+    """`tftrain sweep --launcher ray --workers 2` on the two one-CPU nodes: two trial processes at once, one
+    study and parent run; one process SIGKILLed mid-trial is started again by Ray, finds its trial dead and goes on
+    from the trial's backup; every trial ends FINISHED with every epoch once, and the best model is gated."""
+    args = [sys.executable, "-m", "tftrain", "sweep", "--launcher", "ray", "--workers", "2", "--ray-address",
+            ray_cluster, "--max-failures", "1", "--data-dir", str(tiny_data), "--trials", "4", "--epochs", "8",
+            "--sampler", "grid", "--pruner", "none", "--space", "learning_rate=choice(0.001,0.002,0.003,0.004)",
+            "--batch-size", "4", "--steps-per-execution", "1", "--save-interval", "0", "--early-stopping", "false",
+            "--tensorboard", "false", "--precision", "float32", "--model-name", "swept", "--output-dir",
+            str(tmp_path / "out")]  # fmt: skip
+    with mlflow_store(tmp_path) as uri:
+        process = subprocess.Popen(args, cwd=tmp_path, env={**ENV, "MLFLOW_TRACKING_URI": uri},
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if found := re.search(r"\(tftrain-sweep-\d pid=(\d+)\) epoch 2/8 ", line):
+                time.sleep(0.3)  # into epoch 3 (0.4 s an epoch here), after epoch 2's backup
+                os.kill(int(found[1]), signal.SIGKILL)
+                break
+        rest, _ = process.communicate(timeout=900)
+        output = "".join(lines) + rest
+        assert process.returncode == 0, output[-6000:]
+        assert "sweep on Ray: 2 trial processes at once (1 CPU each) on 2 node(s)" in output, output[-6000:]
+        assert "Traceback" not in output and "[repeated" not in output, output[-6000:]  # each line as written
+        (parent,) = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`tftrain.sweep` = 'parent'",
+                                       output_format="list")  # fmt: skip
+        assert parent.info.status == "FINISHED" and parent.data.metrics["trials_complete"] == 4
+        trials = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                                    filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")  # fmt: skip
+        assert sorted(r.info.status for r in trials) == ["FINISHED"] * 4, [(r.info.run_name, r.info.status)
+                                                                          for r in trials]  # fmt: skip
+        assert sorted(r.data.params["learning_rate"] for r in trials) == ["0.001", "0.002", "0.003", "0.004"]
+        for run in trials:  # the retried trial too: its run took over the killed one's epochs
+            steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")]
+            assert sorted(steps) == list(range(1, 9)), (run.info.run_name, steps)
+        (retried,) = [r for r in trials if "tftrain.first_try" in r.data.tags]
+        assert "tftrain.continues_run" in retried.data.tags
+        spans = sorted((r.info.start_time, r.info.end_time) for r in trials)
+        assert any(later[0] < earlier[1] for earlier, later in itertools.pairwise(spans)), spans  # two at once
+        client = mlflow.MlflowClient()
+        (version,) = client.search_model_versions("name = 'swept'")
+        assert client.get_model_version_by_alias("swept", "champion").version == version.version
 
 
 @pytest.mark.slow

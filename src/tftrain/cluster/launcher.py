@@ -36,10 +36,6 @@ from tftrain.values import default_run_name
 
 log = logging.getLogger(__name__)
 
-# the environment a worker takes from the driver: where to log, how to behave, what the user set for TensorFlow
-FORWARDED = ("MLFLOW_", "TFTRAIN_", "TF_", "KERAS_", "CUDA_", "OMP_", "PYTHONPATH")
-
-
 def train_on_ray(cfg: TrainConfig, run_id: str | None = None) -> LoggedModel:
     """Train as `cfg` says on cfg.runtime.workers Ray Train workers, logging into `run_id` (the main job's run, which
     the caller ends), else MLFLOW_RUN_ID's run (`mlflow run`'s), else a new one."""
@@ -143,9 +139,7 @@ def _first_line(error: BaseException) -> str:
 
 def _start(cfg: TrainConfig) -> None:
     # the workers' environment from their start (Ray's TensorFlow backend imports TensorFlow before _worker runs)
-    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED)}
-    if "PYTHONPATH" in env:  # absolute: a worker starts in its node's folder (MLproject's is PYTHONPATH=src)
-        env["PYTHONPATH"] = os.pathsep.join(str(Path(p).resolve()) for p in env["PYTHONPATH"].split(os.pathsep) if p)
+    env = ray_cluster.forwarded_env()
     env["RAY_TRAIN_ENABLE_PRINT_PATCH"] = "0"  # Ray Train's print patch logs each line again, on every rank
     ray_cluster.connect(cfg.runtime.ray_address, max(os.cpu_count() or 1, cfg.runtime.workers), env)
 

@@ -10,9 +10,23 @@ import logging
 import os
 import socket
 import sys
+from pathlib import Path
 
 from tftrain.checks import check_ray_address
 from tftrain.errors import UserError
+
+# the environment a job's processes take from the command: where to log, how to behave, what the user set for
+# TensorFlow
+FORWARDED = ("MLFLOW_", "TFTRAIN_", "TF_", "KERAS_", "CUDA_", "OMP_", "PYTHONPATH")
+
+
+def forwarded_env() -> dict[str, str]:
+    """This process's FORWARDED variables, PYTHONPATH made absolute (a worker starts in its node's folder; the
+    MLproject's is PYTHONPATH=src)."""
+    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED)}
+    if "PYTHONPATH" in env:
+        env["PYTHONPATH"] = os.pathsep.join(str(Path(p).resolve()) for p in env["PYTHONPATH"].split(os.pathsep) if p)
+    return env
 
 
 def connect(address: str, num_cpus: int, env: dict[str, str], log_to_driver: bool = True) -> None:

@@ -91,12 +91,10 @@ class SweepConfig:
 def check_sweep(sw: SweepConfig, base: TrainConfig) -> tuple[Dimension, ...]:
     """The space against the base, what the base must be for a sweep, and the data and builders the space names
     as `train` checks its own before TensorFlow loads; the dimensions."""
-    if base.runtime.strategy == "multi_worker" or base.runtime.launcher == "ray":
-        what, allowed = (("launcher: received ray", "launcher=none") if base.runtime.launcher == "ray"
-                         else ("strategy: received multi_worker", "strategy auto, one_device or mirrored"))  # fmt: skip
-        raise UserError(f"invalid value for {what}; a sweep runs its trials one at a time in each process; allowed: "
-                        f"{allowed} (start several sweep processes with the same study to use several "
-                        "machines)")  # fmt: skip
+    if base.runtime.strategy == "multi_worker":
+        raise UserError("invalid value for strategy: received multi_worker; a sweep runs its trials one at a time in "
+                        "each process; allowed: strategy auto, one_device or mirrored (launcher=ray with workers=N "
+                        "runs N trial processes at once on a Ray cluster)")  # fmt: skip
     dims = parse_space(sw.space, base)
     from tftrain.checks import check_dataset, check_model
 

@@ -31,7 +31,7 @@ import optuna
 import tensorflow as tf
 from optuna.trial import TrialState
 
-from tftrain.config import TrainConfig
+from tftrain.config import PARAMS, TrainConfig
 from tftrain.data.datasets import make_dataset
 from tftrain.env import mlflow_run_id
 from tftrain.errors import TrainingFailed, UserError
@@ -49,6 +49,8 @@ from tftrain.values import registered_model_name
 log = logging.getLogger(__name__)
 
 PARENT_WAIT = 60.0  # seconds a joining process waits for the study's creator to record the parent run
+# a trial trains in its own process, wherever that runs (with launcher=ray, a Ray task: search/on_ray.py)
+HERE = {name: PARAMS[name].default for name in ("launcher", "workers", "ray_address", "max_failures")}
 FIRST_TRY = "first_try"  # user attribute: the number of a trial's first try (itself, unless queued again)
 
 
@@ -86,6 +88,18 @@ class _NoRetracingWarning(logging.Filter):
 
 
 def sweep(base: TrainConfig, sw: SweepConfig, dims: tuple[Dimension, ...]) -> SweepResult:
+    """The sweep `sw` over `dims` on `base`: in this process, or with launcher=ray in `workers` processes at once on
+    the Ray cluster (search/on_ray.py), each running run_trials."""
+    if base.runtime.launcher == "ray":
+        from tftrain.search.on_ray import sweep_on_ray
+
+        return sweep_on_ray(base, sw, dims)
+    return run_trials(base, sw, dims)
+
+
+def run_trials(base: TrainConfig, sw: SweepConfig, dims: tuple[Dimension, ...]) -> SweepResult:
+    """This process's part of the study: trials until `trials` are done or taken, then, if it is the last one
+    running, the summary and the gate (see the module docstring)."""
     # Optuna logs each failed trial with its traceback; tftrain says in one line what happened to every trial
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     tf.get_logger().addFilter(_NoRetracingWarning())
@@ -196,7 +210,7 @@ def _objective(trial, study, base, sw, dims, parent, data) -> float:
         trial.set_user_attr("surplus", True)
         raise _Surplus(f"trial {trial.number}: the study has its {sw.trials} trials")
     values = {d.name: d.suggest(trial) for d in dims}
-    cfg = base.replace(**values, run_name=f"trial-{first:03d}", resume="never" if first == trial.number else "auto")
+    cfg = base.replace(**values, **HERE, run_name=f"trial-{first:03d}", resume="never" if first == trial.number else "auto")
     log.info(f"\ntrial {trial.number} ({len(trials.done(study)) + 1} of {sw.trials}): {shown(values)}")
     key = _data_key(cfg)
     tags = {"tftrain.study": study.study_name, "tftrain.trial": str(trial.number), "tftrain.sweep": "trial",

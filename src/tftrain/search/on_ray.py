@@ -62,7 +62,7 @@ def sweep_on_ray(base: TrainConfig, sw: SweepConfig, dims: tuple[Dimension, ...]
             except KeyboardInterrupt:
                 _cancel(refs)
                 raise
-            except ray.exceptions.RayTaskError as e:
+            except ray.exceptions.RayError as e:  # a task's error, or its process dead past its restarts
                 raise _reason(e) from None
         finally:
             ray.shutdown()

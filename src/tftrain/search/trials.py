@@ -37,8 +37,10 @@ def taken(study: optuna.Study) -> int:
 
 
 def exhausted(study: optuna.Study) -> bool:
+    """A grid with every point handed out and none queued again (an interrupted trial's point, waiting to run)."""
     sampler = study.sampler
-    return isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study)
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    return isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study) and not waiting
 
 
 def owner(trial) -> dict:
@@ -76,10 +78,16 @@ def fail_dead_trials(study: optuna.Study) -> None:
         owner = own_record(trial)
         if owner.get("host") != host or alive(owner):
             continue
+        # told with a plain sampler: a grid's, once every point was handed out, stops the study in its after_trial,
+        # which Optuna allows only inside optimize (RuntimeError: "Study.stop is supposed to be invoked inside an
+        # objective function": a killed grid sweep run again with all its points taken)
+        sampler, study.sampler = study.sampler, optuna.samplers.RandomSampler()
         try:
             study.tell(trial.number, state=TrialState.FAIL)
         except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
             continue  # another process got there first
+        finally:
+            study.sampler = sampler
         interrupted(study, study.get_trials(deepcopy=False)[trial.number])
 
 

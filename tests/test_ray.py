@@ -232,6 +232,8 @@ def test_the_forwarded_lines_keep_the_workers_words_without_rays_and_tensorflows
     lines.write(f"{cyan}epoch 1/2  accuracy 0.45\n(PlacementGroupCleaner pid=5) Failed to query Ray Train Controller "
                 "actor state. State API may be temporarily unavailable. Continuing to monitor.\n")  # fmt: skip
     lines.write(f"{cyan}E0000 00:00:1796282128.356207    8071 cuda_platform.cc:52] failed call to cuInit: INTERNAL\n")
+    lines.write(f"{cyan}W0000 00:00:1796464910.693314   24150 preemption_notifier.cc:90] SIGTERM caught at "
+                "2026-12-05T10:01:50.693313309+00:00\n")  # a worker Ray stops: said by tftrain's own line
     lines.write("(TrainController pid=3) Failed to stop PlacementGroupCleaner gracefully.\n(TrainController pid=3) "
                 "Traceback (most recent call last):\n(TrainController pid=3)   File \"x.py\", line 1, in get\n"
                 "(TrainController pid=3) ray.exceptions.GetTimeoutError: Get timed out\n")  # fmt: skip

@@ -191,6 +191,8 @@ _RAY_NOISE = re.compile(
     r"|A worker died or was killed while executing a task by an unexpected system error\. .*"
     r"|[EW]\d{4} [\d:.]+\s+\d+ (?:ring_alg|base_collective_executor|collective_ops|collective_rma_distributed)"
     r"\.cc:\d+\] .*|Additional GRPC error information .*|\s*\[\[\{\{node CollectiveReduceV\d\}\}\]\].*"
+    # TensorFlow's preemption notifier in a worker that Ray stops (after another's error, or at the end)
+    r"|W\d{4} [\d:.]+\s+\d+ preemption_notifier\.cc:\d+\] SIGTERM caught at .*"
 )
 _FORWARDED_LINE = re.compile(r"\((?P<who>[^)]*)\) (?P<line>.*?)(?: \[repeated \d+x across cluster\].*)?")
 _ANSI = re.compile(r"\x1b\[[\d;]*m")

@@ -7,6 +7,7 @@ replicas. (The local cluster a command starts itself: tests/test_mlflow_run.py.)
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import itertools
 import json
@@ -42,18 +43,25 @@ def ray_cluster(tmp_path_factory):
     address = f"127.0.0.1:{port}"
     common = ["--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--block"]
     with open(folder / "head.log", "w") as head_log, open(folder / "node.log", "w") as node_log:
+        # each node in a session of its own, so that its processes (GCS, raylet, workers) go together at the end
         nodes = [subprocess.Popen([RAY, "start", "--head", "--port", str(port), "--include-dashboard", "false",
-                                   *common], env=ENV, stdout=head_log, stderr=subprocess.STDOUT)]  # fmt: skip
+                                   *common], env=ENV, stdout=head_log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)]  # fmt: skip
         try:
             _wait_for_nodes(address, 1, nodes)
             nodes.append(subprocess.Popen([RAY, "start", "--address", address, "--temp-dir", str(folder / "node2"),
-                                           *common], env=ENV, stdout=node_log, stderr=subprocess.STDOUT))  # fmt: skip
+                                           *common], env=ENV, stdout=node_log, stderr=subprocess.STDOUT,
+                                          start_new_session=True))  # fmt: skip
             _wait_for_nodes(address, 2, nodes)
             yield address
         finally:
             for node in reversed(nodes):
                 node.send_signal(signal.SIGTERM)  # --block: the node stops its processes (both at once)
-            for node in nodes:
+            for node in nodes:  # which takes Ray some 30 s of graceful timeouts: 5 s, then the whole session
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    node.wait(timeout=5)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(node.pid, signal.SIGKILL)
                 node.wait(timeout=60)
 
 

@@ -128,6 +128,8 @@ def test_a_grid_needs_points_and_a_sweep_runs_in_one_process_per_trial():
     with pytest.raises(UserError, match="received multi_worker; a sweep runs its trials one at a time"):
         check_sweep(SweepConfig(), TrainConfig.from_flat(strategy="multi_worker", engine="custom"))
     assert check_sweep(SweepConfig(), TrainConfig.from_flat(launcher="ray", workers=3))  # trial processes on Ray
+    with pytest.raises(UserError, match="received multi_worker with launcher=ray; .* allowed: strategy auto$"):
+        check_sweep(SweepConfig(), TrainConfig.from_flat(launcher="ray", strategy="multi_worker"))
 
 
 @pytest.mark.parametrize(

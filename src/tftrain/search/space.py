@@ -91,6 +91,9 @@ class SweepConfig:
 def check_sweep(sw: SweepConfig, base: TrainConfig) -> tuple[Dimension, ...]:
     """The space against the base, what the base must be for a sweep, and the data and builders the space names
     as `train` checks its own before TensorFlow loads; the dimensions."""
+    if base.runtime.launcher == "ray" and base.runtime.strategy != "auto":
+        raise UserError(f"invalid value for strategy: received {base.runtime.strategy} with launcher=ray; a sweep on "
+                        "Ray trains each trial in one process of one CPU; allowed: strategy auto")  # fmt: skip
     if base.runtime.strategy == "multi_worker":
         raise UserError("invalid value for strategy: received multi_worker; a sweep runs its trials one at a time in "
                         "each process; allowed: strategy auto, one_device or mirrored (launcher=ray with workers=N "

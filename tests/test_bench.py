@@ -19,6 +19,12 @@ def test_flops_are_six_per_multiply_add_but_four_in_the_first_layer():
     assert train_flops_per_example(build_model("mlp")) == 4 * 784 * 128 + 6 * 128 * 10
     conv = 26 * 26 * 9 * 32  # 3x3 kernel, one input channel, 32 filters, 26x26 outputs
     assert train_flops_per_example(build_model("cnn")) == 4 * conv + 6 * (13 * 13 * 32 * 64 + 64 * 10)
+    import keras
+
+    inputs = keras.Input((8, 8, 3))  # MobileNet's kind: a depthwise 3x3 (27 weights an output position), then 1x1
+    x = keras.layers.DepthwiseConv2D(3, padding="same")(inputs)
+    mobile = keras.Model(inputs, keras.layers.Conv2D(16, 1)(x))
+    assert train_flops_per_example(mobile) == 4 * 64 * 27 + 6 * 64 * 3 * 16
 
 
 def test_seconds_to_is_the_first_epoch_at_or_above_the_accuracy():

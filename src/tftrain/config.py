@@ -132,8 +132,9 @@ class DataConfig:
     )
     in_memory_mb: int = _opt(
         IN_MEMORY_MB,
-        "Image folders: decoded images up to this many MB train from memory; larger folders stay in the decoded "
-        "cache on disk and stream a batch at a time (memory then does not grow with the folder). 0: always stream.",
+        "Image folders and tfds datasets: decoded images up to this many MB train from memory; larger ones stay in "
+        "the decoded cache on disk and stream a batch at a time (memory then does not grow with them). 0: always "
+        "stream.",
     )
     augment: str = _opt(
         "auto",

@@ -106,7 +106,7 @@ def pipeline(cfg: TrainConfig) -> Evaluation | None:
 
             model = train_on_ray(cfg, run_id=run.run_id)
             epochs = len(runs.logged_steps(run.run_id))
-            trained = Trained(run.run_id, model, epochs, Path(cfg.tracking.output_dir) / run.run_id)
+            trained = Trained(run.run_id, model, epochs, Path(cfg.tracking.output_dir).resolve() / run.run_id)
         else:
             result = train(cfg, task, rt, run=run)
             trained = Trained(result.run_id, result.model, result.epochs_run, result.out_dir)

@@ -19,9 +19,12 @@ from tftrain.bench.setups import BY_NAME, RECIPE_EPOCHS, USER_BATCH, USER_EPOCHS
 
 
 def train_flops_per_example(model) -> float:
-    """Floating-point operations to train on one example, from the multiply-adds (MACs) of the Dense and Conv2D
-    layers: 2 per MAC forward, 2 for the weights' gradient and 2 for the input's gradient, which the first such
-    layer does not need (its input is the image): 4 x MACs there, 6 x MACs elsewhere."""
+    """Floating-point operations to train on one example, from the multiply-adds (MACs) of the Dense, Conv2D and
+    DepthwiseConv2D layers (a kernel's weights once per output position): 2 per MAC forward, 2 for the weights'
+    gradient and 2 for the input's gradient, which the first such layer does not need (its input is the image):
+    4 x MACs there, 6 x MACs elsewhere. Batch norms, activations and pooling (a few FLOPs per value) are left out."""
+    import math
+
     import keras
 
     from tftrain.data.augment import all_layers
@@ -29,11 +32,10 @@ def train_flops_per_example(model) -> float:
     flops, first = 0.0, True
     for layer in all_layers(model):
         if isinstance(layer, keras.layers.Dense):
-            macs = layer.kernel.shape[0] * layer.kernel.shape[1]
-        elif isinstance(layer, keras.layers.Conv2D):
-            height, width = layer.output.shape[1:3]
-            macs = height * width * int(layer.kernel.shape[0] * layer.kernel.shape[1] * layer.kernel.shape[2])
-            macs *= layer.filters
+            macs = math.prod(layer.kernel.shape)
+        elif isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)):
+            height, width = layer.output.shape[1:3]  # kernels (kh, kw, in/groups, filters) or (kh, kw, in, mult)
+            macs = height * width * math.prod(layer.kernel.shape)
         else:
             continue
         flops += (4.0 if first else 6.0) * macs

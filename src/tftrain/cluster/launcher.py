@@ -153,14 +153,9 @@ def _worker(config: dict) -> None:
     run, the others silent (their lines would repeat rank 0's)."""
     import ray.train
 
-    with contextlib.suppress(OSError):
-        os.chdir(config["cwd"])
     rank = ray.train.get_context().get_world_rank()
     hand_over(config["run_id"] if rank == 0 else None)
-    quiet.setup(verbose=False)
-    console.setup()
-    for name in ("tensorflow", "mlflow"):  # Ray's logging setup shows their INFO lines
-        logging.getLogger(name).setLevel(logging.WARNING)
+    ray_cluster.worker_setup(config["cwd"])
     from tftrain.training.trainer import train
 
     with _silenced() if rank else contextlib.nullcontext():  # its errors still reach the driver, as Ray's

@@ -29,6 +29,20 @@ def forwarded_env() -> dict[str, str]:
     return env
 
 
+def worker_setup(cwd: str) -> None:
+    """A process Ray started for tftrain: the command's folder (where the node has it), tftrain's quiet output and
+    logger, and TensorFlow's and MLflow's INFO lines off (Ray's logging setup shows them)."""
+    from tftrain import log as console
+    from tftrain import quiet
+
+    with contextlib.suppress(OSError):
+        os.chdir(cwd)
+    quiet.setup(verbose=False)
+    console.setup()
+    for name in ("tensorflow", "mlflow"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def connect(address: str, num_cpus: int, env: dict[str, str], log_to_driver: bool = True) -> None:
     """ray.init: join the cluster at `address` (HOST:PORT, auto), or with "" start one of this machine with
     `num_cpus`; every process of the job gets `env` (and RAY_ADDRESS); `log_to_driver` shows what its workers

@@ -23,6 +23,11 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 2  # part of the key: bump when the decoded pixels or the json change meaning (2: size_rule)
 
 
+def over_budget(size: float, in_memory_mb: float) -> bool:
+    """Whether `size` bytes of decoded images are over the in-memory budget: they then train from the cache file."""
+    return size > in_memory_mb * 1e6
+
+
 def megabytes(size: int) -> str:
     """A size for messages, in MB with a decimal below 100 MB (5.4 MB is not "5 MB, over 5")."""
     return f"{size / 1e6:,.1f} MB" if size < 100e6 else f"{size / 1e6:,.0f} MB"
@@ -101,7 +106,7 @@ class Rows:
             np.lib.format.write_array_header_1_0(self.file, header)
         except OSError as e:
             self.close()
-            if size > in_memory_mb * 1e6:  # they must stream from the file: in memory they may not fit
+            if over_budget(size, in_memory_mb):  # they must stream from the file: in memory they may not fit
                 raise UserError(
                     f"cannot write the image cache in {self.npy.parent} ({e}); the {megabytes(size)} of decoded "
                     f"images are over in_memory_mb={in_memory_mb:g}, so they train from that file; allowed: a cache "
@@ -117,7 +122,7 @@ class Rows:
             except OSError as e:  # the disk filled up after the check in __init__
                 raise UserError(
                     f"cannot write the image cache {self.tmp}: {e}; allowed: a cache folder with "
-                    f"{np.prod(self.shape) / 1e9:.1f} GB free (cache_dir, or env TFTRAIN_CACHE_DIR)"
+                    f"{megabytes(int(np.prod(self.shape)))} free (cache_dir, or env TFTRAIN_CACHE_DIR)"
                 ) from None
         else:
             self.array[self.done : self.done + len(rows)] = rows

@@ -1,7 +1,7 @@
 """A split of images left on disk: rows of the decoded cache (.npy) read a batch at a time, so a folder larger than
 memory trains with memory that does not grow with the folder.
 
-Reads use os.pread (positioned reads, no shared file offset, the GIL released), not a memory map: the pages a map
+Reads use os.preadv (positioned reads, no shared file offset, the GIL released), not a memory map: the pages a map
 touches count in the process's resident memory until the kernel takes them back, so an epoch over a 5 GB cache
 would look like (and under memory pressure behave like) a 5 GB process; read pages stay in the page cache, where
 the next epoch finds them. Picklable (a Ray worker reopens the file by name). No TensorFlow here.
@@ -10,6 +10,7 @@ the next epoch finds them. Picklable (a Ray worker reopens the file by name). No
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ class DiskImages:
         self.row_shape, self.rows = tuple(row_shape), np.asarray(rows, dtype=np.int64)
         self.row_bytes = int(np.prod(self.row_shape))
         self._fd: int | None = None
+        self._opening = threading.Lock()  # tf.data reads on two threads: one descriptor
 
     @classmethod
     def of(cls, array: np.memmap, rows: np.ndarray) -> DiskImages:
@@ -55,7 +57,8 @@ class DiskImages:
             return self.read(np.array([key]))[0]
         if isinstance(key, slice):
             return self.read(np.arange(len(self.rows))[key])
-        return self.read(np.asarray(key))
+        key = np.asarray(key)
+        return self.read(np.flatnonzero(key) if key.dtype == bool else key)  # a mask, as numpy takes it
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         images = self.read(np.arange(len(self.rows)))
@@ -90,12 +93,16 @@ class DiskImages:
         return out
 
     def _file(self) -> int:
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDONLY)
-        return self._fd
+        with self._opening:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDONLY)
+            return self._fd
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_fd": None}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_fd", "_opening")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _fd=None, _opening=threading.Lock())
 
     def __del__(self) -> None:
         if getattr(self, "_fd", None) is not None:

@@ -22,7 +22,16 @@ from pathlib import Path
 import numpy as np
 
 from tftrain.config import BAD_IMAGES, IN_MEMORY_MB
-from tftrain.data.cache import CACHE_VERSION, Rows, cache_folder, cache_key, load_cache, megabytes, short_path
+from tftrain.data.cache import (
+    CACHE_VERSION,
+    Rows,
+    cache_folder,
+    cache_key,
+    load_cache,
+    megabytes,
+    over_budget,
+    short_path,
+)
 from tftrain.data.disk import DiskImages
 from tftrain.data.fingerprint import SPLITS, files_digest
 from tftrain.data.images import IMAGE_SUFFIXES, Native, decode_rows, read_headers
@@ -107,7 +116,7 @@ def load_folder(
     keep = np.array([rel not in unreadable for rel in rels])
     rows = _split_rows(listing, labels, keep, test_split, validation_split)
     size, depth = tuple(meta["image_size"]), meta["channels"]
-    on_disk = isinstance(images, np.memmap) and images.nbytes > in_memory_mb * 1e6
+    on_disk = isinstance(images, np.memmap) and over_budget(images.nbytes, in_memory_mb)
     if on_disk:
         say(f"{megabytes(images.nbytes)} of images, over in_memory_mb={in_memory_mb:g}: reading them from the "
             "cache a batch at a time")  # fmt: skip
@@ -192,7 +201,7 @@ def _decode_pass(pool, workers, root, rels, size, channels, stem, say, in_memory
     out, natives = Rows(stem, shape, in_memory_mb), []
     try:
         chunks = _chunks(rels, min(CHUNK_FILES, CHUNK_BYTES // int(np.prod(shape[1:]))), workers)
-        for _, (rows, part) in _map(pool, decode_rows, root, chunks, "decoding", say, size, channels):
+        for _, (rows, part) in _map(pool, workers, decode_rows, root, chunks, "decoding", say, size, channels):
             out.add(rows)
             natives.extend(part)
     except BaseException:
@@ -282,7 +291,7 @@ def _resolve(pool, workers, root, rels, image_size, channels, say) -> tuple[tupl
     """`_auto` from every file's header (no pixels decoded)."""
     say(f"reading the sizes of {len(rels):,} images from {short_path(root, 40)}")
     chunks = _chunks(rels, CHUNK_FILES, workers)
-    return _auto([h for _, part in _map(pool, read_headers, root, chunks, "reading sizes", say) for h in part],
+    return _auto([h for _, part in _map(pool, workers, read_headers, root, chunks, "reading sizes", say) for h in part],
                  image_size, channels)  # fmt: skip
 
 
@@ -322,10 +331,10 @@ def _chunks(items: list, per: int, workers: int) -> list[list]:
     return [items[i : i + per] for i in range(0, len(items), per)]
 
 
-def _map(pool, fn, root: str, chunks: list[list], what: str, say, *args) -> Iterator[tuple[int, object]]:
+def _map(pool, workers, fn, root: str, chunks: list[list], what: str, say, *args) -> Iterator[tuple[int, object]]:
     """fn(root, chunk, *args) for each chunk, in order, as (index of the chunk's first item, result); a progress
     line at most every PROGRESS_EVERY seconds."""
-    results = _in_flight(pool, fn, root, chunks, args) if pool else (fn(root, chunk, *args) for chunk in chunks)
+    results = _in_flight(pool, workers, fn, root, chunks, args) if pool else (fn(root, c, *args) for c in chunks)
     first, total, last = 0, sum(map(len, chunks)), time.monotonic()
     for chunk, result in zip(chunks, results, strict=True):
         yield first, result
@@ -335,14 +344,14 @@ def _map(pool, fn, root: str, chunks: list[list], what: str, say, *args) -> Iter
             last = time.monotonic()
 
 
-def _in_flight(pool, fn, root: str, chunks: list[list], args: tuple) -> Iterator[object]:
-    """The results of fn over `chunks`, in order, at most IN_FLIGHT_PER_WORKER chunks a CPU ahead of the one
+def _in_flight(pool, workers: int, fn, root: str, chunks: list[list], args: tuple) -> Iterator[object]:
+    """The results of fn over `chunks`, in order, at most IN_FLIGHT_PER_WORKER chunks a worker ahead of the one
     being consumed, each dropped once handed over: decoded rows never pile up in memory (holding every future
     kept a whole folder's pixels, 4.9 GB for 100,000 images of 128x128, until the last was written)."""
     pending = collections.deque()
     for chunk in chunks:
         pending.append(pool.submit(fn, root, chunk, *args))
-        if len(pending) >= IN_FLIGHT_PER_WORKER * (os.cpu_count() or 1):
+        if len(pending) >= IN_FLIGHT_PER_WORKER * workers:
             yield pending.popleft().result()
     while pending:
         yield pending.popleft().result()

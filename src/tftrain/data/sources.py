@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from tftrain.config import IN_MEMORY_MB, parse_function
-from tftrain.data.cache import CACHE_VERSION, Rows, cache_folder, cache_key, load_cache, short_path
+from tftrain.data.cache import CACHE_VERSION, Rows, cache_folder, cache_key, load_cache, over_budget, short_path
 from tftrain.data.disk import DiskImages
 from tftrain.data.images import conform
 from tftrain.errors import UserError, invalid
@@ -79,7 +79,7 @@ def load_tfds(
     source = f"{what} from {path.parent.parent}"
     target = _known_target(builder.info.features[image_key].shape, image_size, channels)
     counts = {s: int(builder.info.splits[s].num_examples) for s in read}
-    if target and sum(counts.values()) * np.prod(target[0]) * (3 if target[1] == 3 else 1) > in_memory_mb * 1e6:
+    if target and over_budget(sum(counts.values()) * np.prod(target[0]) * (3 if target[1] == 3 else 1), in_memory_mb):
         return _on_disk(path, read, what, class_names, target, counts, source, cache_dir, in_memory_mb)
     return _materialize(read, what, class_names, image_size, channels, source)
 
@@ -123,9 +123,8 @@ def _on_disk(path: Path, read, what, class_names, target, counts, source, cache_
         images, meta = cached
     done = {}
     for split, (first, end) in meta["splits"].items():
-        part = np.arange(first, end)
-        x = DiskImages.of(images, part) if isinstance(images, np.memmap) else images[first:end]
-        done[split] = (x, np.asarray(meta["labels"][split], np.int32))
+        x = DiskImages.of(images, np.arange(first, end)) if isinstance(images, np.memmap) else images[first:end]
+        done[split] = (x, np.asarray(meta["labels"][split], np.int32))  # (in memory: the cache could not be written)
     return SourceData(tuple(class_names), done["train"], done["test"], done.get("validation"), source)
 
 

@@ -1,6 +1,6 @@
 """launcher=ray for a sweep: `workers` trial processes at once, as Ray tasks across the cluster.
 
-Each task is one of the study's processes (sweep.runsweep_process), as a `tftrain sweep` started by hand on another
+Each task is one of the study's processes (sweep.run_trials), as a `tftrain sweep` started by hand on another
 machine would be: the same Optuna study in the shared storage, trials nested under its parent run, pruning
 against every process's trials, and the process that finishes last summarizing and gating the best model. Ray
 places a task where a CPU is free (a GPU, where the cluster has one for each); each trains its trials in that
@@ -21,12 +21,11 @@ import dataclasses
 import logging
 import os
 
-from tftrain import log as console
 from tftrain import quiet
 from tftrain.cluster import ray_cluster
 from tftrain.config import TrainConfig
 from tftrain.errors import TrainingFailed, UserError
-from tftrain.search.space import Dimension, SweepConfig
+from tftrain.search.space import SweepConfig
 from tftrain.search.summary import SweepResult
 
 log = logging.getLogger(__name__)
@@ -34,14 +33,17 @@ log = logging.getLogger(__name__)
 CANCEL_WAIT = 60.0  # seconds the driver waits for cancelled tasks to record their interrupted trials
 
 
-def sweep_on_ray(base: TrainConfig, sw: SweepConfig, dims: tuple[Dimension, ...]) -> SweepResult:
+def sweep_on_ray(base: TrainConfig, sw: SweepConfig) -> SweepResult:
     # every trial process's lines as written: Ray's deduplication folds look-alike lines of different trials into
     # one "[repeated 8x across cluster]" (read when Ray is imported)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     import ray
 
+    from tftrain.training.task import load_data
+
     workers = base.runtime.workers
     verbose = os.environ.get("TFTRAIN_VERBOSE") == "1"
+    load_data(base)  # a folder decoded once, here, into the cache the processes read: not by each at once
     with quiet.forwarded_lines(verbose=verbose):
         ray_cluster.connect(base.runtime.ray_address, max(os.cpu_count() or 1, workers), ray_cluster.forwarded_env())
         try:
@@ -72,16 +74,9 @@ def sweep_on_ray(base: TrainConfig, sw: SweepConfig, dims: tuple[Dimension, ...]
 def sweep_process(flat: dict, fields: dict, cwd: str) -> SweepResult:
     """One trial process, on whichever node Ray chose: the driver's folder, TensorFlow's threads to this task's
     CPUs, then sweep.run_trials."""
-    import contextlib
-
-    with contextlib.suppress(OSError):
-        os.chdir(cwd)
     for variable in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
         os.environ.setdefault(variable, "1")  # one CPU a task: TensorFlow's pools would take every core of the node
-    quiet.setup(verbose=False)
-    console.setup()
-    for name in ("tensorflow", "mlflow"):  # Ray's logging setup shows their INFO lines
-        logging.getLogger(name).setLevel(logging.WARNING)
+    ray_cluster.worker_setup(cwd)
     from tftrain.search.space import parse_space
     from tftrain.search.sweep import run_trials
 
@@ -104,5 +99,5 @@ def _reason(error) -> Exception:
     if isinstance(cause, UserError):
         return cause
     first = " ".join(str(cause).split())[:300]
-    return TrainingFailed(f"a trial process failed on Ray past its restarts (max_failures): {type(cause).__name__}: "
-                          f"{first}; finished trials are kept: run the same command to continue the study")
+    return TrainingFailed(f"a trial process failed on Ray: {type(cause).__name__}: {first}; finished trials are kept: "
+                          "run the same command to continue the study")

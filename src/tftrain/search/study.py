@@ -19,7 +19,12 @@ from tftrain.values import dataset_label, model_label
 ATTR = "tftrain"  # the study's and each trial's user attribute holding tftrain's records
 HEARTBEAT_INTERVAL = 10  # seconds between a running trial's heartbeats in the storage
 HEARTBEAT_GRACE = 60  # a trial of another host whose last heartbeat is older than this is taken as dead
-_TRAINING_FIELDS = tuple(name for name, p in PARAMS.items() if p.group != "tracking")
+# where trials run and how data is held, not how they train: the same study goes on with other workers, locally, or
+# with another memory budget
+PLACEMENT = ("launcher", "workers", "ray_address", "max_failures")
+_TRAINING_FIELDS = tuple(
+    name for name, p in PARAMS.items() if p.group != "tracking" and name not in (*PLACEMENT, "in_memory_mb")
+)
 
 
 def study_name(sw: SweepConfig, base: TrainConfig, dims: tuple[Dimension, ...]) -> str:

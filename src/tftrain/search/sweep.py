@@ -37,7 +37,7 @@ from tftrain.env import mlflow_run_id
 from tftrain.errors import TrainingFailed, UserError
 from tftrain.search import trials
 from tftrain.search.space import OBJECTIVES, Dimension, SweepConfig, storage_url
-from tftrain.search.study import ATTR, open_storage, refuse_other, settings, study_name
+from tftrain.search.study import ATTR, PLACEMENT, open_storage, refuse_other, settings, study_name
 from tftrain.search.summary import SweepResult, shown, summarize
 from tftrain.tracking import runs
 from tftrain.tracking.logged_models import mark_gated, register_once
@@ -50,8 +50,7 @@ log = logging.getLogger(__name__)
 
 PARENT_WAIT = 60.0  # seconds a joining process waits for the study's creator to record the parent run
 # a trial trains in its own process, wherever that runs (with launcher=ray, a Ray task: search/on_ray.py)
-HERE = {name: PARAMS[name].default for name in ("launcher", "workers", "ray_address", "max_failures")}
-FIRST_TRY = "first_try"  # user attribute: the number of a trial's first try (itself, unless queued again)
+LOCAL_RUNTIME = {name: PARAMS[name].default for name in PLACEMENT}
 
 
 def _data_key(cfg: TrainConfig) -> tuple:
@@ -93,7 +92,7 @@ def sweep(base: TrainConfig, sw: SweepConfig, dims: tuple[Dimension, ...]) -> Sw
     if base.runtime.launcher == "ray":
         from tftrain.search.on_ray import sweep_on_ray
 
-        return sweep_on_ray(base, sw, dims)
+        return sweep_on_ray(base, sw)
     return run_trials(base, sw, dims)
 
 
@@ -200,17 +199,17 @@ def _own_run() -> str | None:
 
 
 def _objective(trial, study, base, sw, dims, parent, data) -> float:
-    # a trial queued again after an interruption carries its first try's attributes: it goes on from that try's
-    # backup (the same run name, so the same command state), and its run takes over the interrupted one's epochs
-    first = trial.user_attrs.get(FIRST_TRY, trial.number)
-    trial.set_user_attr(FIRST_TRY, first)
+    # a trial queued again after an interruption goes on from its first try's backup (the same run name, so the
+    # same command state), and its run takes over the interrupted one's epochs
+    first = trials.first_try(study, trial.number)
     trial.set_user_attr(ATTR, trials.owner(trial))
     taken = sorted(t.number for t in study.get_trials(deepcopy=False) if trials.taking(t))
     if trial.number not in taken[: sw.trials]:
         trial.set_user_attr("surplus", True)
         raise _Surplus(f"trial {trial.number}: the study has its {sw.trials} trials")
     values = {d.name: d.suggest(trial) for d in dims}
-    cfg = base.replace(**values, **HERE, run_name=f"trial-{first:03d}", resume="never" if first == trial.number else "auto")
+    resume = "never" if first == trial.number else "auto"
+    cfg = base.replace(**values, **LOCAL_RUNTIME, run_name=f"trial-{first:03d}", resume=resume)
     log.info(f"\ntrial {trial.number} ({len(trials.done(study)) + 1} of {sw.trials}): {shown(values)}")
     key = _data_key(cfg)
     tags = {"tftrain.study": study.study_name, "tftrain.trial": str(trial.number), "tftrain.sweep": "trial",

@@ -108,6 +108,15 @@ def interrupted(study: optuna.Study, trial: optuna.trial.FrozenTrial, why: str =
     log.info(f"trial {trial.number} was interrupted ({why}) after {done}: queued again, with the same values")
 
 
+def first_try(study: optuna.Study, number: int) -> int:
+    """The number of the trial that trial `number` runs again (queued by `interrupted`), else `number` itself."""
+    frozen = study.get_trials(deepcopy=False)[number]
+    with warnings.catch_warnings():  # experimental since Optuna 2.8, like the callback that records it
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        original = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
+    return number if original is None else original
+
+
 def done(study: optuna.Study) -> list:
     return [t for t in study.get_trials(deepcopy=False) if counted(t)]
 

@@ -22,7 +22,6 @@ import dataclasses
 import logging
 import math
 import os
-import sys
 import time
 
 import keras
@@ -236,15 +235,17 @@ def _objective(trial, study, base, sw, dims, parent, data) -> float:
         runs.tag_run(run.run_id, {"tftrain.pruned_at_epoch": str(pruning.epochs)})
         log.info(f"trial {trial.number}: pruned after epoch {pruning.epochs} ({sw.objective} "
               f"{pruning.last:.4f}, behind the other trials at that epoch)")  # fmt: skip
+        command_state(cfg).forget()
         raise
     except TrainingFailed as e:
         trial.set_user_attr("failure", str(e))
         trial.set_user_attr("epochs", pruning.epochs)
         log.info(f"trial {trial.number}: failed: {e}; the sweep goes on")
+        command_state(cfg).forget()
         raise
-    finally:
-        if not isinstance(sys.exc_info()[1], KeyboardInterrupt):  # interrupted: its retry goes on from the backup
-            command_state(cfg).forget()
+    # ended (finished, pruned or failed by itself): its backups go; interrupted any other way (Ctrl-C, the process
+    # stopped by Ray when its driver died, a crash): they stay, for its retry to go on from
+    command_state(cfg).forget()
     log.info(f"trial {trial.number}: {sw.objective} {value:.4f} after {result.epochs_run} epochs, "
           f"{time.perf_counter() - started:.1f} s")  # fmt: skip
     return value

@@ -146,13 +146,14 @@ def _stopped(study: optuna.Study, parent: str, error: BaseException) -> None:
     """The sweep stops on an interrupt (Ctrl-C) or an error: an interrupted trial (Optuna has failed it) is queued
     again with its values, for the same command to run; the parent ends KILLED or FAILED with the reason unless
     trials still run elsewhere (`mlflow run` ends its own run itself)."""
-    if isinstance(error, KeyboardInterrupt):
+    stopped = isinstance(error, (KeyboardInterrupt, SystemExit))  # Ctrl-C, or Ray ending a dead driver's process
+    if stopped:
         for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
             mine = trials.own_record(trial).get("pid") == os.getpid()
             if mine and not trials.counted(trial) and "surplus" not in trial.user_attrs:
-                trials.interrupted(study, trial, "Ctrl-C")
+                trials.interrupted(study, trial, "Ctrl-C" if isinstance(error, KeyboardInterrupt) else "stopped")
     if _own_run() != parent and not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+        status = "KILLED" if stopped else "FAILED"
         runs.end_other_run(parent, status, f"{type(error).__name__}: {error}; run the same command to continue")
 
 

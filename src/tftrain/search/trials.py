@@ -94,9 +94,11 @@ def fail_dead_trials(study: optuna.Study) -> None:
 def interrupted(study: optuna.Study, trial: optuna.trial.FrozenTrial, why: str = "its process is gone") -> None:
     """A trial whose process died (or was interrupted: `why`): its child run ends KILLED, saying so, and the trial
     is queued again with its values."""
-    run_id = own_record(trial).get("run_id")
+    # its run, as the trial recorded it, or (stopped between making the run and recording it) as tagged
+    recorded = own_record(trial).get("run_id")
+    tagged = {"tftrain.study": study.study_name, "tftrain.trial": str(trial.number)}
     epoch = max(trial.intermediate_values, default=0)
-    if run_id:
+    for run_id in [recorded] if recorded else runs.running_runs_tagged(tagged):
         runs.end_other_run(
             run_id, "KILLED", f"interrupted: the sweep process stopped during epoch {epoch + 1} of trial "
             f"{trial.number}; the trial is run again with the same values"

@@ -103,6 +103,14 @@ def reopen_run(run_id: str) -> None:
     mlflow.MlflowClient().update_run(run_id, status="RUNNING")
 
 
+def running_runs_tagged(tags: dict[str, str]) -> list[str]:
+    """The RUNNING runs, in any experiment, that carry all of `tags`."""
+    where = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    found = mlflow.search_runs(search_all_experiments=True, filter_string=f"{where} and attributes.status = 'RUNNING'",
+                               output_format="list")  # fmt: skip
+    return [r.info.run_id for r in found]
+
+
 def end_other_run(run_id: str, status: str, failure: str | None = None) -> None:
     """End a run that is not this process's active one (a dead process's trial, a sweep's parent)."""
     if failure:

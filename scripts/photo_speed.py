@@ -164,7 +164,8 @@ def main() -> None:
 
 
 _HEADER = (f"{'model':<16}{'user img/s':>11}{'tftrain img/s':>14}{'speed':>7}{'user final val':>15}"
-           f"{'user s':>8}{'tftrain s':>10}{'to it':>7}{'GFLOP/img':>10}{'bound img/s':>12}  tftrain ran")  # fmt: skip
+           f"{'tftrain final':>14}{'user s':>8}{'tftrain s':>10}{'to it':>7}{'GFLOP/img':>10}{'bound img/s':>12}"
+           "  tftrain ran")  # fmt: skip
 
 
 def _line(row: dict, rates: dict) -> str:
@@ -176,7 +177,8 @@ def _line(row: dict, rates: dict) -> str:
     to_it = f"{row['user_time'] / reached:.2f}x" if reached else "never"
     reached_text = f"{reached:.0f}" if reached else "-"
     return (f"{row['model']:<16}{user_rate:>11.1f}{our_rate:>14.1f}{our_rate / user_rate:>6.2f}x{row['target']:>15.3f}"
-            f"{row['user_time']:>8.0f}{reached_text:>10}{to_it:>7}{flops / 1e9:>10.3f}{bound:>12.0f}  "
+            f"{ours['val_accuracy'][-1]:>14.3f}{row['user_time']:>8.0f}{reached_text:>10}{to_it:>7}"
+            f"{flops / 1e9:>10.3f}{bound:>12.0f}  "
             f"{ours['precision']}, batch {ours['batch']}")  # fmt: skip
 
 

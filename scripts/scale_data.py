@@ -84,9 +84,11 @@ def train(folder: Path, out: Path, name: str, extra: list[str]) -> dict:
     batch = re.search(r"global batch (\d+)", text)
     if not (decode or "found" in text) or not batch:
         sys.exit(f"scale_data.py: {name}: the log has no decoding or batch line; see {work / 'train.log'}")
+    run = _run(work)
     return {"name": name, "wall": wall, "rss_gb": usage.ru_maxrss * 1024 / 1e9,
-            "decode": float(decode.group(1)) if decode else 0.0, "batch": int(batch.group(1)), "disk": _param(work, "images_from") == "disk",
-            "epoch": float(_run(work).data.metrics.get("epoch_seconds", float("nan")))}  # fmt: skip
+            "decode": float(decode.group(1)) if decode else 0.0, "batch": int(batch.group(1)),
+            "disk": run.data.params.get("images_from") == "disk",
+            "epoch": float(run.data.metrics.get("epoch_seconds", float("nan")))}  # fmt: skip
 
 
 def _run(work: Path):
@@ -95,10 +97,6 @@ def _run(work: Path):
     mlflow.set_tracking_uri(f"sqlite:///{work / 'mlflow.db'}")
     (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
     return run
-
-
-def _param(work: Path, key: str) -> str:
-    return _run(work).data.params.get(key, "")
 
 
 def main() -> None:

@@ -47,6 +47,7 @@ def careful_user(folder: str, model: str, epochs: int) -> dict:
     train, val = (d.cache().prefetch(tf.data.AUTOTUNE) for d in (train, val))
     network = model_builder(model, classes, (*SIZE, 3))()
     network.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+
     class Clock(keras.callbacks.Callback):  # each epoch's wall time, validation included (as tftrain's epoch_seconds)
         seconds: list[float] = []
 
@@ -128,8 +129,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="a folder for the photo folder, stores and logs")
     parser.add_argument("--models", default="cnn_bn,mobilenet_v2,efficientnet_b0")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--per-class", type=int, default=100, help="crops of each of the 11 photographs")
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--per-class", type=int, default=200, help="crops of each of the 11 photographs")
     parser.add_argument("--user", nargs=3, metavar=("FOLDER", "MODEL", "EPOCHS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.user:  # the careful user's process

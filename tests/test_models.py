@@ -51,6 +51,50 @@ def test_fused_batch_norm_trains_like_keras_batch_norm(policy):
         keras.mixed_precision.set_global_policy("float32")
 
 
+def _sequential_with_batch_norms(frozen: bool) -> keras.Model:
+    """As Keras' tutorials write one: a Sequential, batch norms of every kind, one nested model that may be frozen."""
+    inner = keras.Sequential([keras.Input((6, 6, 4)), keras.layers.Conv2D(4, 3, padding="same"),
+                              keras.layers.BatchNormalization(center=False)], name="backbone")  # fmt: skip
+    inner.trainable = not frozen
+    return keras.Sequential([keras.Input((6, 6, 3)), keras.layers.Conv2D(4, 3, padding="same"),
+                             keras.layers.BatchNormalization(scale=False, momentum=0.5), inner,
+                             keras.layers.BatchNormalization(axis=1), keras.layers.GlobalAveragePooling2D(),
+                             keras.layers.Dense(3, activation="softmax")])  # fmt: skip
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_training_swaps_keras_batch_norms_for_fused_ones_that_train_the_same(frozen):
+    """Every BatchNormalization of a model, nested ones too, becomes a FusedBatchNormalization with the same weights
+    and settings: the same outputs, gradients and moving averages in training mode (a frozen one stays in inference
+    mode, an axis the fused op does not take runs Keras' code), and back to stock layers for logging."""
+    import tensorflow as tf
+
+    from tftrain.data.augment import all_layers
+    from tftrain.models.build import with_fused_batch_norms
+
+    model = _sequential_with_batch_norms(frozen)
+    fused = with_fused_batch_norms(model)
+    kinds = [type(layer).__name__ for layer in all_layers(fused)]
+    assert kinds.count("FusedBatchNormalization") == 3 and "BatchNormalization" not in kinds
+    assert [w.name for w in fused.trainable_weights] == [w.name for w in model.trainable_weights]
+    rng = np.random.default_rng(3)
+    pixels = tf.constant(rng.normal(1, 2, size=(8, 6, 6, 3)).astype(np.float32))
+    labels = tf.constant(rng.integers(0, 3, size=8))
+    results = []
+    for m in (model, fused):
+        with tf.GradientTape() as tape:
+            loss = keras.losses.sparse_categorical_crossentropy(labels, m(pixels, training=True))
+        gradients = tape.gradient(loss, m.trainable_variables)
+        averages = [w.numpy() for w in m.non_trainable_weights]
+        results.append((loss.numpy(), [g.numpy() for g in gradients], averages))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
+    for ours, theirs in zip(results[0][1] + results[0][2], results[1][1] + results[1][2], strict=True):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
+    copy = portable_copy(fused)
+    assert "FusedBatchNormalization" not in {type(layer).__name__ for layer in all_layers(copy)}
+    np.testing.assert_allclose(model.predict(pixels, verbose=0), copy.predict(pixels, verbose=0), rtol=1e-6)
+
+
 def test_a_sequential_model_is_copied_as_a_sequential():
     """A Python task's build_model may return a keras.Sequential (as Keras' tutorials write it): its logged copy
     is made from its own class's config, random layers out, answers the same."""

@@ -22,7 +22,7 @@ from tftrain.data.augment import has_random_layers
 from tftrain.data.augment import resolve as resolve_augment
 from tftrain.data.fingerprint import location, split_digests
 from tftrain.errors import TrainingFailed, UserError
-from tftrain.models.build import portable_copy
+from tftrain.models.build import portable_copy, with_fused_batch_norms
 from tftrain.tracking import lineage, runs
 from tftrain.tracking.epoch_metrics import EpochMetrics, log_timings
 from tftrain.tracking.journal import Journal
@@ -74,10 +74,11 @@ def compile_model(model: keras.Model, task: Task, learning_rate, steps_per_execu
 
 
 def build_model(cfg: TrainConfig, rt: Runtime, task: Task, plan: Plan) -> tuple[keras.Model, float | None]:
-    """The task's model, checked and compiled in the strategy's scope, and its batch norms' momentum set for the
+    """The task's model (its batch norms on the fused kernel), checked and compiled in the strategy's scope, and its
+    batch norms' momentum set for the
     run's length (batchnorm.py); the momentum, None when the model has no batch norm to train."""
     with rt.strategy.scope():
-        model = check_model(task.build_model(), task)
+        model = check_model(with_fused_batch_norms(task.build_model()), task)
         compile_model(model, task, build_learning_rate(cfg, plan.steps_per_epoch, plan.learning_rate),
                       plan.steps_per_execution)  # fmt: skip
     momentum = batchnorm.momentum_for(plan.steps_per_epoch)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -88,6 +89,10 @@ def test_killed_three_times_then_finished_is_one_run_with_every_epoch_once(tmp_p
         done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
         assert "continuing run" in done.stdout
+        said = re.search(r"training goes on after epoch (\d+)|training starts again at epoch 1", done.stdout)
+        first = re.search(r"^epoch (\d+)/", done.stdout, re.MULTILINE)  # None: every epoch was done before
+        restored = int(said.group(1) or 0) if said else -1
+        assert restored >= 0 and (int(first.group(1)) if first else EPOCHS + 1) == restored + 1, done.stdout[-3000:]
 
         runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.mlflow.runName = 'crashy'")
         assert len(runs) == 1, runs[["run_id", "status"]]  # no second run

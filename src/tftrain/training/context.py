@@ -7,6 +7,7 @@ the command's run that the driver handed over (env.hand_over)."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from tftrain.training.run_state import CommandState, command_state
 from tftrain.training.runtime import Runtime
 from tftrain.training.task import Task, run_name
 from tftrain.values import check_output_dir
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -43,14 +46,16 @@ def open_context(cfg: TrainConfig, task: Task, rt: Runtime, within: runs.StepRun
             yield RunContext(None, Path(folder), None, state)
         return
     previous = state.interrupted_run()
-    if previous:
-        resume.check_backup(state)
+    restored = resume.check_backup(state) if previous else 0
     with runs.step_run(run_name(cfg, task), resume_run_id=previous, within=within) as run:
         out_dir = output_root / run.run_id
         if previous and previous != run.run_id:  # `mlflow run` made a new run: the interrupted one moves into it
             runs.adopt_run(previous)
             if (output_root / previous).is_dir() and not out_dir.exists():
                 (output_root / previous).rename(out_dir)
+        if previous and rt.worker_count == 1:  # several workers agree on their epoch later and say it then
+            log.info(f"training goes on after epoch {restored}, from its backup" if restored else
+                     "it stopped before its first backup: training starts again at epoch 1")  # fmt: skip
         state.remember(run.run_id)
         run.journal = Journal(out_dir, run.run_id)  # the run's end is journaled too, if the server goes away
         out_dir.mkdir(parents=True, exist_ok=True)

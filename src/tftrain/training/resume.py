@@ -26,17 +26,17 @@ from tftrain.training.run_state import CommandState
 log = logging.getLogger(__name__)
 
 
-def check_backup(state: CommandState) -> None:
-    """A backup torn by a crash (see _epochs): go back to the copy before it, both files together (Keras itself
-    falls back for torn weights only, and fails on a torn epoch file); if that copy is unreadable too, say which
-    files and what to do, rather than fail inside Keras."""
+def check_backup(state: CommandState) -> int:
+    """The epochs the chief's backup restores (0: there is none). A backup torn by a crash (see _epochs): go back
+    to the copy before it, both files together (Keras itself falls back for torn weights only, and fails on a torn
+    epoch file); if that copy is unreadable too, say which files and what to do, rather than fail inside Keras."""
     backup = state.backup_folder()
     weights, epoch = backup / BACKUP_WEIGHTS, backup / BACKUP_EPOCH
     if not weights.exists() and not epoch.exists():
-        return
+        return 0
     latest, before = _epochs(backup)
     if latest:
-        return
+        return latest
     if not before:
         torn = weights if not _readable(weights) else epoch
         raise UserError(
@@ -45,6 +45,7 @@ def check_backup(state: CommandState) -> None:
         )
     _go_back(backup)
     log.info(f"note: the latest backup in {backup} is corrupt; resuming from the one before it")
+    return before
 
 
 def _epochs(folder: Path) -> tuple[int, int]:

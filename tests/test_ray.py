@@ -197,6 +197,7 @@ def test_a_sweep_on_the_cluster_recovers_a_killed_trial_process_and_a_killed_dri
         client = mlflow.MlflowClient()
         (version,) = client.search_model_versions("name = 'swept'")
         assert client.get_model_version_by_alias("swept", "champion").version == version.version
+        assert again.stdout.count(f"swept@champion is now version {version.version} ") == 1  # in the report, once
 
 
 @pytest.mark.slow

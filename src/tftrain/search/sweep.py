@@ -330,6 +330,4 @@ def _gate(study, best, base, data) -> list:
         uris = [uri] + ([exported.litert.version_uri] if exported.litert.version else [])
         decisions = [promote(u, allow_shape_change=base.tracking.allow_shape_change) for u in uris]
     mark_gated(registered_model_name(cfg), version)
-    for d in decisions:
-        log.info(d.reason)
-    return decisions
+    return decisions  # said once, in the report (summary.report) of the process that gated or the Ray driver

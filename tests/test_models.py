@@ -95,6 +95,41 @@ def test_training_swaps_keras_batch_norms_for_fused_ones_that_train_the_same(fro
     np.testing.assert_allclose(model.predict(pixels, verbose=0), copy.predict(pixels, verbose=0), rtol=1e-6)
 
 
+MIRRORED_BATCH_NORM = """
+import json, keras, numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from tftrain.models.build import FusedBatchNormalization
+# one strategy for both: a second MirroredStrategy in a process reuses the first one's collective keys (TensorFlow)
+found, strategy = {}, tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+for kind in (keras.layers.BatchNormalization, FusedBatchNormalization):
+    with strategy.scope():
+        model = keras.Sequential([keras.Input((4, 4, 2)), kind(momentum=0.0), keras.layers.Flatten(),
+                                  keras.layers.Dense(2)])
+        model.compile("sgd", "mse")
+    shares = np.concatenate([np.zeros((4, 4, 4, 2)), np.full((4, 4, 4, 2), 10.0)]).astype("float32")
+    model.fit(shares, np.zeros((8, 2)), batch_size=8, epochs=1, shuffle=False, verbose=0)
+    layer = model.layers[0]
+    found[kind.__name__] = [[v.numpy().tolist() for v in w.value.values] for w in (layer.moving_mean, layer.moving_variance)]
+print(json.dumps(found))
+"""
+
+
+def test_fused_batch_norm_keeps_one_set_of_statistics_across_replicas():
+    """Two replicas, one sees zeros, the other tens: Keras keeps each replica's own moving averages (0 and 10, so
+    each device validates with its own and the saved model has the first's); the fused layer keeps the global
+    batch's on both (mean 5, variance 25)."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", MIRRORED_BATCH_NORM], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["BatchNormalization"][0] == [[0.0, 0.0], [10.0, 10.0]]  # what this works around, still so in Keras
+    assert found["FusedBatchNormalization"] == [[[5.0, 5.0], [5.0, 5.0]], [[25.0, 25.0], [25.0, 25.0]]]
+
+
 def test_a_sequential_model_is_copied_as_a_sequential():
     """A Python task's build_model may return a keras.Sequential (as Keras' tutorials write it): its logged copy
     is made from its own class's config, random layers out, answers the same."""
@@ -279,10 +314,16 @@ def preprocess(input_shape, num_classes):  # keras.applications' preprocess_inpu
 def sequential(input_shape, num_classes):
     return keras.Sequential([keras.Input(input_shape), keras.layers.Rescaling(1.0 / 255), keras.layers.Flatten(),
                              keras.layers.Dense(num_classes)])
+
+def augmented_first(input_shape, num_classes):  # Keras' image classification tutorial: augmentation as a block
+    augmentation = keras.Sequential([keras.layers.RandomFlip("horizontal"), keras.layers.RandomRotation(0.1)])
+    return keras.Sequential([keras.Input(input_shape), augmentation, keras.layers.Rescaling(1.0 / 255),
+                             keras.layers.Conv2D(4, 3), keras.layers.BatchNormalization(),
+                             keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(num_classes)])
 """
 
 
-@pytest.mark.parametrize("function", ["rescales", "preprocess", "sequential"])
+@pytest.mark.parametrize("function", ["rescales", "preprocess", "sequential", "augmented_first"])
 def test_a_builder_that_scales_pixels_itself_gets_raw_pixels(tmp_path, function, capsys):
     """As keras.applications and image_dataset_from_directory give them: a model written the Keras way would see
     values up to 0.004 if tftrain scaled them first (measured: it then does not learn)."""

@@ -82,9 +82,22 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         variance = (
             variance * (count - 1.0) / count
         )  # the fused op gives the unbiased variance; Keras keeps the biased one
+        mean, variance = _over_replicas(mean, variance)
         for average, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
             average.assign(average * self.momentum + batch * (1.0 - self.momentum))
         return outputs
+
+
+def _over_replicas(mean: tf.Tensor, variance: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """The statistics of the whole global batch from each replica's (equal-sized) share of it. Keras updates each
+    replica's moving averages from its own share alone, so under a distribution strategy they drift apart: each
+    device, and each worker, validates with its own, and the saved model has the first replica's. Normalizing a
+    step still uses the replica's own batch, as Keras does (and as one device would at that batch size)."""
+    replica = tf.distribute.get_replica_context()
+    if replica is None or replica.num_replicas_in_sync == 1:
+        return mean, variance
+    mean, square = replica.all_reduce("mean", [mean, variance + tf.square(mean)])
+    return mean, square - tf.square(mean)
 
 
 def _fused_layer(config: dict) -> dict:
@@ -251,17 +264,25 @@ def scales_pixels(model: keras.Model) -> bool:
     """Whether `model` scales its pixels itself before its first layer with weights: a Rescaling or Normalization
     layer, or arithmetic on its input (keras.applications' preprocess_input, `x / 255`), as Keras' tutorials write
     models. Random augmentation layers before it do not count either way."""
+    return bool(_scaling(model))
+
+
+def _scaling(model: keras.Model) -> bool | None:
+    """True: `model` scales the pixels before any layer with weights; False: a layer with weights comes first;
+    None: neither (a block of augmentation layers, as Keras' tutorials nest them: the next layer decides)."""
     layers = model.operations if hasattr(model, "operations") else model.layers  # Sequential has no operations
     for op in layers:
         if isinstance(op, (keras.layers.Rescaling, keras.layers.Normalization)):
             return True
         if isinstance(op, keras.Model):
-            return scales_pixels(op)
+            if (nested := _scaling(op)) is not None:
+                return nested
+            continue
         if not isinstance(op, keras.layers.Layer) or isinstance(op, keras.layers.Lambda):
             return True  # an op on the pixels (Divide, Subtract, ...) or a Lambda: the model's own preprocessing
         if op.weights:
             return False
-    return False
+    return None
 
 
 def build_from_builder(spec: str, num_classes: int, input_shape: tuple[int, ...]) -> keras.Model:

@@ -109,6 +109,34 @@ def test_killed_three_times_then_finished_is_one_run_with_every_epoch_once(tmp_p
         assert not (tmp_path / "out" / ".resume").exists() or not any((tmp_path / "out" / ".resume").iterdir())
 
 
+@pytest.mark.slow
+def test_ctrl_c_between_backups_logs_only_the_epochs_a_backup_holds(tmp_path, tiny_data):
+    """Ctrl-C after three epochs with no backup yet (save_interval far away): the interrupted run logs none of
+    them, since the same command trains them again; its epochs are then logged once each, with the values of
+    the training that the model comes from (logged before, those would have been skipped as already logged)."""
+    args = command(tiny_data, tmp_path / "out", "fit", "ctrl-c")
+    args[args.index("--save-interval") + 1] = "3600"
+    with mlflow_store(tmp_path):
+        # Ctrl-C as a terminal delivers it, even when the suite runs as a background job (SIGINT ignored there)
+        first = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+        for line in first.stdout:
+            if line.startswith("epoch 3/"):
+                first.send_signal(signal.SIGINT)
+                break
+        output = line + first.communicate(timeout=120)[0]
+        assert first.returncode == 130 and "Traceback" not in output, output[-3000:]
+        (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+        assert run.info.status == "KILLED" and "loss" not in run.data.metrics, run.data.metrics
+        done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert "it stopped before its first backup: training starts again at epoch 1" in done.stdout
+        printed = [float(v) for v in re.findall(r"^epoch \d+/\d+ .*?\bloss (\S+)", done.stdout, re.MULTILINE)]
+        history = sorted(mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)
+        assert [m.step for m in history] == list(range(1, EPOCHS + 1))
+        np.testing.assert_allclose([m.value for m in history], printed, atol=5.1e-5)  # lines show 4 decimals
+
+
 def test_a_finished_run_is_not_continued(tmp_path, tiny_data):
     with mlflow_store(tmp_path):
         args = command(tiny_data, tmp_path / "out", "fit", "twice")

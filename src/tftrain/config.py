@@ -386,7 +386,7 @@ class TrackingConfig:
     save_interval: float = _opt(
         10.0,
         "Seconds of training between writes of the best checkpoint, the resume backup and epoch metrics (each "
-        "also written when training ends or fails); 0: every epoch.",
+        "also written when training ends or fails; on Ctrl-C the checkpoint alone); 0: every epoch.",
     )
     output_dir: str = _opt("outputs", "Local folder for checkpoints, TensorBoard logs and exports.")
     model_name: str = _opt("auto", "Registered model name; auto: tftrain-<dataset>.")

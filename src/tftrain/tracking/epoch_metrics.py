@@ -30,7 +30,7 @@ class EpochMetrics(keras.callbacks.Callback):
     the server refuses stops training with the reason (TrainingFailed), and a server that went away sends the
     metrics to the run's offline `journal`; nothing is dropped.
 
-    Epoch metrics wait for a save point (`clock`), the end of training or a failure (`flush`), then go to MLflow
+    Epoch metrics wait for a save point (`clock`), the end of training or a failure, not an interrupt (`flush`), then go to MLflow
     in one synchronous call, before the save point's resume backup is written (this callback runs first): every
     epoch a backup says is done is logged. An epoch in `already_logged` (logged before a crash, then replayed) is
     not logged twice. `seconds` adds up the time spent in this callback: what tracking costs the training."""
@@ -44,7 +44,9 @@ class EpochMetrics(keras.callbacks.Callback):
         self._last_step = 0
         self._pending: list[dict] = []
         self.seconds = 0.0
-        clock.wait_for(self)  # a failure flushes what waits
+        # a failure flushes what waits; an interrupt does not: the same command goes on from the last backup, and
+        # trains and logs the epochs since then again (logged now, their new values would be skipped as logged)
+        clock.wait_for(self, when_interrupted=False)
 
     def on_train_begin(self, logs=None):
         with self._timed():

@@ -103,15 +103,18 @@ class SaveClock(keras.callbacks.Callback):
         self.interval = interval
         self.due = True
         self._last = time.perf_counter()
-        self._waiting: list = []  # callbacks with a flush() of what waits for the next save point
+        self._waiting: list = []  # (callback with a flush() of what waits for the next save point, kept if interrupted)
 
-    def wait_for(self, callback) -> None:
-        self._waiting.append(callback)
+    def wait_for(self, callback, when_interrupted: bool = True) -> None:
+        """`callback.flush()` writes what it holds back, when training ends or fails; `when_interrupted`: also when
+        it is interrupted (Ctrl-C, a stop), after which the same command goes on from the last save point."""
+        self._waiting.append((callback, when_interrupted))
 
-    def flush_pending(self) -> None:
+    def flush_pending(self, interrupted: bool = False) -> None:
         """Training failed or was interrupted: write what waits for the next save point (best checkpoint, metrics)."""
-        for callback in self._waiting:
-            callback.flush()
+        for callback, when_interrupted in self._waiting:
+            if when_interrupted or not interrupted:
+                callback.flush()
 
     def on_train_begin(self, logs=None):
         self._last = time.perf_counter()

@@ -273,11 +273,11 @@ def _run_engine(cfg, rt, task, model, datasets, callbacks, plan, clock, ctx: Run
     try:
         try:
             history = _engine(cfg, rt, task, model, *datasets, callbacks, plan)
-        except BaseException:
-            # the best checkpoint and epoch metrics not yet written; if that fails too (a full disk), the first
-            # failure is the one to report
+        except BaseException as stopped:
+            # the best checkpoint and epoch metrics not yet written (SaveClock.wait_for); if that fails too (a full
+            # disk), the first failure is the one to report
             with contextlib.suppress(OSError):
-                clock.flush_pending()
+                clock.flush_pending(interrupted=isinstance(stopped, (KeyboardInterrupt, SystemExit)))
             raise
     except OSError as e:  # a checkpoint, backup or log that could not be written: a full disk, a lost mount
         _set_aside_partial_checkpoints(ctx.out_dir)

@@ -76,7 +76,8 @@ def test_training_swaps_keras_batch_norms_for_fused_ones_that_train_the_same(fro
     fused = with_fused_batch_norms(model)
     kinds = [type(layer).__name__ for layer in all_layers(fused)]
     assert kinds.count("FusedBatchNormalization") == 3 and "BatchNormalization" not in kinds
-    assert [w.name for w in fused.trainable_weights] == [w.name for w in model.trainable_weights]
+    named = lambda m: ["/".join(w.path.split("/")[-2:]) for w in m.trainable_weights]  # noqa: E731 (layer/weight)
+    assert named(fused) == named(model)
     rng = np.random.default_rng(3)
     pixels = tf.constant(rng.normal(1, 2, size=(8, 6, 6, 3)).astype(np.float32))
     labels = tf.constant(rng.integers(0, 3, size=8))
@@ -111,6 +112,10 @@ for kind in (keras.layers.BatchNormalization, FusedBatchNormalization):
     model.fit(shares, np.zeros((8, 2)), batch_size=8, epochs=1, shuffle=False, verbose=0)
     layer = model.layers[0]
     found[kind.__name__] = [[v.numpy().tolist() for v in w.value.values] for w in (layer.moving_mean, layer.moving_variance)]
+# 9 images in batches of 8: the last step gives one replica one image and the other none
+model.fit(np.concatenate([shares, shares[:1]]), np.zeros((9, 2)), batch_size=8, epochs=1, shuffle=False, verbose=0)
+found["finite after an empty share"] = bool(all(np.isfinite(v.numpy()).all() for w in (layer.moving_mean,
+                                               layer.moving_variance) for v in w.value.values))
 print(json.dumps(found))
 """
 
@@ -128,6 +133,53 @@ def test_fused_batch_norm_keeps_one_set_of_statistics_across_replicas():
     found = json.loads(done.stdout.strip().splitlines()[-1])
     assert found["BatchNormalization"][0] == [[0.0, 0.0], [10.0, 10.0]]  # what this works around, still so in Keras
     assert found["FusedBatchNormalization"] == [[[5.0, 5.0], [5.0, 5.0]], [[25.0, 25.0], [25.0, 25.0]]]
+    assert found["finite after an empty share"]  # weighted by each share's size: an empty one adds nothing
+
+
+def test_copies_keep_an_adapted_normalization_and_renorm_stays_with_keras():
+    """EfficientNet's stem (and a user's `Normalization.adapt`) keeps its mean and variance in state derived from
+    its weights: the fused and the logged copies normalize alike. A renormalizing batch norm is not fused."""
+    from tftrain.data.augment import all_layers
+    from tftrain.models.build import with_fused_batch_norms
+
+    rng = np.random.default_rng(4)
+    pixels = rng.uniform(0, 255, size=(16, 6, 6, 3)).astype(np.float32)
+    norm = keras.layers.Normalization()
+    norm.adapt(pixels)
+    model = keras.Sequential([keras.Input((6, 6, 3)), norm, keras.layers.Conv2D(4, 3), keras.layers.BatchNormalization(),
+                              keras.layers.BatchNormalization(renorm=True), keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(3, activation="softmax")])  # fmt: skip
+    fused = with_fused_batch_norms(model)
+    assert sum(isinstance(layer, FusedBatchNormalization) for layer in all_layers(fused)) == 2
+    for copy in (fused, portable_copy(fused)):
+        np.testing.assert_allclose(copy.predict(pixels, verbose=0), model.predict(pixels, verbose=0), rtol=1e-5)
+    renorm = [layer for layer in all_layers(fused) if getattr(layer, "renorm", False)][0]
+    x = rng.normal(2, 3, size=(8, 4, 4, 4)).astype(np.float32)
+    stock = keras.layers.BatchNormalization(renorm=True)
+    stock.build(x.shape)
+    stock.set_weights([w.numpy() for w in renorm.weights])
+    np.testing.assert_allclose(renorm(x, training=True), stock(x, training=True), rtol=1e-5)
+
+
+def test_a_backup_that_does_not_load_into_the_model_is_named_in_one_line(tmp_path):
+    """A backup an older tftrain wrote (Keras' batch norms, not fused) does not load into today's model: one line
+    saying what to do, not Keras' traceback."""
+    from tftrain.errors import UserError
+    from tftrain.models.build import with_fused_batch_norms
+    from tftrain.training.callbacks import SaveClock
+    from tftrain.training.resume import Backup
+
+    model = keras.Sequential([keras.Input((6, 6, 3)), keras.layers.Conv2D(4, 3), keras.layers.BatchNormalization(),
+                              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)])  # fmt: skip
+    model.compile("adam", "mse")
+    model.save_weights(tmp_path / "latest.weights.h5")
+    (tmp_path / "training_metadata.json").write_text('{"epoch": 2}')
+    fused = with_fused_batch_norms(model)
+    fused.compile("adam", "mse")
+    backup = Backup(str(tmp_path), SaveClock(0))
+    backup.set_model(fused)
+    with pytest.raises(UserError, match=f"cannot resume from the backup in {tmp_path}: it does not load into"):
+        backup.on_train_begin()
 
 
 def test_a_sequential_model_is_copied_as_a_sequential():

@@ -59,8 +59,8 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     time of `cnn_bn` and was a third of MobileNetV2's and EfficientNetB0's. The fused op computes the same
     training-mode normalization in one pass (and in bfloat16 under mixed_bfloat16). Inference, the weights and the
     moving averages are Keras' own, so a trained model is saved as a plain BatchNormalization (`portable_copy`)
-    and loads anywhere. What the fused op does not cover (a frozen layer, a mask, synchronized statistics, an
-    axis other than the last of 4-D images) runs Keras' own code."""
+    and loads anywhere. What the fused op does not cover (a frozen layer, a mask, synchronized statistics,
+    renormalization, an axis other than the last of 4-D images) runs Keras' own code."""
 
     def call(self, inputs, training=None, mask=None):
         fusable = (
@@ -69,6 +69,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             and inputs.dtype in (tf.float32, tf.bfloat16)
             and mask is None
             and not self.synchronized
+            and not self.renorm
         )
         if not (training and self.trainable and fusable):
             return super().call(inputs, training=training, mask=mask)
@@ -82,22 +83,25 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         variance = (
             variance * (count - 1.0) / count
         )  # the fused op gives the unbiased variance; Keras keeps the biased one
-        mean, variance = _over_replicas(mean, variance)
+        mean, variance = _over_replicas(mean, variance, count)
         for average, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
             average.assign(average * self.momentum + batch * (1.0 - self.momentum))
         return outputs
 
 
-def _over_replicas(mean: tf.Tensor, variance: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """The statistics of the whole global batch from each replica's (equal-sized) share of it. Keras updates each
-    replica's moving averages from its own share alone, so under a distribution strategy they drift apart: each
-    device, and each worker, validates with its own, and the saved model has the first replica's. Normalizing a
-    step still uses the replica's own batch, as Keras does (and as one device would at that batch size)."""
+def _over_replicas(mean: tf.Tensor, variance: tf.Tensor, count: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """The statistics of the whole global batch from each replica's share of it (`count` values a channel; a share
+    may be smaller, or empty at a dataset's end). Keras updates each replica's moving averages from its own share
+    alone, so under a distribution strategy they drift apart: each device, and each worker, validates with its
+    own, and the saved model has the first replica's. Normalizing a step still uses the replica's own batch, as
+    Keras does (and as one device would at that batch size)."""
     replica = tf.distribute.get_replica_context()
     if replica is None or replica.num_replicas_in_sync == 1:
         return mean, variance
-    mean, square = replica.all_reduce("mean", [mean, variance + tf.square(mean)])
-    return mean, square - tf.square(mean)
+    weighted = [tf.math.multiply_no_nan(m, count) for m in (mean, variance + tf.square(mean))]  # empty: 0, not NaN
+    total, square, count = replica.all_reduce("sum", [*weighted, count])
+    mean = tf.math.divide_no_nan(total, count)
+    return mean, tf.maximum(tf.math.divide_no_nan(square, count) - tf.square(mean), 0.0)
 
 
 def _fused_layer(config: dict) -> dict:
@@ -110,14 +114,21 @@ def _fused_layer(config: dict) -> dict:
 def with_fused_batch_norms(model: keras.Model) -> keras.Model:
     """`model` with each of Keras' BatchNormalization layers (nested models' too: a keras.applications backbone, a
     user's builder) a FusedBatchNormalization, the same weights: what training runs (`portable_copy` turns them
-    back). A model without one, or whose config does not build again (a subclassed model), comes back as it is."""
+    back). A model without one, whose config does not build again (a subclassed model) or whose copy answers
+    otherwise (state its config does not carry) comes back as it is."""
     if not any(type(layer) is keras.layers.BatchNormalization for layer in all_layers(model)):
         return model
     try:
-        return _copy(model, _fused_layer)
+        fused = _copy(model, _fused_layer)
     except Exception as e:  # a user's model whose get_config/from_config do not round-trip
         log.debug(f"batch norms left unfused: {type(e).__name__}: {first_line(e)}")
         return model
+    probe = np.random.default_rng(0).uniform(0, 255, (2, *model.input_shape[1:])).astype("float32")
+    answers = [keras.ops.convert_to_numpy(m(probe, training=False)) for m in (model, fused)]
+    if not np.allclose(*answers, atol=1e-3):  # state its config does not carry (a custom layer's)
+        log.debug("batch norms left unfused: the copy answers differently")
+        return model
+    return fused
 
 
 def _conv_bn(x, filters: int, pool: bool = False):
@@ -365,6 +376,9 @@ def _copy(model: keras.Model, rewrite) -> keras.Model:
     # the model's own class: a Sequential's config is not a functional one
     copy = type(model).from_config(_rewritten(model.get_config(), rewrite))
     copy.set_weights(model.get_weights())  # random layers, rewritten to Identity, have no weights
+    for layer in all_layers(copy):  # state derived from weights (an adapted Normalization's mean and variance)
+        if hasattr(layer, "finalize_state"):
+            layer.finalize_state()
     return copy
 
 

@@ -123,6 +123,16 @@ class Backup(keras.callbacks.BackupAndRestore):
         super().__init__(folder, double_checkpoint=True)
         self.clock = clock
 
+    def on_train_begin(self, logs=None):
+        try:
+            super().on_train_begin(logs)
+        except ValueError as e:  # weights of other layers: a backup an older tftrain wrote (batch norms not fused)
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(
+                f"cannot resume from the backup in {self.backup_dir}: it does not load into this model ({first}); "
+                "run with resume=never to start afresh"
+            ) from None
+
     def on_epoch_end(self, epoch, logs=None):
         if self.clock.due:
             super().on_epoch_end(epoch, logs)  # save_freq="epoch": records epoch + 1 as done and writes the backup

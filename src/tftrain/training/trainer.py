@@ -75,8 +75,8 @@ def compile_model(model: keras.Model, task: Task, learning_rate, steps_per_execu
 
 def build_model(cfg: TrainConfig, rt: Runtime, task: Task, plan: Plan) -> tuple[keras.Model, float | None]:
     """The task's model (its batch norms on the fused kernel), checked and compiled in the strategy's scope, and its
-    batch norms' momentum set for the
-    run's length (batchnorm.py); the momentum, None when the model has no batch norm to train."""
+    batch norms' momentum set for the run's length (batchnorm.py); the momentum, None when the model has no batch
+    norm to train."""
     with rt.strategy.scope():
         model = check_model(with_fused_batch_norms(task.build_model()), task)
         compile_model(model, task, build_learning_rate(cfg, plan.steps_per_epoch, plan.learning_rate),

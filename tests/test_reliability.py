@@ -127,6 +127,7 @@ def test_ctrl_c_between_backups_logs_only_the_epochs_a_backup_holds(tmp_path, ti
         output = line + first.communicate(timeout=120)[0]
         assert first.returncode == 130 and "Traceback" not in output, output[-3000:]
         (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+        assert f"run {run.info.run_id} stopped; the same command goes on from its last backup" in output
         assert run.info.status == "KILLED" and "loss" not in run.data.metrics, run.data.metrics
         done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -278,6 +278,8 @@ def _run_engine(cfg, rt, task, model, datasets, callbacks, plan, clock, ctx: Run
             # disk), the first failure is the one to report
             with contextlib.suppress(OSError):
                 clock.flush_pending(interrupted=isinstance(stopped, (KeyboardInterrupt, SystemExit)))
+            if isinstance(stopped, KeyboardInterrupt) and ctx.run_id:
+                log.info(f"run {ctx.run_id} stopped; the same command goes on from its last backup")
             raise
     except OSError as e:  # a checkpoint, backup or log that could not be written: a full disk, a lost mount
         _set_aside_partial_checkpoints(ctx.out_dir)

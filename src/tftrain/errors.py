@@ -13,6 +13,11 @@ def invalid(name: str, received: object, allowed: str) -> UserError:
     return UserError(f"invalid value for {name}: received {received!r}; allowed: {allowed}")
 
 
+# what stops a process from outside, for the same command to go on later: Ctrl-C, or a stop (Ray ending a worker
+# or a dead driver's tasks raises SystemExit in them)
+INTERRUPTS = (KeyboardInterrupt, SystemExit)
+
+
 class TrainingFailed(UserError):
     """Training stopped on its own (a non-finite loss): the run is marked FAILED, checkpoints are kept."""
 

@@ -28,7 +28,7 @@ from tftrain import quiet
 from tftrain.cluster import ray_cluster
 from tftrain.config import TrainConfig
 from tftrain.env import hand_over, mlflow_run_id
-from tftrain.errors import TrainingFailed, UserError
+from tftrain.errors import INTERRUPTS, TrainingFailed, UserError
 from tftrain.tracking import runs
 from tftrain.tracking.logged_models import LoggedModel
 from tftrain.training.run_state import command_state
@@ -194,7 +194,7 @@ def _causes(error: BaseException) -> list[BaseException]:
 
 def _interrupt(error: BaseException) -> bool:
     """Whether the job ended on an interrupt: its own, or behind a worker's or the controller's error."""
-    return any(isinstance(c, (KeyboardInterrupt, SystemExit)) for c in [error, *_causes(error)])
+    return any(isinstance(c, INTERRUPTS) for c in [error, *_causes(error)])
 
 
 def _failure(error: BaseException, cfg: TrainConfig) -> BaseException:

@@ -33,7 +33,7 @@ from optuna.trial import TrialState
 from tftrain.config import PARAMS, TrainConfig
 from tftrain.data.datasets import make_dataset
 from tftrain.env import mlflow_run_id
-from tftrain.errors import TrainingFailed, UserError
+from tftrain.errors import INTERRUPTS, TrainingFailed, UserError
 from tftrain.search import trials
 from tftrain.search.space import OBJECTIVES, Dimension, SweepConfig, storage_url
 from tftrain.search.study import ATTR, PLACEMENT, open_storage, refuse_other, settings, study_name
@@ -146,7 +146,7 @@ def _stopped(study: optuna.Study, parent: str, error: BaseException) -> None:
     """The sweep stops on an interrupt (Ctrl-C) or an error: an interrupted trial (Optuna has failed it) is queued
     again with its values, for the same command to run; the parent ends KILLED or FAILED with the reason unless
     trials still run elsewhere (`mlflow run` ends its own run itself)."""
-    stopped = isinstance(error, (KeyboardInterrupt, SystemExit))  # Ctrl-C, or Ray ending a dead driver's process
+    stopped = isinstance(error, INTERRUPTS)  # Ctrl-C, or Ray ending a dead driver's process
     if stopped:
         for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
             mine = trials.own_record(trial).get("pid") == os.getpid()

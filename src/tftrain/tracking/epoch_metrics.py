@@ -30,9 +30,9 @@ class EpochMetrics(keras.callbacks.Callback):
     the server refuses stops training with the reason (TrainingFailed), and a server that went away sends the
     metrics to the run's offline `journal`; nothing is dropped.
 
-    Epoch metrics wait for a save point (`clock`), the end of training or a failure, not an interrupt (`flush`), then go to MLflow
-    in one synchronous call, before the save point's resume backup is written (this callback runs first): every
-    epoch a backup says is done is logged. An epoch in `already_logged` (logged before a crash, then replayed) is
+    Epoch metrics wait for a save point (`clock`), the end of training or a failure, not an interrupt (`flush`),
+    then go to MLflow in one synchronous call, before the save point's resume backup is written (this callback
+    runs first): every epoch a backup says is done is logged. An epoch in `already_logged` (logged before a crash, then replayed) is
     not logged twice. `seconds` adds up the time spent in this callback: what tracking costs the training."""
 
     def __init__(self, clock, journal: Journal, lr_every_n_steps: int = 0, already_logged: set[int] | None = None):

@@ -103,7 +103,7 @@ class SaveClock(keras.callbacks.Callback):
         self.interval = interval
         self.due = True
         self._last = time.perf_counter()
-        self._waiting: list = []  # (callback with a flush() of what waits for the next save point, kept if interrupted)
+        self._waiting: list = []  # (callback with a flush() of what waits for a save point, when_interrupted)
 
     def wait_for(self, callback, when_interrupted: bool = True) -> None:
         """`callback.flush()` writes what it holds back, when training ends or fails; `when_interrupted`: also when

@@ -22,6 +22,7 @@ from tftrain.errors import UserError
 from tftrain.keras_hooks import BACKUP_COPY, BACKUP_EPOCH, BACKUP_WEIGHTS, COUNTERS, initial_epoch
 from tftrain.training.callbacks import SaveClock
 from tftrain.training.run_state import CommandState
+from tftrain.user_code import first_line
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +128,9 @@ class Backup(keras.callbacks.BackupAndRestore):
         try:
             super().on_train_begin(logs)
         except ValueError as e:  # weights of other layers: a backup an older tftrain wrote (batch norms not fused)
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(
-                f"cannot resume from the backup in {self.backup_dir}: it does not load into this model ({first}); "
+                f"cannot resume from the backup in {self.backup_dir}: it does not load into this model "
+                f"({first_line(e) or type(e).__name__}); "
                 "run with resume=never to start afresh"
             ) from None
 

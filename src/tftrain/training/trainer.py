@@ -21,7 +21,7 @@ from tftrain.config import PARAMS, TrainConfig
 from tftrain.data.augment import has_random_layers
 from tftrain.data.augment import resolve as resolve_augment
 from tftrain.data.fingerprint import location, split_digests
-from tftrain.errors import TrainingFailed, UserError
+from tftrain.errors import INTERRUPTS, TrainingFailed, UserError
 from tftrain.models.build import portable_copy, with_fused_batch_norms
 from tftrain.tracking import lineage, runs
 from tftrain.tracking.epoch_metrics import EpochMetrics, log_timings
@@ -277,7 +277,7 @@ def _run_engine(cfg, rt, task, model, datasets, callbacks, plan, clock, ctx: Run
             # the best checkpoint and epoch metrics not yet written (SaveClock.wait_for); if that fails too (a full
             # disk), the first failure is the one to report
             with contextlib.suppress(OSError):
-                clock.flush_pending(interrupted=isinstance(stopped, (KeyboardInterrupt, SystemExit)))
+                clock.flush_pending(interrupted=isinstance(stopped, INTERRUPTS))
             if isinstance(stopped, KeyboardInterrupt) and ctx.run_id:
                 log.info(f"run {ctx.run_id} stopped; the same command goes on from its last backup")
             raise
